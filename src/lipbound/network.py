@@ -1,0 +1,669 @@
+"""The internal network representation that every method reads.
+
+A `Network` is a directed acyclic graph of typed operations (`Node` objects in topological order,
+node 0 the input) with known tensor shapes (batch dimension excluded) and float64 parameters stored as
+torch tensors.  `net(x)` evaluates a batch ``x`` of shape ``(B, *net.input_shape)``.
+
+Operations:
+  * affine (``op.is_affine``): `Linear`, `Conv2d`, `ElementwiseAffine` (constant shift/scale,
+    BatchNorm in eval mode), `AvgPool2d`, `Pad`, `Reshape` (Flatten), `Transpose`;
+    each offers ``linear(x)`` (the map without its constant term), ``linear_t(y)`` (the adjoint)
+    and ``forward(x)``;
+  * `Activation` (elementwise, with slope bounds ``alpha <= f' <= beta`` and ``derivative``);
+  * `MaxPool2d`;
+  * `Add` of two nodes (residual connections).
+
+Readers (`lipbound.io`) build networks; methods only ever read them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import LipboundError, Unsupported
+
+DTYPE = torch.float64
+
+
+def as_tensor(a) -> torch.Tensor:
+    """A float64 torch tensor (copy of numpy input, or converted tensor)."""
+    if isinstance(a, torch.Tensor):
+        return a.detach().to(DTYPE)
+    return torch.as_tensor(np.asarray(a, dtype=np.float64)).clone()
+
+
+# --------------------------------------------------------------------------------------------------
+# Operations
+# --------------------------------------------------------------------------------------------------
+
+
+class Op:
+    """Base class of an operation. ``kind`` is the name used in errors and method registries."""
+
+    kind = "op"
+    is_affine = False
+    n_inputs = 1
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def output_shape(self, *in_shapes: tuple) -> tuple:
+        xs = [torch.zeros((1,) + tuple(s), dtype=DTYPE) for s in in_shapes]
+        return tuple(self.forward(*xs).shape[1:])
+
+    def parameters(self) -> list[torch.Tensor]:
+        return []
+
+    def describe(self) -> str:
+        return self.kind
+
+
+class Input(Op):
+    kind = "Input"
+    n_inputs = 0
+
+
+class AffineOp(Op):
+    """An affine map y = linear(x) + constant. Subclasses define `linear` and `constant_term`."""
+
+    is_affine = True
+
+    def linear(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) + self.constant_term(tuple(x.shape[1:]))
+
+    def constant_term(self, in_shape: tuple) -> torch.Tensor:
+        """The output of the map at x = 0 (shape of one output, broadcastable)."""
+        return self.forward_zero(in_shape)
+
+    def forward_zero(self, in_shape: tuple) -> torch.Tensor:
+        return torch.zeros(1, dtype=DTYPE)
+
+    def linear_t(self, y: torch.Tensor, in_shape: tuple) -> torch.Tensor:
+        """Adjoint of `linear`: maps a batch of output-shaped tensors to input-shaped tensors."""
+        x0 = torch.zeros((y.shape[0],) + tuple(in_shape), dtype=y.dtype, requires_grad=True)
+        with torch.enable_grad():
+            out = self.linear(x0)
+            (g,) = torch.autograd.grad(out, x0, grad_outputs=y)
+        return g
+
+    def dense(self, in_shape: tuple, chunk: int = 4096) -> torch.Tensor:
+        """The matrix of `linear` on flattened tensors, shape (n_out, n_in). Cost: n_in evaluations."""
+        n_in = int(np.prod(in_shape))
+        cols = []
+        for start in range(0, n_in, chunk):
+            stop = min(n_in, start + chunk)
+            basis = torch.zeros(stop - start, n_in, dtype=DTYPE)
+            basis[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
+            out = self.linear(basis.reshape((stop - start,) + tuple(in_shape)))
+            cols.append(out.reshape(stop - start, -1))
+        return torch.cat(cols, 0).T.contiguous()
+
+
+@dataclass(eq=False)
+class Linear(AffineOp):
+    """y = W x + b on vectors (input shape (n,))."""
+
+    W: torch.Tensor
+    b: torch.Tensor
+    kind = "Linear"
+
+    def __post_init__(self):
+        self.W = as_tensor(self.W)
+        self.b = as_tensor(self.b) if self.b is not None else torch.zeros(self.W.shape[0], dtype=DTYPE)
+
+    def linear(self, x):
+        return x @ self.W.T
+
+    def forward(self, x):
+        return x @ self.W.T + self.b
+
+    def constant_term(self, in_shape):
+        return self.b
+
+    def linear_t(self, y, in_shape=None):
+        return y @ self.W
+
+    def dense(self, in_shape=None, chunk=4096):
+        return self.W
+
+    def parameters(self):
+        return [self.W, self.b]
+
+    def describe(self):
+        return f"Linear({self.W.shape[1]}->{self.W.shape[0]})"
+
+
+@dataclass(eq=False)
+class Conv2d(AffineOp):
+    """2-D convolution (NCHW), symmetric zero padding ``(pad_h, pad_w)``."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    stride: tuple = (1, 1)
+    padding: tuple = (0, 0)
+    dilation: tuple = (1, 1)
+    groups: int = 1
+    kind = "Conv2d"
+
+    def __post_init__(self):
+        self.weight = as_tensor(self.weight)
+        if self.bias is None:
+            self.bias = torch.zeros(self.weight.shape[0], dtype=DTYPE)
+        self.bias = as_tensor(self.bias)
+        self.stride, self.padding, self.dilation = (tuple(int(v) for v in t) for t in (self.stride, self.padding, self.dilation))
+
+    def linear(self, x):
+        return F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def constant_term(self, in_shape):
+        return self.bias.reshape(-1, 1, 1)
+
+    def linear_t(self, y, in_shape):
+        h_in, w_in = in_shape[-2], in_shape[-1]
+        out_pad = []
+        for dim, (size_in, size_out) in enumerate(((h_in, y.shape[-2]), (w_in, y.shape[-1]))):
+            k = self.weight.shape[2 + dim]
+            full = (size_out - 1) * self.stride[dim] - 2 * self.padding[dim] + self.dilation[dim] * (k - 1) + 1
+            out_pad.append(size_in - full)
+        return F.conv_transpose2d(y, self.weight, None, self.stride, self.padding, tuple(out_pad), self.groups, self.dilation)
+
+    def parameters(self):
+        return [self.weight, self.bias]
+
+    def describe(self):
+        o, i, kh, kw = self.weight.shape
+        return f"Conv2d({i * self.groups}->{o}, k={kh}x{kw}, s={self.stride}, p={self.padding})"
+
+
+@dataclass(eq=False)
+class ElementwiseAffine(AffineOp):
+    """y = x * scale + shift with constant tensors broadcast to the input shape.
+
+    Covers ONNX Add/Sub/Mul/Div by constants and BatchNorm in eval mode (``label`` says which)."""
+
+    scale: torch.Tensor
+    shift: torch.Tensor
+    label: str = "ElementwiseAffine"
+    kind = "ElementwiseAffine"
+
+    def __post_init__(self):
+        self.scale = as_tensor(self.scale)
+        self.shift = as_tensor(self.shift)
+
+    def linear(self, x):
+        return x * self.scale
+
+    def forward(self, x):
+        return x * self.scale + self.shift
+
+    def constant_term(self, in_shape):
+        return self.shift
+
+    def output_shape(self, in_shape):
+        shape = torch.broadcast_shapes(tuple(in_shape), self.scale.shape, self.shift.shape)
+        if tuple(shape) != tuple(in_shape):
+            raise LipboundError(f"{self.label}: constant of shape {tuple(self.scale.shape)} would broadcast the "
+                                f"input {tuple(in_shape)} to a larger shape {tuple(shape)}")
+        return tuple(in_shape)
+
+    def linear_t(self, y, in_shape=None):
+        return y * self.scale
+
+    def parameters(self):
+        return [self.scale, self.shift]
+
+    def describe(self):
+        return self.label
+
+
+@dataclass(eq=False)
+class AvgPool2d(AffineOp):
+    kernel: tuple
+    stride: tuple
+    padding: tuple = (0, 0)
+    count_include_pad: bool = True
+    ceil_mode: bool = False
+    kind = "AvgPool2d"
+
+    def linear(self, x):
+        return F.avg_pool2d(x, self.kernel, self.stride, self.padding, self.ceil_mode, self.count_include_pad)
+
+    forward = linear
+
+    def constant_term(self, in_shape):
+        return torch.zeros(1, dtype=DTYPE)
+
+    def describe(self):
+        return f"AvgPool2d(k={self.kernel}, s={self.stride}, p={self.padding})"
+
+
+@dataclass(eq=False)
+class Pad(AffineOp):
+    """Constant padding; ``pads`` in torch.nn.functional.pad order (last dimension first)."""
+
+    pads: tuple
+    value: float = 0.0
+    kind = "Pad"
+
+    def linear(self, x):
+        return F.pad(x, list(self.pads), mode="constant", value=0.0)
+
+    def forward(self, x):
+        return F.pad(x, list(self.pads), mode="constant", value=float(self.value))
+
+    def constant_term(self, in_shape):
+        z = torch.zeros((1,) + tuple(in_shape), dtype=DTYPE)
+        return self.forward(z)[0]
+
+    def linear_t(self, y, in_shape):
+        # cropping is the adjoint of zero padding
+        idx = [slice(None)]
+        pads = list(self.pads) + [0] * (2 * len(in_shape) - len(self.pads))
+        for d in range(len(in_shape)):
+            lo, hi = pads[2 * (len(in_shape) - 1 - d)], pads[2 * (len(in_shape) - 1 - d) + 1]
+            idx.append(slice(lo, lo + in_shape[d]))
+        return y[tuple(idx)]
+
+
+@dataclass(eq=False)
+class Reshape(AffineOp):
+    """Reshape (Flatten is a Reshape to one dimension). ``shape`` excludes the batch dimension."""
+
+    shape: tuple
+    kind = "Reshape"
+
+    def linear(self, x):
+        return x.reshape((x.shape[0],) + tuple(self.shape))
+
+    forward = linear
+
+    def constant_term(self, in_shape):
+        return torch.zeros(1, dtype=DTYPE)
+
+    def linear_t(self, y, in_shape):
+        return y.reshape((y.shape[0],) + tuple(in_shape))
+
+    def describe(self):
+        return f"Reshape{tuple(self.shape)}"
+
+
+@dataclass(eq=False)
+class Transpose(AffineOp):
+    """Permutation of the non-batch dimensions (``perm`` indexes them from 0)."""
+
+    perm: tuple
+    kind = "Transpose"
+
+    def linear(self, x):
+        return x.permute(0, *[p + 1 for p in self.perm])
+
+    forward = linear
+
+    def constant_term(self, in_shape):
+        return torch.zeros(1, dtype=DTYPE)
+
+    def linear_t(self, y, in_shape):
+        inv = np.argsort(self.perm)
+        return y.permute(0, *[int(p) + 1 for p in inv])
+
+
+ACTIVATION_KINDS = ("relu", "leaky_relu", "tanh", "sigmoid", "elu", "softplus")
+
+
+@dataclass(eq=False)
+class Activation(Op):
+    """Elementwise activation. ``alpha <= f'(t) <= beta`` for all t (the slope bounds of LipSDP etc.).
+
+    ``name``: relu, leaky_relu (param = negative slope), tanh, sigmoid, elu (param = alpha),
+    softplus (param = beta)."""
+
+    name: str
+    param: float = 0.0
+    kind = "Activation"
+
+    def __post_init__(self):
+        if self.name not in ACTIVATION_KINDS:
+            raise LipboundError(f"unknown activation {self.name!r}; known: {', '.join(ACTIVATION_KINDS)}")
+        self.param = float(self.param)
+        if self.name == "elu" and self.param < 0:
+            raise LipboundError("ELU with a negative alpha is not slope-restricted the usual way")
+
+    @property
+    def alpha(self) -> float:
+        if self.name == "leaky_relu":
+            return min(self.param, 1.0)
+        return 0.0
+
+    @property
+    def beta(self) -> float:
+        if self.name == "leaky_relu":
+            return max(self.param, 1.0)
+        if self.name == "sigmoid":
+            return 0.25
+        if self.name == "elu":
+            return max(1.0, self.param)
+        return 1.0
+
+    @property
+    def is_piecewise_linear(self) -> bool:
+        return self.name in ("relu", "leaky_relu")
+
+    def forward(self, x):
+        n = self.name
+        if n == "relu":
+            return torch.relu(x)
+        if n == "leaky_relu":
+            return F.leaky_relu(x, self.param)
+        if n == "tanh":
+            return torch.tanh(x)
+        if n == "sigmoid":
+            return torch.sigmoid(x)
+        if n == "elu":
+            return F.elu(x, self.param)
+        return F.softplus(x, beta=self.param)
+
+    def derivative(self, x: torch.Tensor) -> torch.Tensor:
+        """f'(x) elementwise (at a ReLU kink, 0: the convention of torch's autograd)."""
+        n = self.name
+        if n == "relu":
+            return (x > 0).to(x.dtype)
+        if n == "leaky_relu":
+            return torch.where(x > 0, torch.ones_like(x), torch.full_like(x, self.param))
+        if n == "tanh":
+            return 1 - torch.tanh(x) ** 2
+        if n == "sigmoid":
+            s = torch.sigmoid(x)
+            return s * (1 - s)
+        if n == "elu":
+            return torch.where(x > 0, torch.ones_like(x), self.param * torch.exp(torch.clamp(x, max=0)))
+        return torch.sigmoid(self.param * x)
+
+    def describe(self):
+        if self.name in ("leaky_relu", "elu", "softplus"):
+            return f"{self.name}({self.param:g})"
+        return self.name
+
+
+@dataclass(eq=False)
+class MaxPool2d(Op):
+    kernel: tuple
+    stride: tuple
+    padding: tuple = (0, 0)
+    dilation: tuple = (1, 1)
+    ceil_mode: bool = False
+    kind = "MaxPool2d"
+
+    def forward(self, x):
+        return F.max_pool2d(x, self.kernel, self.stride, self.padding, self.dilation, self.ceil_mode)
+
+    def max_overlap(self) -> int:
+        """How many pooling windows one input pixel can belong to (the l1/l2 Lipschitz factor)."""
+        count = 1
+        for k, s, d in zip(self.kernel, self.stride, self.dilation):
+            # window starts lie in a range of length d(k-1)+1 with step s, and a window holds a pixel once
+            count *= min(k, math.ceil((d * (k - 1) + 1) / s))
+        return int(count)
+
+    def describe(self):
+        return f"MaxPool2d(k={self.kernel}, s={self.stride}, p={self.padding})"
+
+
+class Add(Op):
+    """Sum of two nodes of the same shape (residual connection)."""
+
+    kind = "Add"
+    n_inputs = 2
+
+    def forward(self, a, b):
+        return a + b
+
+
+# --------------------------------------------------------------------------------------------------
+# Graph
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Node:
+    name: str
+    op: Op
+    inputs: tuple  # indices of input nodes
+    shape: tuple  # output shape, batch dimension excluded
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+
+@dataclass
+class DenseLayer:
+    """One layer of a dense chain: x_next = activation(W x + b); ``activation`` is None on the last."""
+
+    W: np.ndarray
+    b: np.ndarray
+    activation: Activation | None
+
+
+DENSE_CHAIN_MAX_ENTRIES = 60_000_000
+
+
+class Network:
+    """A DAG of operations; node 0 is the input, the last node the output."""
+
+    def __init__(self, nodes: list[Node], name: str = "network", source: str | None = None):
+        self.nodes = nodes
+        self.name = name
+        self.source = source
+        self._check()
+
+    # -- construction helpers ------------------------------------------------------------------
+    @classmethod
+    def sequential(cls, input_shape: Sequence[int], ops: Sequence[Op], name: str = "network") -> "Network":
+        """A chain network from a list of single-input operations."""
+        b = GraphBuilder(input_shape)
+        cur = 0
+        for i, op in enumerate(ops):
+            cur = b.add(op, [cur], name=f"{op.kind.lower()}_{i}")
+        return b.build(name=name)
+
+    def _check(self):
+        if not self.nodes or not isinstance(self.nodes[0].op, Input):
+            raise LipboundError("a network must start with its input node")
+        for i, node in enumerate(self.nodes):
+            for j in node.inputs:
+                if not 0 <= j < i:
+                    raise LipboundError(f"node {node.name!r} is not in topological order")
+            for p in node.op.parameters():
+                if not torch.isfinite(p).all():
+                    raise LipboundError(f"non-finite (NaN or infinite) parameter in node {node.name!r} ({node.op.kind})")
+
+    # -- basic facts -----------------------------------------------------------------------------
+    @property
+    def input_shape(self) -> tuple:
+        return self.nodes[0].shape
+
+    @property
+    def output_shape(self) -> tuple:
+        return self.nodes[-1].shape
+
+    @property
+    def n_inputs(self) -> int:
+        return self.nodes[0].size
+
+    @property
+    def n_outputs(self) -> int:
+        return self.nodes[-1].size
+
+    def op_kinds(self) -> set[str]:
+        """The set of operation kinds used (activations as ``Activation:relu`` etc. too)."""
+        kinds = set()
+        for n in self.nodes[1:]:
+            kinds.add(n.op.kind)
+            if isinstance(n.op, Activation):
+                kinds.add(f"Activation:{n.op.name}")
+        return kinds
+
+    def activations(self) -> list[Activation]:
+        return [n.op for n in self.nodes if isinstance(n.op, Activation)]
+
+    def consumers(self) -> list[list[int]]:
+        out = [[] for _ in self.nodes]
+        for i, n in enumerate(self.nodes):
+            for j in n.inputs:
+                out[j].append(i)
+        return out
+
+    def is_chain(self) -> bool:
+        return all(len(n.inputs) == 1 and n.inputs[0] == i - 1 for i, n in enumerate(self.nodes) if i > 0)
+
+    def n_parameters(self) -> int:
+        seen, total = set(), 0
+        for n in self.nodes:
+            for p in n.op.parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    total += p.numel()
+        return total
+
+    def summary(self) -> dict:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "input_shape": list(self.input_shape),
+            "output_shape": list(self.output_shape),
+            "n_nodes": len(self.nodes) - 1,
+            "n_parameters": self.n_parameters(),
+            "operations": sorted(k for k in self.op_kinds() if ":" not in k),
+            "activations": sorted({a.describe() for a in self.activations()}),
+        }
+
+    def __repr__(self):
+        lines = [f"Network {self.name!r}: input {self.input_shape} -> output {self.output_shape}"]
+        for n in self.nodes[1:]:
+            lines.append(f"  {n.name}: {n.op.describe()} <- {[self.nodes[j].name for j in n.inputs]} -> {n.shape}")
+        return "\n".join(lines)
+
+    # -- evaluation ------------------------------------------------------------------------------
+    def forward_all(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Values of every node for a batch x of shape (B, *input_shape)."""
+        x = torch.as_tensor(x, dtype=DTYPE) if not isinstance(x, torch.Tensor) else x.to(DTYPE)
+        if tuple(x.shape[1:]) != self.input_shape:
+            if x.shape == self.input_shape:
+                x = x.unsqueeze(0)
+            elif x.numel() % self.n_inputs == 0 and x.ndim >= 1:
+                x = x.reshape((-1,) + self.input_shape)
+            else:
+                raise LipboundError(f"input of shape {tuple(x.shape)} does not fit the network input {self.input_shape}")
+        vals: list[torch.Tensor] = [x]
+        for n in self.nodes[1:]:
+            vals.append(n.op.forward(*[vals[j] for j in n.inputs]))
+        return vals
+
+    def __call__(self, x) -> torch.Tensor:
+        return self.forward_all(x)[-1]
+
+    def forward_flat(self, x_flat: torch.Tensor) -> torch.Tensor:
+        """f on flattened inputs (B, n) -> flattened outputs (B, m)."""
+        return self(x_flat.reshape((-1,) + self.input_shape)).reshape(x_flat.shape[0], -1)
+
+    def jacobian(self, x) -> torch.Tensor:
+        """Jacobians at a batch of points: (B, m, n) in float64, by reverse-mode autograd.
+
+        At ReLU kinks this is the autograd convention (derivative 0 at 0), one element of the Clarke
+        Jacobian in general position. Cost: m backward passes on the batch."""
+        x = torch.as_tensor(np.asarray(x, dtype=np.float64)) if not isinstance(x, torch.Tensor) else x.detach().to(DTYPE)
+        x = x.reshape(-1, self.n_inputs).clone().requires_grad_(True)
+        with torch.enable_grad():
+            y = self.forward_flat(x)
+            rows = []
+            for j in range(y.shape[1]):
+                (g,) = torch.autograd.grad(y[:, j].sum(), x, retain_graph=j < y.shape[1] - 1)
+                rows.append(g)
+        return torch.stack(rows, 1).detach()
+
+    def preactivations(self, x) -> list[torch.Tensor]:
+        """For a batch x, the inputs of every Activation node (flattened), in graph order."""
+        vals = self.forward_all(x)
+        return [vals[n.inputs[0]].reshape(vals[0].shape[0], -1) for n in self.nodes if isinstance(n.op, Activation)]
+
+    # -- dense chain -----------------------------------------------------------------------------
+    def dense_chain(self, max_entries: int = DENSE_CHAIN_MAX_ENTRIES) -> list[DenseLayer]:
+        """The network as a list of dense layers x -> act(W x + b), last layer without activation.
+
+        Consecutive affine operations (Linear, Conv2d, BatchNorm/shift/scale, AvgPool, Pad, Flatten,
+        Reshape, Transpose) are folded into one dense matrix (float64 numpy). Raises `Unsupported`
+        for residual connections, max pooling, or a matrix above ``max_entries`` entries.
+        Cost: one evaluation per input coordinate of each non-Linear affine op."""
+        if not self.is_chain():
+            raise Unsupported("the network is not a chain (residual connections): dense_chain() needs an "
+                              "alternating affine / activation chain")
+        for n in self.nodes[1:]:
+            if isinstance(n.op, MaxPool2d):
+                raise Unsupported(f"max pooling (node {n.name!r}) is not an affine/activation layer: no dense chain")
+        layers: list[DenseLayer] = []
+        A: torch.Tensor | None = None  # accumulated affine map since the last activation (None = identity)
+        c: torch.Tensor | None = None
+        cur_size = self.n_inputs
+        for node, prev in zip(self.nodes[1:], self.nodes[:-1]):
+            op = node.op
+            if op.is_affine:
+                M = op.dense(prev.shape)
+                if M.shape[0] * (A.shape[1] if A is not None else M.shape[1]) > max_entries or M.numel() > max_entries:
+                    raise Unsupported(f"dense matrix of node {node.name!r} would have more than {max_entries:,} "
+                                      "entries (raise max_entries or use a method that works on the graph)")
+                const = op.constant_term(prev.shape)
+                const = torch.broadcast_to(const, node.shape).reshape(-1)
+                if A is None:
+                    A, c = M, const.clone()
+                else:
+                    A, c = M @ A, M @ c + const
+                cur_size = node.size
+            elif isinstance(op, Activation):
+                if A is None:
+                    A, c = torch.eye(cur_size, dtype=DTYPE), torch.zeros(cur_size, dtype=DTYPE)
+                layers.append(DenseLayer(A.numpy().copy(), c.numpy().copy(), op))
+                A, c = None, None
+            else:
+                raise Unsupported(f"operation {op.kind} (node {node.name!r}) cannot be part of a dense chain")
+        if A is None:
+            A, c = torch.eye(cur_size, dtype=DTYPE), torch.zeros(cur_size, dtype=DTYPE)
+        layers.append(DenseLayer(A.numpy().copy(), c.numpy().copy(), None))
+        return layers
+
+
+class GraphBuilder:
+    """Incremental construction of a `Network` with shape inference."""
+
+    def __init__(self, input_shape: Sequence[int], input_name: str = "input"):
+        self.nodes = [Node(input_name, Input(), (), tuple(int(s) for s in input_shape))]
+
+    def add(self, op: Op, inputs: Sequence[int], name: str | None = None) -> int:
+        inputs = tuple(int(i) for i in inputs)
+        if len(inputs) != op.n_inputs:
+            raise LipboundError(f"{op.kind} takes {op.n_inputs} inputs, got {len(inputs)}")
+        shapes = [self.nodes[i].shape for i in inputs]
+        if isinstance(op, Add) and shapes[0] != shapes[1]:
+            raise LipboundError(f"Add of tensors of different shapes {shapes[0]} and {shapes[1]} (node {name!r})")
+        try:
+            shape = op.output_shape(*shapes)
+        except LipboundError:
+            raise
+        except Exception as e:  # shape mismatch inside torch
+            raise LipboundError(f"operation {op.kind} (node {name!r}) does not fit its input shape {shapes}: {e}") from None
+        self.nodes.append(Node(name or f"{op.kind.lower()}_{len(self.nodes)}", op, inputs, shape))
+        return len(self.nodes) - 1
+
+    def build(self, name: str = "network", source: str | None = None) -> Network:
+        return Network(self.nodes, name=name, source=source)
