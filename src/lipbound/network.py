@@ -95,6 +95,13 @@ class AffineOp(Op):
             (g,) = torch.autograd.grad(out, x0, grad_outputs=y)
         return g
 
+    def abs_linear(self, x: torch.Tensor) -> torch.Tensor:
+        """The map with every coefficient replaced by its absolute value, |A| x (for interval radii).
+
+        Default: the map itself, correct for maps with non-negative coefficients (pooling, padding,
+        reshapes, permutations); ops with signed coefficients override it."""
+        return self.linear(x)
+
     def dense(self, in_shape: tuple, chunk: int = 4096) -> torch.Tensor:
         """The matrix of `linear` on flattened tensors, shape (n_out, n_in). Cost: n_in evaluations."""
         n_in = int(np.prod(in_shape))
@@ -131,6 +138,9 @@ class Linear(AffineOp):
 
     def linear_t(self, y, in_shape=None):
         return y @ self.W
+
+    def abs_linear(self, x):
+        return x @ self.W.abs().T
 
     def dense(self, in_shape=None, chunk=4096):
         return self.W
@@ -169,6 +179,9 @@ class Conv2d(AffineOp):
 
     def constant_term(self, in_shape):
         return self.bias.reshape(-1, 1, 1)
+
+    def abs_linear(self, x):
+        return F.conv2d(x, self.weight.abs(), None, self.stride, self.padding, self.dilation, self.groups)
 
     def linear_t(self, y, in_shape):
         h_in, w_in = in_shape[-2], in_shape[-1]
@@ -220,6 +233,9 @@ class ElementwiseAffine(AffineOp):
 
     def linear_t(self, y, in_shape=None):
         return y * self.scale
+
+    def abs_linear(self, x):
+        return x * self.scale.abs()
 
     def parameters(self):
         return [self.scale, self.shift]
