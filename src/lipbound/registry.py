@@ -278,7 +278,7 @@ def load_methods() -> dict[str, MethodSpec]:
     """Import every module of lipbound.methods (each registers its methods) and return the registry."""
     global _LOADED
     if not _LOADED:
-        from . import methods as pkg
+        pkg = importlib.import_module(f"{__package__}.methods")
 
         for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
             if not info.name.startswith("_"):
