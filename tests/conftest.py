@@ -1,0 +1,26 @@
+"""Shared pytest fixtures: the real ONNX networks in ../shared/networks beside the repository."""
+
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "networks"
+
+
+def shared_network_paths() -> list[Path]:
+    """The shared .onnx files, sorted by name (empty list if the directory is missing)."""
+    return sorted(SHARED.glob("*.onnx")) if SHARED.is_dir() else []
+
+
+@pytest.fixture
+def shared_dir() -> Path:
+    """The directory of the shared ONNX networks (skips the test if it is missing)."""
+    if not SHARED.is_dir():
+        pytest.skip(f"shared networks not found at {SHARED}")
+    return SHARED
+
+
+@pytest.fixture
+def shared_networks(shared_dir) -> Path:
+    """Alias of `shared_dir`."""
+    return shared_dir
