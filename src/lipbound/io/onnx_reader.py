@@ -299,16 +299,7 @@ class _Reader:
         return order
 
     def prune(self, out_idx: int) -> Network:
-        nodes = self.builder.nodes
-        keep = {0, out_idx}
-        for i in range(out_idx, 0, -1):
-            if i in keep:
-                keep.update(nodes[i].inputs)
-        order = sorted(keep)
-        remap = {old: new for new, old in enumerate(order)}
-        new_nodes = [Node(nodes[o].name, nodes[o].op, tuple(remap[j] for j in nodes[o].inputs), nodes[o].shape)
-                     for o in order]
-        return Network(new_nodes, name=self.name, source=self.source)
+        return _prune(self.builder.nodes, out_idx, self.name, self.source)
 
     def set_out(self, node, idx_or_const, label):
         if not node.output or not node.output[0]:
@@ -886,6 +877,19 @@ class _Reader:
         for d in range(r - 1, off - 1, -1):
             tp += [pads[d], pads[r + d]]
         self.set_out(node, self.add(Pad(tuple(tp), value), [x], label), label)
+
+
+def _prune(nodes, out_idx: int, name: str, source) -> Network:
+    """The network made of the ancestors of node ``out_idx`` (which becomes the output node)."""
+    keep = {0, out_idx}
+    for i in range(out_idx, 0, -1):
+        if i in keep:
+            keep.update(nodes[i].inputs)
+    order = sorted(keep)
+    remap = {old: new for new, old in enumerate(order)}
+    new_nodes = [Node(nodes[o].name, nodes[o].op, tuple(remap[j] for j in nodes[o].inputs), nodes[o].shape)
+                 for o in order]
+    return Network(new_nodes, name=name, source=source)
 
 
 def _read_model(path):
