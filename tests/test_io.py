@@ -319,3 +319,166 @@ def test_other_bad_graphs(tmp_path):
     with pytest.raises(UnsupportedOperator) as e:
         lipbound.load(path)
     assert_one_line_error(e, "mm_xx")
+
+
+# --------------------------------------------------------------------------------------------------
+# torch reader
+# --------------------------------------------------------------------------------------------------
+
+import copy  # noqa: E402
+
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+
+def randomise_batchnorm(module, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) * 2 - 1)
+            m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
+    return module
+
+
+def assert_matches_module(net, module, input_shape, n=5):
+    ref_module = copy.deepcopy(module).double().eval()
+    x = torch.rand((n,) + tuple(input_shape), dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 4 - 2
+    with torch.no_grad():
+        ref = ref_module(x).reshape(n, -1)
+    ours = net(x).reshape(n, -1)
+    assert torch.allclose(ours, ref, atol=1e-10, rtol=1e-9), float((ours - ref).abs().max())
+
+
+class ResBlock(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.block = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(),
+                                   nn.Conv2d(c, c, 3, padding="same", bias=False))
+
+    def forward(self, x):
+        return torch.relu(x + self.block(x))
+
+
+class ResNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor([0.2, -0.1]).view(1, 2, 1, 1))
+        self.stem = nn.Conv2d(2, 4, 3, stride=2, padding=1)
+        self.res = ResBlock(4)
+        self.head = nn.Linear(4 * 2 * 2, 3)
+
+    def forward(self, x):
+        x = (x - self.mean) / 0.25
+        h = self.res(F.leaky_relu(self.stem(x), 0.05))
+        h = F.avg_pool2d(h, 2)
+        h = 2.0 * h.reshape(h.shape[0], -1) - 1.0
+        return self.head(h)
+
+
+def test_from_torch_sequential_mlp():
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 16), nn.Tanh(), nn.BatchNorm1d(16),
+                        nn.Linear(16, 8), nn.Sigmoid(), nn.Dropout(0.5), nn.Linear(8, 8), nn.ELU(0.5), nn.Linear(8, 8),
+                        nn.Softplus(beta=2.0), nn.Identity(), nn.Linear(8, 4))
+    randomise_batchnorm(mlp)
+    mlp.train()
+    net = lipbound.from_torch(mlp, (3, 4))
+    assert mlp.training and all(m.training for m in mlp.modules())  # training mode restored
+    assert net.input_shape == (3, 4) and net.output_shape == (4,)
+    assert net.name == "Sequential"
+    assert sorted(a.describe() for a in net.activations()) == ["elu(0.5)", "relu", "sigmoid", "softplus(2)", "tanh"]
+    assert all(p.dtype == torch.float64 for n in net.nodes for p in n.op.parameters())
+    assert_matches_module(net, mlp, (3, 4))
+    # parameters are copies: changing the module afterwards does not change the network
+    before = net(torch.ones(1, 3, 4))
+    with torch.no_grad():
+        mlp[1].weight.add_(1.0)
+    assert torch.equal(before, net(torch.ones(1, 3, 4)))
+    # the dense chain of the read network reproduces it too
+    x = torch.rand(4, 12, dtype=torch.float64)
+    h = x.numpy()
+    for layer in net.dense_chain():
+        h = h @ layer.W.T + layer.b
+        if layer.activation is not None:
+            h = layer.activation.forward(torch.from_numpy(h)).numpy()
+    assert np.allclose(h, net(x.reshape(4, 3, 4)).numpy(), atol=1e-10)
+
+
+def test_from_torch_cnn_with_batchnorm_and_pools():
+    torch.manual_seed(1)
+    cnn = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Conv2d(4, 6, 3, stride=1, padding=1, groups=2), nn.LeakyReLU(0.1),
+                        nn.AvgPool2d(2, stride=2), nn.ZeroPad2d((1, 0, 0, 1)), nn.Conv2d(6, 2, 2),
+                        nn.Flatten(), nn.Linear(2 * 3 * 3, 5))
+    randomise_batchnorm(cnn, seed=2)
+    net = lipbound.from_torch(cnn, (1, 12, 12))
+    kinds = net.op_kinds()
+    assert {"Conv2d", "MaxPool2d", "AvgPool2d", "ElementwiseAffine", "Pad", "Reshape", "Linear"} <= kinds
+    bn = [n for n in net.nodes if getattr(n.op, "label", None) == "BatchNorm"]
+    assert len(bn) == 1 and tuple(bn[0].op.scale.shape) == (4, 1, 1)
+    assert_matches_module(net, cnn, (1, 12, 12))
+
+
+def test_from_torch_residual_custom_module():
+    torch.manual_seed(2)
+    model = randomise_batchnorm(ResNet(), seed=3)
+    net = lipbound.from_torch(model, (2, 8, 8), name="tiny-resnet")
+    assert net.name == "tiny-resnet" and not net.is_chain()
+    adds = [n for n in net.nodes if n.op.kind == "Add"]
+    assert len(adds) == 1 and len(adds[0].inputs) == 2
+    assert_matches_module(net, model, (2, 8, 8))
+
+
+def test_from_torch_functional_forms():
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l1 = nn.Linear(6, 6)
+            self.l2 = nn.Linear(6, 2)
+
+        def forward(self, x):
+            h = torch.flatten(x, 1)
+            h = F.relu(self.l1(h)) + 0.5 * h
+            h = h.view(h.size(0), -1).relu()
+            h = torch.sigmoid(h) - h
+            h = 3.0 - h / 2.0
+            return self.l2(torch.tanh(h))
+
+    torch.manual_seed(3)
+    m = Functional()
+    net = lipbound.from_torch(m, (2, 3))
+    assert_matches_module(net, m, (2, 3))
+
+
+def test_from_torch_unsupported():
+    class Square(nn.Module):
+        def forward(self, x):
+            return x * x
+
+    class Sine(nn.Module):
+        def forward(self, x):
+            return torch.sin(x)
+
+    with pytest.raises(UnsupportedOperator) as e:
+        lipbound.from_torch(nn.Sequential(nn.Linear(3, 3), nn.GELU()), (3,))
+    assert_one_line_error(e, "GELU", "'1'")
+    with pytest.raises(UnsupportedOperator) as e:
+        lipbound.from_torch(Square(), (3,))
+    assert_one_line_error(e, "non-constant multiplier", "mul")
+    with pytest.raises(UnsupportedOperator) as e:
+        lipbound.from_torch(Sine(), (3,))
+    assert_one_line_error(e, "sin", "node")
+    with pytest.raises(LipboundError) as e:  # input_shape excludes the batch dimension
+        lipbound.from_torch(nn.Sequential(nn.Linear(3, 2)), (1, 4))
+    assert_one_line_error(e, "Linear")
+    with pytest.raises(LipboundError):
+        lipbound.from_torch(lambda x: x, (3,))
+    bad = nn.Sequential(nn.Linear(3, 2))
+    with torch.no_grad():
+        bad[0].weight[0, 0] = float("nan")
+    with pytest.raises(LipboundError) as e:
+        lipbound.from_torch(bad, (3,))
+    assert_one_line_error(e, "non-finite")
