@@ -482,3 +482,55 @@ def test_from_torch_unsupported():
     with pytest.raises(LipboundError) as e:
         lipbound.from_torch(bad, (3,))
     assert_one_line_error(e, "non-finite")
+
+
+def test_torch_onnx_export_roundtrip(tmp_path):
+    """A torch model exported by torch.onnx (Shape/Gather/Concat feeding a Reshape, BatchNormalization,
+    dynamic batch) reads to the same function as from_torch and the module itself."""
+    import warnings
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 3, 3, padding=1)
+            self.bn = nn.BatchNorm2d(3)
+            self.fc = nn.Linear(3 * 4 * 4, 4)
+
+        def forward(self, x):
+            h = torch.relu(self.bn(self.conv(x)))
+            h = F.max_pool2d(h, 2) + 1.0
+            h = h.view(h.size(0), -1)
+            return self.fc(h) * 2.0 - F.softplus(self.fc(h))
+
+    torch.manual_seed(4)
+    model = randomise_batchnorm(Net(), seed=5).eval()
+    path = tmp_path / "exported.onnx"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, torch.randn(1, 1, 8, 8), str(path), dynamo=False, input_names=["x"],
+                              output_names=["y"], dynamic_axes={"x": {0: "N"}, "y": {0: "N"}},
+                              do_constant_folding=False)
+    except Exception as e:  # the legacy exporter may be unavailable
+        pytest.skip(f"torch.onnx.export unavailable: {e}")
+    onnx_net = lipbound.load(path)
+    torch_net = lipbound.from_torch(model, (1, 8, 8))
+    assert onnx_net.input_shape == torch_net.input_shape == (1, 8, 8)
+    assert any(getattr(n.op, "label", None) == "BatchNorm" for n in onnx_net.nodes)
+    x = torch.rand(6, 1, 8, 8, dtype=torch.float64)
+    assert torch.allclose(onnx_net(x), torch_net(x), atol=1e-10)
+    assert_matches_module(onnx_net, model, (1, 8, 8))
+    assert_matches_ort(onnx_net, path)
+
+
+def test_dynamic_feature_dimension_is_inferred(tmp_path):
+    from onnx import helper
+
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("Gemm", ["x", "W", "b"], ["h"], name="gemm", transB=1),
+             helper.make_node("Relu", ["h"], ["y"], name="relu")]
+    path = make_model(tmp_path / "dyn.onnx", nodes, [("x", ["N", "F"])], [("y", ["N", 3])],
+                      {"W": rng.normal(size=(3, 7)), "b": rng.normal(size=3)})
+    net = lipbound.load(path)
+    assert net.input_shape == (7,)
+    assert_matches_ort(net, path)

@@ -340,7 +340,12 @@ class _Reader:
         handler = getattr(self, "op_" + op, None)
         if handler is None:
             self.unsupported(node, label)
-        handler(node, label, self.attrs(node))
+        try:
+            handler(node, label, self.attrs(node))
+        except LipboundError as e:
+            if label in str(e):
+                raise
+            raise type(e)(_one_line(f"node {label!r} ({op}): {e}")) from None
 
     def constant_value(self, node, label):
         from onnx import numpy_helper

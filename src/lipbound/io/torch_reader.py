@@ -167,12 +167,13 @@ class _Converter:
                 for part in str(node.target).split("."):
                     obj = getattr(obj, part)
                 self.values[node] = obj
-            elif node.op == "call_module":
-                self.values[node] = self.call_module(node, label)
-            elif node.op == "call_function":
-                self.values[node] = self.call_function(node, label)
-            elif node.op == "call_method":
-                self.values[node] = self.call_method(node, label)
+            elif node.op in ("call_module", "call_function", "call_method"):
+                try:
+                    self.values[node] = getattr(self, node.op)(node, label)
+                except LipboundError as e:
+                    if label in str(e):
+                        raise
+                    raise type(e)(_one_line(f"node {label!r}: {e}")) from None
             elif node.op == "output":
                 out = self.resolve(node.args[0])
                 if not isinstance(out, _Live):
