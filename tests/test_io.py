@@ -204,6 +204,14 @@ def test_matmul_with_constant_left_operand_on_column_input(tmp_path):
     assert net.input_shape == (4,) and net.output_shape == (3,)
     assert_matches_ort(net, path)
 
+    # no batch dimension at all: a [4, 1] column
+    nodes = [helper.make_node("MatMul", ["W", "x"], ["m"], name="left"),
+             helper.make_node("Add", ["m", "b"], ["y"], name="bias")]
+    path = make_model(tmp_path / "col.onnx", nodes, [("x", [4, 1])], [("y", [3, 1])], inits)
+    net = lipbound.load(path)
+    assert net.input_shape == (4, 1) and net.output_shape == (3, 1)
+    assert_matches_ort(net, path)
+
 
 # --------------------------------------------------------------------------------------------------
 # bad input

@@ -8,8 +8,9 @@ asymmetric pads gets a ``<name>/pad`` node before it; a MatMul on a ``[.., n, 1]
 tensor of known shape) are evaluated once with the ONNX reference evaluator.
 
 Batch dimension: an input of rank >= 2 whose first dimension is 1 or dynamic has a batch dimension,
-which the network's shapes exclude (input ``[1, 1, 1, 5]`` -> ``(1, 1, 5)``); a rank-1 input (e.g.
-``[1]``) has none and every tensor keeps its ONNX shape.
+which the network's shapes exclude (input ``[1, 1, 1, 5]`` -> ``(1, 1, 5)``); any other input (rank 1
+like ``[1]``, or a first dimension above 1 like ``[784, 1]``) has none and every tensor keeps its ONNX
+shape (operators that need a batch dimension, e.g. Conv, then refuse).
 
 Anything outside this is a `LipboundError` (`UnsupportedOperator` for an operator) with a one-line
 message naming the operator / node / tensor: never a wrong network.
@@ -194,8 +195,10 @@ class _Reader:
             return (dims[0],), False
         if dims is not None:
             if dims[0] not in (None, 1):
-                self.err(f"the graph input {name!r} has shape {dims}: its first (batch) dimension must be 1 or "
-                         "dynamic")
+                # no batch dimension: every tensor keeps its ONNX shape (ops that need a batch refuse)
+                if any(d is None for d in dims):
+                    self.err(f"the graph input {name!r} has shape {dims} with dynamic dimensions after the first")
+                return tuple(dims), False
             if all(d is not None for d in dims[1:]):
                 return tuple(dims[1:]), True
         # fall back: infer the feature size from the first Gemm / MatMul
