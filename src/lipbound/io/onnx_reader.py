@@ -155,9 +155,6 @@ class _Reader:
         self.err(f"unsupported ONNX operator {op} (node {label!r}){extra}; supported: {', '.join(SUPPORTED_OPS)}",
                  UnsupportedOperator)
 
-    def inputs_of(self, node) -> list[str]:
-        return list(node.input)
-
     # -- input ------------------------------------------------------------------------------------------
     def read_input(self):
         g = self.graph

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..errors import LipboundError, UnsupportedOperator
 from ..network import (Activation, Add, AvgPool2d, Conv2d, ElementwiseAffine, GraphBuilder, Linear, MaxPool2d,
-                       Network, Node, Pad, Reshape, Transpose)
+                       Network, Pad, Reshape, Transpose)
 
 SUPPORTED_MODULES = (
     "Linear", "Conv2d", "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "ELU", "Softplus", "Flatten", "BatchNorm1d",
@@ -476,8 +476,6 @@ class _Converter:
             if isinstance(obj, _Live):
                 if attr == "shape":
                     return self.size_of(obj)
-                if attr in ("T", "mT", "H", "real", "data"):
-                    self.unsupported(f"tensor attribute .{attr}", label)
                 self.unsupported(f"tensor attribute .{attr}", label)
             return getattr(obj, attr)
         if fn is operator.getitem:
