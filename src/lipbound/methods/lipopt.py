@@ -1,0 +1,236 @@
+"""LiPopt (Latorre, Rolland & Cevher, ICLR 2020): linear-programming (Krivine/Handelman) hierarchy on
+the norm-gradient polynomial, dense and sparse, global and local; and its Shor-SDP baseline.
+
+Both methods bound  L_inf = max_j sup_x ||grad f_j(x)||_1  (the l_inf -> l_inf Lipschitz constant),
+and `lipopt` also  L_1 = max_i sup_x sum_j |d f_j / d x_i|  through the transposed chain.
+The LP is built from the weights (numpy / scipy.sparse) and solved with HiGHS; every returned value is
+re-certified in float64 from the solver's primal point (residual correction). Mathematics:
+../shared/reference/lipopt.md.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from ..errors import MethodFailed, Unsupported
+from ..norms import INF
+from ..registry import AFFINE_OPS, ALL_ACTIVATIONS, MethodResult, register_method
+from ._lipopt_chain import hidden_ranges, scalar_problems
+from ._lipopt_core import (CoverageError, build_lp, clique_subsets, count_clique_products,
+                           count_products_dense, dense_subsets, gradient_polynomial, input_cliques, solve_lp)
+
+DENSE_CHAIN_OPS = AFFINE_OPS | {"Activation"}
+DEFAULT_MAX_COLUMNS = 3_000_000
+
+
+def _prepare(prob, k: int, sparse: bool):
+    """Prune, expand the polynomial, choose the product subsets. Returns (problem, poly, subsets, count)."""
+    pr = prob.pruned()
+    poly = gradient_polynomial(pr)
+    if poly.m == 0:
+        return pr, poly, None, 0
+    if sparse:
+        cliques = input_cliques(pr, poly)
+        return pr, poly, cliques, count_clique_products(cliques, k)
+    return pr, poly, None, count_products_dense(poly.m, k)
+
+
+def solve_scalar(pr, poly, cliques, k: int, sparse: bool, time_limit=None, solver: str = "ipm") -> dict:
+    """Certified upper bound on the maximum of one scalar problem's polynomial over its box by the
+    level-k LP (dense: every k-subset of the variables; sparse: the k-subsets of the input cliques).
+    Returns a dict with 'value' (None if the solve gave no usable point), 'lam', sizes and times."""
+    if poly.m == 0:
+        val = float(np.sum(poly.coef) + np.sum(poly.abs_err))
+        return {"value": max(val, 0.0) if len(poly.coef) == 0 else val, "lam": val, "status": "constant",
+                "sizes": {"rows": 1, "columns": 1, "nonzeros": 0, "products": 0}, "build_s": 0.0, "solve_s": 0.0}
+    t0 = time.perf_counter()
+    subsets = clique_subsets(cliques, k, poly.m) if sparse else dense_subsets(poly.m, k)
+    lp = build_lp(poly, subsets, k)
+    build = time.perf_counter() - t0
+    sol = solve_lp(lp, time_limit=time_limit, solver=solver)
+    return {"value": sol.value, "lam": sol.lam, "status": sol.status, "sizes": lp.sizes(), "build_s": build,
+            "solve_s": sol.solve_time, "correction": sol.correction, **sol.info}
+
+
+@register_method(
+    "lipopt", kind="upper", norms=(INF, 1), regions=("global", "box"), ops=DENSE_CHAIN_OPS,
+    activations=ALL_ACTIVATIONS,
+    description="LiPopt: LP (Krivine/Handelman) hierarchy on the norm-gradient polynomial, HiGHS, certified",
+    options={"degree": "LP level k >= number of weight matrices (default: the number of weight matrices)",
+             "sparse": "products only inside the reachability cliques of each input (default true)",
+             "solver": "HiGHS algorithm: ipm (default, no crossover) or simplex",
+             "max_columns": f"size guard on the LP columns per scalar problem (default {DEFAULT_MAX_COLUMNS:,})"})
+def lipopt(net, ctx):
+    """Certified upper bound on the l_inf (max over outputs of sup ||grad f_j||_1) or l_1 (transposed:
+    max over inputs) Lipschitz constant, globally (derivatives in the slope bounds [alpha, beta]) or on
+    a box (derivative ranges from interval pre-activation bounds; stable ReLUs are constants).
+
+    One LP per output (l_inf) or per input (l_1); each LP has one column per product of k factors
+    y or (1 - y) and one row per monomial: C(m, k) 2^k columns dense, about sum_v C(|clique_v|, k) 2^k
+    sparse. Cost: HiGHS interior point on that LP; the value is lambda plus a residual correction
+    computed in float64, so it is valid whatever the solver tolerance."""
+    chain = net.dense_chain()
+    d = len(chain)
+    k = ctx.option("degree", d, int)
+    if k < d:
+        raise Unsupported(f"degree {k} is below the number of weight matrices ({d}): the LP could not match the "
+                          f"top-degree monomials of the gradient polynomial; use degree >= {d}")
+    sparse = ctx.option("sparse", True, bool)
+    solver = ctx.option("solver", "ipm", str)
+    if solver not in ("ipm", "simplex"):
+        raise Unsupported(f"solver {solver!r}: use ipm or simplex")
+    max_columns = ctx.option("max_columns", DEFAULT_MAX_COLUMNS, int)
+    a_list, w_list, range_info = hidden_ranges(chain, ctx.region)
+    probs = scalar_problems(chain, a_list, w_list, ctx.norm, ctx.output)
+    prepared = []
+    t_prep = time.perf_counter()
+    for prob in probs:
+        pr, poly, cliques, count = _prepare(prob, k, sparse)
+        if count > max_columns:
+            raise Unsupported(f"the degree-{k} {'sparse' if sparse else 'dense'} LP of {prob.label} would have "
+                              f"{count:,} product columns (> max_columns={max_columns:,}); "
+                              f"{poly.m} variables after pruning")
+        prepared.append((prob, pr, poly, cliques, count))
+    t_prep = time.perf_counter() - t_prep
+    per_problem, values = [], []
+    status, fallback = "ok", []
+    bar = ctx.progress(total=len(prepared), desc=f"lipopt-{k}")
+    for prob, pr, poly, cliques, count in prepared:
+        if ctx.out_of_time():
+            v = prob.naive_bound()
+            fallback.append(prob.label)
+            values.append(v)
+            per_problem.append({"label": prob.label, "value": v, "source": "naive |W|-product (out of time)"})
+            status = "time_limit"
+            bar.update(1)
+            continue
+        try:
+            res = solve_scalar(pr, poly, cliques, k, sparse, ctx.time_left(), solver)
+        except CoverageError as e:  # a bug in the product set: never return a number
+            raise MethodFailed(f"coefficient matching: {e}") from None
+        except MemoryError:
+            raise MethodFailed(f"out of memory building the LP of {prob.label} ({count:,} columns)") from None
+        val = res["value"]
+        if val is None or not math.isfinite(val):
+            if ctx.out_of_time() or "time" in str(res.get("status", "")).lower():
+                v = prob.naive_bound()
+                fallback.append(prob.label)
+                values.append(v)
+                per_problem.append({"label": prob.label, "value": v, "source": "naive |W|-product (LP timed out)",
+                                    "highs_status": res.get("status")})
+                status = "time_limit"
+                bar.update(1)
+                continue
+            raise MethodFailed(f"HiGHS returned no usable point for {prob.label} (status {res.get('status')})")
+        if "time" in str(res.get("status", "")).lower():
+            status = "time_limit"
+        values.append(val)
+        per_problem.append({"label": prob.label, "value": val, "source": "lp", **res})
+        bar.update(1)
+    bar.close()
+    value = max(values) if values else 0.0
+    sizes = [p["sizes"] for p in per_problem if "sizes" in p]
+    details = {
+        "degree": k, "sparse": sparse, "solver": f"HiGHS {solver}", "n_problems": len(prepared),
+        "scalar": "per output (l_inf)" if ctx.norm == INF else "per input (l_1, transposed chain)",
+        "derivative_ranges": "global slope bounds" if ctx.region is None else "interval bounds on the box",
+        "neurons_constant": range_info["stable"], "neurons_variable": range_info["unstable"],
+        "lp_columns_max": max((s["columns"] for s in sizes), default=0),
+        "lp_rows_max": max((s["rows"] for s in sizes), default=0),
+        "lp_nonzeros_max": max((s["nonzeros"] for s in sizes), default=0),
+        "lp_columns_total": sum(s["columns"] for s in sizes),
+        "prepare_s": t_prep,
+        "build_s": sum(p.get("build_s", 0.0) for p in per_problem),
+        "solve_s": sum(p.get("solve_s", 0.0) for p in per_problem),
+        "max_correction": max((p.get("correction", 0.0) for p in per_problem), default=0.0),
+        "argmax": per_problem[int(np.argmax(values))]["label"] if values else None,
+    }
+    if len(per_problem) <= 64:
+        details["problems"] = [{kk: vv for kk, vv in p.items() if kk in
+                                ("label", "value", "lam", "source", "status", "sizes", "build_s", "solve_s",
+                                 "correction", "highs_status")} for p in per_problem]
+    reason = None
+    if fallback:
+        details["fallback_naive"] = fallback
+        reason = (f"out of time: {len(fallback)} of {len(prepared)} scalar problems bounded by the naive |W|-product "
+                  "instead of the LP")
+    return MethodResult(value, status=status, details=details, reason=reason)
+
+
+# --------------------------------------------------------------------------------------------------
+# Shor SDP
+# --------------------------------------------------------------------------------------------------
+
+DEFAULT_MAX_ORDER = 700
+
+
+@register_method(
+    "shor-sdp", kind="upper", norms=(INF,), regions=("global", "box"), ops=DENSE_CHAIN_OPS,
+    activations=ALL_ACTIVATIONS,
+    description="Shor SDP relaxation of the norm-gradient polynomial (1-2 hidden layers), SCS, certified",
+    options={"max_order": f"size guard on the PSD matrix order per output (default {DEFAULT_MAX_ORDER})",
+             "tol": "SCS tolerance eps_abs = eps_rel (default 1e-6)", "sdp_solver": "SCS (default) or CLARABEL"})
+def shor_sdp(net, ctx):
+    """Certified upper bound on the l_inf Lipschitz constant (max over outputs of sup ||grad f_j||_1) of a
+    network with one or two hidden layers, from the Shor SDP relaxation of the norm-gradient polynomial
+    in +-1 variables (two hidden layers: products of hidden derivatives lifted, with consistency
+    constraints). The dual SDP is solved by SCS and re-certified by an eigenvalue check in float64.
+    Cost: one SDP of order 1 + #variables (+ #non-zero hidden-hidden weights) per output."""
+    from ._lipopt_shor import shor_bound
+
+    chain = net.dense_chain()
+    d = len(chain)
+    if d > 3:
+        raise Unsupported(f"shor-sdp handles one or two hidden layers; this network has {d - 1}")
+    max_order = ctx.option("max_order", DEFAULT_MAX_ORDER, int)
+    eps = ctx.option("tol", 1e-6, float)
+    sdp_solver = ctx.option("sdp_solver", "SCS", str).upper()
+    if sdp_solver not in ("SCS", "CLARABEL"):
+        raise Unsupported(f"sdp_solver {sdp_solver!r}: use SCS or CLARABEL")
+    a_list, w_list, _ = hidden_ranges(chain, ctx.region)
+    probs = scalar_problems(chain, a_list, w_list, INF, ctx.output)
+    prepared = []
+    for prob in probs:
+        pr = prob.pruned()
+        poly = gradient_polynomial(pr)
+        n_pairs = 0
+        if d == 3:
+            var1 = poly.var_ids[1] >= 0 if len(poly.var_ids) > 1 else np.zeros(0, bool)
+            var2 = poly.var_ids[2] >= 0 if len(poly.var_ids) > 2 else np.zeros(0, bool)
+            M2 = pr.Ms[1]
+            if M2.shape[0] and M2.shape[1]:
+                n_pairs = int(M2[np.flatnonzero(var1)][:, np.flatnonzero(var2)].nnz)
+        order = 1 + poly.m + n_pairs
+        if order > max_order:
+            raise Unsupported(f"the Shor SDP of {prob.label} has a PSD matrix of order {order:,} "
+                              f"(> max_order={max_order:,})")
+        prepared.append((prob, poly, order))
+    values, per, fallback, status = [], [], [], "ok"
+    bar = ctx.progress(total=len(prepared), desc="shor-sdp")
+    for prob, poly, order in prepared:
+        if ctx.out_of_time():
+            v = prob.naive_bound()
+            values.append(v)
+            fallback.append(prob.label)
+            status = "time_limit"
+            bar.update(1)
+            continue
+        val, info = shor_bound(poly, time_limit=ctx.time_left(), eps=eps, solver=sdp_solver)
+        if val is None or not math.isfinite(val):
+            raise MethodFailed(f"SCS gave no usable certificate for {prob.label} ({info.get('solver_status')})")
+        values.append(val)
+        per.append({"label": prob.label, "value": val, **info})
+        bar.update(1)
+    bar.close()
+    details = {"max_order": max((o for _, _, o in prepared), default=0), "solver": "SCS (dual SDP) + eigenvalue check",
+               "max_correction": max((p.get("correction", 0.0) for p in per), default=0.0)}
+    if len(per) <= 64:
+        details["problems"] = per
+    reason = None
+    if fallback:
+        details["fallback_naive"] = fallback
+        reason = f"out of time: {len(fallback)} outputs bounded by the naive |W|-product"
+    return MethodResult(max(values) if values else 0.0, status=status, details=details, reason=reason)
