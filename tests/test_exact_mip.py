@@ -1,0 +1,236 @@
+"""Tests of the exact methods `mip` and `enumerate` (issue 7) and of lipbound.data.
+
+Every check is against something independent: the two exact methods against each other (a MIP on
+HiGHS versus an LP-checked tree search over activation patterns), sampled gradients (certified lower
+bounds), the naive product of layer norms, the other methods' certified upper bounds, autograd at the
+returned witnesses, and LP weak duality."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import lipbound
+from lipbound.data import random_k_cluster, train_mlp
+from lipbound.methods import _mip_core as core
+from lipbound.network import Activation, Linear, Network
+from lipbound.norms import operator_norm
+from lipbound.registry import Region
+
+
+def rand_net(widths, seed, act="relu", param=0.0, scale=1.0):
+    rng = np.random.default_rng(seed)
+    ops = []
+    for i in range(len(widths) - 1):
+        W = scale * rng.normal(size=(widths[i + 1], widths[i])) / np.sqrt(widths[i])
+        ops.append(Linear(W, 0.5 * rng.normal(size=widths[i + 1])))
+        if i < len(widths) - 2:
+            ops.append(Activation(act, param))
+    return Network.sequential((widths[0],), ops, name=f"rand{widths}-{seed}")
+
+
+def naive_product(net, norm):
+    """Product of the layer operator norms (activation slopes <= 1): a certified upper bound."""
+    val = 1.0
+    for node in net.nodes:
+        if isinstance(node.op, Linear):
+            val *= float(operator_norm(node.op.W.numpy(), norm))
+    return val
+
+
+def sampled_lower(net, region, norm, output=None, n=3000, seed=0):
+    X = region.sample(n, np.random.default_rng(seed))
+    J = net.jacobian(torch.as_tensor(X)).numpy()
+    return float(np.max(operator_norm(J, norm, output)))
+
+
+def jac_norm(net, x, norm, output=None):
+    return float(operator_norm(net.jacobian(np.asarray(x, dtype=np.float64).reshape(1, -1))[0], norm, output))
+
+
+CASES = []
+for seed in range(14):
+    d = (2, 3, 2, 4)[seed % 4]
+    widths = [d, 6, 5, 3] if seed % 3 else [d, 8, 2]
+    act, param = ("leaky_relu", 0.1) if seed % 5 == 4 else ("relu", 0.0)
+    local = seed % 2 == 1
+    CASES.append((seed, widths, act, param, local))
+
+
+@pytest.mark.parametrize("seed,widths,act,param,local", CASES)
+def test_mip_equals_enumerate(seed, widths, act, param, local):
+    net = rand_net(widths, seed, act, param)
+    rng = np.random.default_rng(1000 + seed)
+    d = widths[0]
+    region = Region.box(rng.uniform(0, 1, d), 0.3) if local else Region.from_bounds(np.zeros(d), np.ones(d))
+    output = 1 if seed % 4 == 2 else None
+    for norm in ("inf", 1):
+        # samples=1: the MIP itself has to find the maximiser, not the sampling
+        a = lipbound.bound(net, "mip", norm, region=region, output=output, samples=1,
+                           bounds=("interval", "lp")[seed % 2])
+        e = lipbound.bound(net, "enumerate", norm, region=region, output=output)
+        assert e.kind == "exact" and e.status == "ok", e.reason
+        assert a.kind == "exact" and a.status == "ok", (a.reason, a.details.get("rel_gap"))
+        assert a.value == pytest.approx(e.value, rel=1e-5, abs=1e-9)
+        # both witnesses reproduce their values by autograd, inside the box
+        for b in (a, e):
+            assert region.contains(b.witness)
+            assert jac_norm(net, b.witness, norm, output) == pytest.approx(b.value, rel=1e-5, abs=1e-9)
+        # sandwich with independent bounds
+        assert sampled_lower(net, region, norm, output) <= a.value * (1 + 1e-9) + 1e-12
+        assert a.value <= naive_product(net, norm) * (1 + 1e-9)
+        assert a.details["upper"] >= a.value
+
+
+def test_more_random_nets_mip_vs_enumerate_inf():
+    """A second batch, only l_inf, with default options (CROWN/LP bounds, sampled incumbent)."""
+    for seed in range(20, 30):
+        net = rand_net([3, 7, 6, 2], seed)
+        region = Region.box(np.random.default_rng(seed).uniform(-1, 1, 3), 0.5)
+        a = lipbound.bound(net, "mip", "inf", region=region)
+        e = lipbound.bound(net, "enumerate", "inf", region=region)
+        assert a.kind == e.kind == "exact"
+        assert a.value == pytest.approx(e.value, rel=1e-5, abs=1e-9)
+
+
+def test_time_limited_sandwich_and_witness():
+    net = rand_net([6, 40, 40, 40, 3], 3, scale=1.5)
+    region = Region.from_bounds(-np.ones(6), np.ones(6))
+    b = lipbound.bound(net, "mip", "inf", region=region, time_limit=2.0, samples=200, bounds="interval",
+                       chain_lp=False)
+    assert b.status in ("time_limit", "ok")
+    assert b.lower is not None and b.value is not None
+    assert b.lower <= b.value * (1 + 1e-9)
+    x = b.details["lower_witness"]
+    assert region.contains(x)
+    assert jac_norm(net, x, "inf") == pytest.approx(b.lower, rel=1e-9)
+    if b.status == "time_limit":
+        assert b.kind == "upper"
+    assert b.value <= naive_product(net, "inf") * (1 + 1e-9)
+    assert sampled_lower(net, region, "inf", n=2000) <= b.value
+
+
+def test_mip_below_other_certified_upper_bounds():
+    net = rand_net([3, 8, 8, 3], 7)
+    region = Region.box(np.array([0.2, -0.1, 0.4]), 0.4)
+    for norm in ("inf", 1):
+        m = lipbound.bound(net, "mip", norm, region=region)
+        assert m.kind == "exact"
+        reg = lipbound.api.load_methods()
+        for name in ("naive", "ibp-jacobian", "crown", "recurjac", "crown-bab", "lipopt"):
+            if name not in reg:
+                continue
+            try:  # another method's crash is its own test's business; a wrong value is ours too
+                b = lipbound.bound(net, name, norm, region=region, time_limit=20)
+            except Exception:
+                continue
+            if b.status == "ok" and b.kind == "upper":
+                assert m.value <= b.value * (1 + 1e-6) + 1e-9, name
+        for name in ("lower-grad", "lower-sample"):
+            if name in reg:
+                try:
+                    b = lipbound.bound(net, name, norm, region=region, time_limit=10)
+                except Exception:
+                    continue
+                if b.status in ("ok", "time_limit") and b.value is not None:
+                    assert b.value <= m.value * (1 + 1e-6) + 1e-9, name
+
+
+def test_degenerate_network_never_claims_a_wrong_exact_value():
+    # f(x) = relu(w.x) - relu(w.x) == 0: the MIP may mix the binaries at w.x = 0 and report |w|_1
+    w = np.array([[1.0, -2.0]])
+    net = Network.sequential((2,), [Linear(np.vstack([w, w]), np.zeros(2)), Activation("relu"),
+                                    Linear(np.array([[1.0, -1.0]]), np.zeros(1))])
+    region = Region.from_bounds(-np.ones(2), np.ones(2))
+    m = lipbound.bound(net, "mip", "inf", region=region, bounds="interval")
+    if m.kind == "exact":
+        assert m.value == pytest.approx(0.0, abs=1e-9)
+    else:
+        assert m.lower is not None and m.lower == pytest.approx(0.0, abs=1e-12)
+        assert m.value >= m.lower
+    e = lipbound.bound(net, "enumerate", "inf", region=region)
+    assert e.kind == "exact" and e.value == pytest.approx(0.0, abs=1e-12)
+
+
+def test_sigmoid_is_unsupported_with_reason():
+    rng = np.random.default_rng(0)
+    net = Network.sequential((2,), [Linear(rng.normal(size=(4, 2)), np.zeros(4)), Activation("sigmoid"),
+                                    Linear(rng.normal(size=(1, 4)), np.zeros(1))])
+    region = Region.from_bounds(np.zeros(2), np.ones(2))
+    for method in ("mip", "enumerate"):
+        b = lipbound.bound(net, method, "inf", region=region)
+        assert b.status == "unsupported" and b.value is None
+        assert "sigmoid" in b.reason
+
+
+def test_unsupported_requests():
+    net = rand_net([2, 30, 30, 2], 0, scale=2.0)
+    region = Region.from_bounds(-np.ones(2) * 5, np.ones(2) * 5)
+    b = lipbound.bound(net, "enumerate", "inf", region=region, max_unstable=5)
+    assert b.status == "unsupported" and "unstable" in b.reason
+    b = lipbound.bound(net, "mip", "inf", region=region, solver="scip")
+    assert b.status == "unsupported" and "scip" in b.reason.lower()
+    b = lipbound.bound(net, "mip", "inf")  # no box
+    assert b.status == "unsupported"
+    b = lipbound.bound(net, "mip", 2, region=region)
+    assert b.status == "unsupported"
+
+
+def test_affine_network_is_exact():
+    W = np.array([[1.0, -2.0, 0.5], [0.0, 3.0, -1.0]])
+    net = Network.sequential((3,), [Linear(W, np.zeros(2))])
+    region = Region.from_bounds(np.zeros(3), np.ones(3))
+    assert lipbound.bound(net, "mip", "inf", region=region).value == pytest.approx(4.0)
+    assert lipbound.bound(net, "mip", 1, region=region).value == pytest.approx(5.0)
+
+
+def test_lp_tightening_is_sound_and_tighter():
+    net = rand_net([3, 12, 12, 12, 2], 5)
+    layers = core.relu_chain(net)
+    lo, hi = -np.ones(3), np.ones(3)
+    ib = core.interval_preact_bounds(layers, lo, hi)
+    lb, done = core.lp_tighten(layers, lo, hi, ib)
+    assert done
+    X = np.random.default_rng(0).uniform(lo, hi, size=(5000, 3))
+    pre = net.preactivations(torch.as_tensor(X))
+    for (l1, u1), (l2, u2), z in zip(ib, lb, pre):
+        z = z.numpy()
+        assert (l2 >= l1 - 1e-12).all() and (u2 <= u1 + 1e-12).all()
+        assert (z >= l2[None] - 1e-9).all() and (z <= u2[None] + 1e-9).all()
+
+
+def test_certified_lp_max_weak_duality():
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        m = core.Model()
+        x = m.add_vars(-np.ones(4), np.ones(4))
+        A = rng.normal(size=(3, 4))
+        m.add_rows([(x, A)], np.full(3, -np.inf), rng.uniform(0.1, 1, 3))
+        c = rng.normal(size=4)
+        h, (As, lb, ub, rl, ru) = m.to_highs(c, maximize=True)
+        h.run()
+        opt = h.getInfo().objective_function_value
+        y = np.asarray(h.getSolution().row_dual)
+        cert = core.certified_lp_max(c, As, lb, ub, rl, ru, y)
+        assert opt - 1e-9 <= cert <= opt + 1e-6
+        assert core.certified_lp_max(c, As, lb, ub, rl, ru, np.zeros(3)) >= opt - 1e-12  # any y is valid
+
+
+def test_random_k_cluster_and_train_mlp():
+    X, y = random_k_cluster(200, 2, 6, 3, seed=4)
+    X2, y2 = random_k_cluster(200, 2, 6, 3, seed=4)
+    assert np.array_equal(X, X2) and np.array_equal(y, y2)
+    assert X.shape == (200, 2) and ((X >= 0) & (X <= 1)).all() and set(np.unique(y)) <= {0, 1, 2}
+    # labels are piecewise constant over the Voronoi cells of the leaders: each leader carries its own label
+    Xr, _ = random_k_cluster(50, 3, 5, 2, seed=1, radius=0.05)
+    d = np.linalg.norm(Xr[:, None] - Xr[None], axis=-1) + np.eye(len(Xr))
+    assert d.min() >= 0.1 - 1e-12
+    net = train_mlp([2, 8, 2], X, y % 2, epochs=30, seed=0)
+    net2 = train_mlp([2, 8, 2], X, y % 2, epochs=30, seed=0)
+    out, out2 = net(torch.as_tensor(X)), net2(torch.as_tensor(X))
+    assert out.shape == (200, 2) and torch.equal(out, out2)
+    b = lipbound.bound(net, "mip", "inf", region=Region.from_bounds(np.zeros(2), np.ones(2)))
+    assert b.kind == "exact" and b.value <= naive_product(net, "inf") * (1 + 1e-9)
