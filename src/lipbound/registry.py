@@ -230,18 +230,24 @@ class MethodSpec:
             if region_kind == "global":
                 return f"method {self.name} is local: give a box region (center and eps)"
             return f"method {self.name} is global-only: it does not bound a box region"
+        missing = self.missing_operations(net)
+        if missing:
+            others = [s.name for s in REGISTRY.values() if s.name != self.name and not s.missing_operations(net)]
+            return (f"method {self.name} does not support {', '.join(missing)} in this network; methods that do: "
+                    f"{', '.join(others) or 'none'}")
+        return None
+
+    def missing_operations(self, net: Network) -> list[str]:
+        """The network's operation kinds (and activations) this method cannot handle."""
+        missing = []
         for kind in sorted(net.op_kinds()):
             if kind.startswith("Activation:"):
                 act = kind.split(":", 1)[1]
                 if act not in self.activations:
-                    others = [s.name for s in REGISTRY.values() if act in s.activations and s.name != self.name]
-                    return (f"method {self.name} does not support the {act} activation; methods that do: "
-                            f"{', '.join(others) or 'none'}")
-            elif kind not in self.ops:
-                others = [s.name for s in REGISTRY.values() if kind in s.ops and s.name != self.name]
-                return (f"method {self.name} does not support the operation {kind}; methods that do: "
-                        f"{', '.join(others) or 'none'}")
-        return None
+                    missing.append(f"the {act} activation")
+            elif kind != "Activation" and kind not in self.ops:
+                missing.append(f"the operation {kind}")
+        return missing
 
     def to_json(self) -> dict:
         return {"name": self.name, "kind": self.kind, "norms": [norm_name(p) for p in self.norms],

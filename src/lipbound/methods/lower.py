@@ -86,18 +86,37 @@ def _batch_size(net: Network) -> int:
     return int(max(16, min(1024, 2_000_000 // max(1, net.n_inputs * max(1, net.n_outputs)))))
 
 
-def _run_sampling(net: Network, ctx: MethodContext, n_samples: int, rng) -> tuple[float, torch.Tensor | None, int]:
+def _run_sampling(net: Network, ctx: MethodContext, n_samples: int, rng, keep: int = 0):
+    """Screen ``n_samples`` random points of the region in batches.
+
+    Returns (best value, best point, number screened, the ``keep`` best points and ``keep`` random
+    points as a tensor of starts for an ascent)."""
     best_val, best_x, done = -math.inf, None, 0
     bs = _batch_size(net)
+    top_x = torch.empty((0,) + net.input_shape, dtype=DTYPE)
+    top_v = torch.empty(0, dtype=DTYPE)
+    others = []
     bar = ctx.progress(total=n_samples, desc=f"{ctx.method}: sampling")
-    while done < n_samples and not ctx.out_of_time():
+    while done < n_samples and (done == 0 or not ctx.out_of_time()):  # at least one batch
         k = min(bs, n_samples - done)
         x = torch.as_tensor(sample_points(net, ctx, k, rng), dtype=DTYPE)
-        best_val, best_x = best_of(net, x, ctx.norm, ctx.output, best_val, best_x)
+        vals = jacobian_norms(net, x, ctx.norm, ctx.output)
+        i = int(torch.argmax(vals))
+        if float(vals[i]) > best_val:
+            best_val, best_x = float(vals[i]), x[i].clone()
+        if keep:
+            top_x, top_v = torch.cat([top_x, x]), torch.cat([top_v, vals])
+            order = torch.argsort(top_v, descending=True)[:keep]
+            top_x, top_v = top_x[order], top_v[order]
+            others.append(x[: max(1, keep // 4)])
         done += k
         bar.update(k)
     bar.close()
-    return best_val, best_x, done
+    starts = top_x
+    if keep and others:
+        pool = torch.cat(others)
+        starts = torch.cat([top_x, pool[torch.as_tensor(rng.permutation(pool.shape[0])[:keep])]])
+    return best_val, best_x, done, starts
 
 
 def _result(best_val, best_x, ctx, details, status="ok") -> MethodResult:
@@ -122,7 +141,7 @@ def lower_sample(net: Network, ctx: MethodContext) -> MethodResult:
     the best point as witness. Cost: samples x (number of outputs) backward passes."""
     n = ctx.option("samples", 2000, int)
     rng = ctx.rng()
-    best_val, best_x, done = _run_sampling(net, ctx, n, rng)
+    best_val, best_x, done, _ = _run_sampling(net, ctx, n, rng)
     status = "ok" if done >= n else "time_limit"
     return _result(best_val, best_x, ctx, {"samples": done}, status)
 
@@ -132,8 +151,9 @@ def lower_sample(net: Network, ctx: MethodContext) -> MethodResult:
 # --------------------------------------------------------------------------------------------------
 
 
-def _smooth_forward(net: Network, x: torch.Tensor, temps: list[float]) -> torch.Tensor:
-    """The network with each ReLU/LeakyReLU replaced by a softplus of temperature temps[k]."""
+def _smooth_forward(net: Network, x: torch.Tensor, temps: list[torch.Tensor]) -> torch.Tensor:
+    """The network with each ReLU/LeakyReLU replaced by t*softplus(z/t), temperature temps[k]
+    (a tensor broadcastable to the batch of pre-activations)."""
     vals = [x]
     k = 0
     for node in net.nodes[1:]:
@@ -144,28 +164,41 @@ def _smooth_forward(net: Network, x: torch.Tensor, temps: list[float]) -> torch.
             k += 1
             z = ins[0]
             sp = t * torch.nn.functional.softplus(z / t)
-            if op.name == "relu":
-                vals.append(sp)
-            else:  # leaky: a z + (1 - a) relu(z)
-                vals.append(op.param * z + (1 - op.param) * sp)
+            vals.append(sp if op.name == "relu" else op.param * z + (1 - op.param) * sp)
         else:
             vals.append(op.forward(*ins))
     return vals[-1]
 
 
-def _objective(net: Network, x: torch.Tensor, norm, output, temps) -> torch.Tensor:
-    """Operator norm of the Jacobian of the smoothed network at each point of the batch
-    (differentiable in x). Cost: m backward passes with a graph kept for the second derivative."""
+def _norm_directions(J: torch.Tensor, norm, output: int | None):
+    """Output weights c (B, m) and input directions d (B, n) with c^T J d = ||J||_{p->p} at each point.
+
+    l2: top singular vectors; linf: the best row and the signs of its entries; l1: the signs of the best
+    column and that coordinate. Rows other than ``output`` get weight 0 when it is given."""
+    B, m, n = J.shape
+    if output is not None:
+        mask = torch.zeros(m, dtype=J.dtype)
+        mask[output] = 1.0
+        J = J * mask[None, :, None]
+    if norm == 2:
+        U, S, Vh = torch.linalg.svd(J, full_matrices=False)
+        return U[:, :, 0], Vh[:, 0, :]
+    if norm == math.inf:
+        j = J.abs().sum(2).argmax(1)
+        c = torch.nn.functional.one_hot(j, m).to(J.dtype)
+        return c, torch.sign(J[torch.arange(B), j, :])
+    i = J.abs().sum(1).argmax(1)
+    d = torch.nn.functional.one_hot(i, n).to(J.dtype)
+    return torch.sign(J[torch.arange(B), :, i]), d
+
+
+def _directional_objective(net: Network, x: torch.Tensor, c: torch.Tensor, d: torch.Tensor, temps) -> torch.Tensor:
+    """c^T J_smooth(x) d for every point of the batch: one backward pass with its graph kept."""
     B = x.shape[0]
     xf = x.reshape(B, -1)
     y = _smooth_forward(net, xf.reshape((B,) + net.input_shape), temps).reshape(B, -1)
-    rows = range(y.shape[1]) if output is None else [output]
-    grads = []
-    for j in rows:
-        (g,) = torch.autograd.grad(y[:, j].sum(), xf, create_graph=True)
-        grads.append(g)
-    J = torch.stack(grads, 1)
-    return operator_norm(J, norm)
+    (g,) = torch.autograd.grad((y * c).sum(), xf, create_graph=True)
+    return (g * d).sum(1)
 
 
 @register_method(
@@ -173,71 +206,83 @@ def _objective(net: Network, x: torch.Tensor, norm, output, temps) -> torch.Tens
     activations=ALL_ACTIVATIONS,
     description="multi-start gradient ascent on the Jacobian norm (smoothed ReLUs), certified lower bound",
     options={"restarts": "number of starting points (default 32)", "steps": "ascent steps (default 150)",
-             "samples": "random points screened for starts (default 1000)"},
+             "samples": "random points screened for starts, as in lower-sample (default 2000)"},
 )
 def lower_grad(net: Network, ctx: MethodContext) -> MethodResult:
     """Certified lower bound (any norm, global or box): gradient ascent on ||J(x)|| from the best of
-    random samples. ReLUs are replaced by softplus(z/t)*t with t shrinking from 0.3 to 1e-3 of each
-    layer's pre-activation scale, so the objective has a gradient; every iterate is re-evaluated on
+    random samples. The objective is c^T J(x) d with c, d the output weights / input direction that
+    attain the operator norm at the current point (re-aimed every 5 steps), on a network whose ReLUs
+    are replaced by t*softplus(z/t), t shrinking from 0.3 to 1e-3 of each point's pre-activation
+    scale, so the objective has a gradient; every iterate is re-evaluated on
     the true network at differentiable points, and the best one is the witness.
-    Cost: restarts x steps x (m backward passes with double backward)."""
+    Cost: restarts x steps x (one double-backward pass) + restarts x steps/5 x (m backward passes)."""
     restarts = ctx.option("restarts", 32, int)
     steps = ctx.option("steps", 150, int)
-    n_samples = ctx.option("samples", 1000, int)
+    n_samples = ctx.option("samples", 2000, int)
     rng = ctx.rng()
-    # screen random points: the best ones are the starts (so lower-grad >= its own sampling phase)
-    pool = torch.as_tensor(sample_points(net, ctx, max(n_samples, restarts), rng), dtype=DTYPE)
-    best_val, best_x = -math.inf, None
-    scores = []
-    bs = _batch_size(net)
-    for i in range(0, pool.shape[0], bs):
-        v = jacobian_norms(net, pool[i : i + bs], ctx.norm, ctx.output)
-        scores.append(v)
-    scores = torch.cat(scores)
-    i_best = int(torch.argmax(scores))
-    if math.isfinite(float(scores[i_best])):
-        best_val, best_x = float(scores[i_best]), pool[i_best].clone()
+    # screen random points exactly as lower-sample does (same seed, same points), so lower-grad is never
+    # below lower-sample; the best half of the starts are the best samples, the rest random ones
+    best_val, best_x, _, starts = _run_sampling(net, ctx, max(n_samples, restarts), rng, keep=max(1, restarts // 2))
     sample_best = best_val
-    order = torch.argsort(scores, descending=True)
-    n_top = max(1, restarts // 2)
-    starts = torch.cat([pool[order[:n_top]], pool[torch.as_tensor(rng.permutation(pool.shape[0])[: restarts - n_top])]])
+    pl_nodes = [n for n in net.nodes if isinstance(n.op, Activation)]
+    pl_mask = [n.op.is_piecewise_linear for n in pl_nodes]
 
-    # per-activation pre-activation scale, for the smoothing temperatures
-    with torch.no_grad():
-        pre = net.preactivations(pool[: min(256, pool.shape[0])])
-    pl = [n.op for n in net.nodes if isinstance(n.op, Activation)]
-    scales = [float(z.abs().median()) + 1e-6 for z, op in zip(pre, pl) if op.is_piecewise_linear]
+    def temperature_scales(xb: torch.Tensor) -> list[torch.Tensor]:
+        # per point and layer: the median |pre-activation|, so the smoothing follows each start's scale
+        with torch.no_grad():
+            pre = net.preactivations(xb)
+        out = []
+        for z, node, is_pl in zip(pre, pl_nodes, pl_mask):
+            if is_pl:
+                shape = (xb.shape[0],) + (1,) * len(net.nodes[node.inputs[0]].shape)
+                out.append((z.abs().median(1).values + 1e-6).reshape(shape))
+        return out
 
     if ctx.region is not None:
         lo = torch.as_tensor(ctx.region.lower, dtype=DTYPE)
         hi = torch.as_tensor(ctx.region.upper, dtype=DTYPE)
-        step_size = float((hi - lo).max()) / 20 or 1e-3
+        point_scale = torch.full((starts.shape[0],) + (1,) * len(net.input_shape), float((hi - lo).max()) or 1e-3,
+                                 dtype=DTYPE)
     else:
         lo = hi = None
-        step_size = float(starts.reshape(starts.shape[0], -1).norm(dim=1).median()) / (20 * math.sqrt(net.n_inputs)) + 1e-3
-    x = starts.clone().requires_grad_(True)
-    opt = torch.optim.Adam([x], lr=step_size)
+        # globally the starts live at very different scales: each moves relative to its own size
+        rms = starts.reshape(starts.shape[0], -1).norm(dim=1) / math.sqrt(net.n_inputs)
+        point_scale = rms.clamp_min(0.05).reshape((-1,) + (1,) * len(net.input_shape))
+    step_size = 0.05
+    u = (starts / point_scale).clone().requires_grad_(True)
+    opt = torch.optim.Adam([u], lr=step_size)
     status = "ok"
     bar = ctx.progress(total=steps, desc=f"{ctx.method}: ascent")
     history = []
+    with torch.no_grad():
+        scales = temperature_scales(starts)
+        c, d = _norm_directions(net.jacobian(starts), ctx.norm, ctx.output)
     for it in range(steps):
         if ctx.out_of_time():
             status = "time_limit"
             break
         frac = it / max(1, steps - 1)
         rel_t = 0.3 * (1e-3 / 0.3) ** frac  # geometric annealing of the temperature
-        temps = [rel_t * s for s in scales]
+        temps = [rel_t * sc for sc in scales]
         with torch.enable_grad():
-            obj = _objective(net, x, ctx.norm, ctx.output, temps)
+            obj = _directional_objective(net, u * point_scale, c, d, temps)
             opt.zero_grad()
             (-obj.sum()).backward()
         opt.step()
         with torch.no_grad():
             if lo is not None:
-                x.data = torch.maximum(torch.minimum(x.data, hi), lo)
+                u.data = torch.maximum(torch.minimum(u.data * point_scale, hi), lo) / point_scale
             if it % 5 == 4 or it == steps - 1:
-                best_val, best_x = best_of(net, x.detach(), ctx.norm, ctx.output, best_val, best_x)
+                x_now = (u * point_scale).detach()
+                J = net.jacobian(x_now)
+                vals = torch.where(differentiable_mask(net, x_now), operator_norm(J, ctx.norm, ctx.output),
+                                   torch.tensor(-math.inf, dtype=DTYPE))
+                i = int(torch.argmax(vals))
+                if float(vals[i]) > best_val:
+                    best_val, best_x = float(vals[i]), x_now[i].clone()
                 history.append(best_val)
+                c, d = _norm_directions(J, ctx.norm, ctx.output)  # re-aim at the current maximiser
+                scales = temperature_scales(x_now)
         for g in opt.param_groups:  # decay the step as the temperature shrinks
             g["lr"] = step_size * (1 - 0.9 * frac)
         bar.update(1)

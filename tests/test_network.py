@@ -1,0 +1,116 @@
+"""The network representation: evaluation, dense chains, Jacobians, adjoints, interval bounds."""
+
+import numpy as np
+import pytest
+import torch
+
+from lipbound.errors import LipboundError, Unsupported
+from lipbound.intervals import interval_bounds
+from lipbound.network import (Activation, AvgPool2d, Conv2d, ElementwiseAffine, Linear, Network, Pad, Reshape,
+                              Transpose)
+from lipbound.registry import Region
+from _nets import random_graph_net, random_mlp
+
+
+def _chain_forward(chain, x):
+    z = x
+    for layer in chain:
+        z = z @ layer.W.T + layer.b
+        if layer.activation is not None:
+            z = layer.activation.forward(torch.as_tensor(z)).numpy()
+    return z
+
+
+def test_dense_chain_reproduces_conv_network():
+    rng = np.random.default_rng(1)
+    ops = [ElementwiseAffine(np.full((1, 1, 1), 2.0), np.full((1, 1, 1), -0.5), "Sub/Div"),
+           Conv2d(rng.standard_normal((4, 1, 3, 3)), rng.standard_normal(4), (2, 2), (1, 1)), Activation("relu"),
+           Pad((1, 0, 1, 0)), AvgPool2d((2, 2), (1, 1)), Transpose((0, 2, 1)), Reshape((4 * 4 * 4,)),
+           Linear(rng.standard_normal((5, 64)), rng.standard_normal(5)), Activation("tanh"),
+           Linear(rng.standard_normal((3, 5)), None)]
+    net = Network.sequential((1, 8, 8), ops)
+    x = torch.randn(11, 1, 8, 8, dtype=torch.float64)
+    chain = net.dense_chain()
+    assert len(chain) == 3 and chain[-1].activation is None
+    np.testing.assert_allclose(_chain_forward(chain, x.reshape(11, -1).numpy()), net(x).numpy(), atol=1e-10)
+
+
+def test_dense_chain_refuses_residual_and_size():
+    with pytest.raises(Unsupported, match="not a chain"):
+        random_graph_net(0).dense_chain()
+    with pytest.raises(Unsupported, match="entries"):
+        random_mlp([50, 50, 2]).dense_chain(max_entries=100)
+
+
+def test_jacobian_matches_finite_differences():
+    net = random_graph_net(1)
+    x = torch.rand(3, *net.input_shape, dtype=torch.float64)
+    J = net.jacobian(x)
+    h = 1e-6
+    for b in range(3):
+        for i in [0, 17, 50]:
+            e = torch.zeros(net.n_inputs, dtype=torch.float64)
+            e[i] = h
+            xp = x[b].reshape(-1) + e
+            xm = x[b].reshape(-1) - e
+            fd = (net.forward_flat(xp[None]) - net.forward_flat(xm[None]))[0] / (2 * h)
+            np.testing.assert_allclose(J[b, :, i].numpy(), fd.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("op, shape", [
+    (Conv2d(np.random.default_rng(0).standard_normal((3, 2, 3, 3)), None, (2, 2), (1, 1)), (2, 7, 7)),
+    (Conv2d(np.random.default_rng(1).standard_normal((4, 2, 2, 2)), None, (1, 1), (0, 0), (2, 2)), (2, 6, 6)),
+    (AvgPool2d((3, 3), (2, 2), (1, 1)), (2, 7, 7)),
+    (Pad((1, 2, 0, 1)), (2, 5, 5)),
+    (Transpose((2, 0, 1)), (2, 3, 4)),
+    (ElementwiseAffine(np.random.default_rng(2).standard_normal((2, 1, 1)), np.zeros((2, 1, 1))), (2, 3, 3)),
+])
+def test_adjoint_identity(op, shape):
+    """<A u, v> == <u, A^T v>: the adjoint every back-substitution method relies on."""
+    u = torch.randn((4,) + shape, dtype=torch.float64)
+    Au = op.linear(u)
+    v = torch.randn_like(Au)
+    lhs = (Au * v).sum()
+    rhs = (u * op.linear_t(v, shape)).sum()
+    assert abs(float(lhs - rhs)) < 1e-9 * max(1.0, abs(float(lhs)))
+    dense = op.dense(shape)
+    np.testing.assert_allclose((dense @ u.reshape(4, -1).T).T.numpy(), Au.reshape(4, -1).numpy(), atol=1e-10)
+    # |A| x: the dense matrix with absolute values
+    np.testing.assert_allclose((dense.abs() @ u.abs().reshape(4, -1).T).T.numpy(),
+                               op.abs_linear(u.abs()).reshape(4, -1).numpy(), atol=1e-10)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_interval_bounds_contain_samples(seed):
+    net = random_graph_net(seed)
+    rng = np.random.default_rng(seed)
+    region = Region.box(rng.random(net.input_shape), 0.2)
+    ivs = interval_bounds(net, region)
+    x = torch.as_tensor(region.sample(500, rng))
+    for v, (lo, hi) in zip(net.forward_all(x), ivs):
+        assert (v >= lo - 1e-10).all() and (v <= hi + 1e-10).all()
+
+
+@pytest.mark.parametrize("name,param", [("relu", 0), ("leaky_relu", 0.1), ("tanh", 0), ("sigmoid", 0), ("elu", 1.0),
+                                        ("softplus", 1.0)])
+def test_activation_slopes_and_derivative(name, param):
+    act = Activation(name, param)
+    t = torch.linspace(-6, 6, 2001, dtype=torch.float64)
+    d = act.derivative(t)
+    assert (d >= act.alpha - 1e-12).all() and (d <= act.beta + 1e-12).all()
+    fd = (act.forward(t + 1e-6) - act.forward(t - 1e-6)) / 2e-6
+    mask = t.abs() > 1e-3
+    np.testing.assert_allclose(d[mask].numpy(), fd[mask].numpy(), atol=1e-5)
+    # the bounds are tight where they should be: the sup of the derivative is reached or approached
+    assert d.max() >= act.beta - 0.05 * act.beta
+
+
+def test_nan_weights_rejected():
+    with pytest.raises(LipboundError, match="non-finite"):
+        Network.sequential((2,), [Linear(np.array([[np.nan, 1.0]]), None)])
+
+
+def test_bad_input_shape_is_a_clear_error():
+    net = random_mlp([3, 4, 2])
+    with pytest.raises(LipboundError, match="does not fit"):
+        net(torch.zeros(2, 5, dtype=torch.float64))
