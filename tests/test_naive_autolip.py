@@ -217,11 +217,181 @@ def test_naive_residual_sum_rule():
         assert v >= np.linalg.norm(np.eye(2) + W.numpy(), npord)
 
 
-@pytest.mark.parametrize("name", ["resnet_2b.onnx", "Convnet_maxpool.onnx", "cifar_base_kw.onnx",
-                                  "Convnet_avgpool.onnx", "test_small.onnx", "ffnnSIGMOID__Point_6x200.onnx"])
-def test_naive_shared_networks(name):
+SHARED = ["resnet_2b.onnx", "Convnet_maxpool.onnx", "cifar_base_kw.onnx", "Convnet_avgpool.onnx",
+          "test_small.onnx", "ffnnSIGMOID__Point_6x200.onnx", "ACASXU_run2a_1_1_batch_2000.onnx",
+          "mnist-net_256x2.onnx"]
+
+
+@pytest.mark.parametrize("name", SHARED)
+def test_naive_and_autolip_shared_networks(name):
     net = load_or_skip(name)
+    opnorms.clear_cache()
     for p in NORMS:
         b = lipbound.bound(net, "naive", norm=p)
         assert b.status == "ok" and math.isfinite(b.value)
         assert b.value >= sampled_lower(net, p, n=16, scale=0.5)
+        if p == 2:
+            naive2 = b.value
+    a = lipbound.bound(net, "autolip")
+    assert a.status == "ok" and a.kind == "upper" and math.isfinite(a.value)
+    assert a.value >= sampled_lower(net, 2, n=16, scale=0.5)
+    assert a.value == pytest.approx(naive2, rel=1e-12)
+    pm = a.details["power_method_product"]
+    assert pm <= a.value * (1 + 1e-9)
+    assert a.value <= pm * 1.01  # the issue's target: certified within 1% of the power-method product
+
+
+# --------------------------------------------------------------------------------------------------
+# AutoLip and SeqLip
+# --------------------------------------------------------------------------------------------------
+
+
+def mlp_from(Ws, act="relu", biases=None):
+    ops = []
+    for i, W in enumerate(Ws):
+        ops.append(Linear(W, None if biases is None else biases[i]))
+        if i < len(Ws) - 1:
+            ops.append(Activation(act))
+    return Network.sequential((Ws[0].shape[1],), ops)
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh", "sigmoid"])
+def test_autolip_equals_naive_and_orders_seqlip_on_dense_chains(act):
+    net = random_mlp([4, 10, 12, 9, 3], seed=11, act=act)
+    a = lipbound.bound(net, "autolip")
+    n = lipbound.bound(net, "naive", norm=2)
+    assert a.value == pytest.approx(n.value, rel=1e-9)
+    assert a.details["power_method_product"] == pytest.approx(a.value, rel=1e-6)
+    s = lipbound.bound(net, "seqlip")
+    assert s.kind == "upper" and s.status == "ok"
+    lo = sampled_lower(net, 2, n=256, scale=2.0)
+    assert lo <= s.value <= a.value * (1 + 1e-9)
+    g = lipbound.bound(net, "seqlip-greedy")
+    assert g.kind == "estimate" and g.value <= s.value * (1 + 1e-9)  # a vertex value never beats the max
+    t = lipbound.bound(net, "seqlip-topk", k=20)  # k >= every rank: vertex values of the same factors
+    assert t.kind == "estimate" and t.value <= s.value * (1 + 1e-9)
+
+
+def test_seqlip_between_joint_max_and_autolip_brute_force():
+    # 3 -> 8 -> 8 -> 2: exact SeqLip >= max over both patterns of ||W3 D2 W2 D1 W1|| (brute force)
+    g = torch.Generator().manual_seed(4)
+    Ws = [torch.randn(8, 3, generator=g, dtype=torch.float64), torch.randn(8, 8, generator=g, dtype=torch.float64),
+          torch.randn(2, 8, generator=g, dtype=torch.float64)]
+    net = mlp_from(Ws)
+    pats = ((torch.arange(256)[:, None] >> torch.arange(8)) & 1).to(torch.float64)
+    left = torch.einsum("ij,pj,jk->pik", Ws[2], pats, Ws[1])          # W3 D2 W2
+    right = torch.einsum("pj,jk->pjk", pats, Ws[0])                    # D1 W1
+    joint = torch.linalg.matrix_norm(torch.einsum("pij,qjk->pqik", left, right), 2).max().item()
+    s = lipbound.bound(net, "seqlip").value
+    a = lipbound.bound(net, "autolip").value
+    assert joint <= s <= a * (1 + 1e-9)
+
+
+def test_seqlip_one_hidden_layer_equals_brute_force():
+    g = torch.Generator().manual_seed(5)
+    W1, W2 = torch.randn(9, 4, generator=g, dtype=torch.float64), torch.randn(3, 9, generator=g, dtype=torch.float64)
+    pats = ((torch.arange(512)[:, None] >> torch.arange(9)) & 1).to(torch.float64)
+    brute = torch.linalg.matrix_norm(torch.einsum("ij,pj,jk->pik", W2, pats, W1), 2).max().item()
+    assert lipbound.bound(mlp_from([W1, W2]), "seqlip").value == pytest.approx(brute, rel=1e-8)
+
+
+def test_seqlip_all_positive_network_attained_with_every_relu_active():
+    # the case of avirmaux/lipEstimation#3: 2I, 2I has constant 4
+    I = torch.eye(3, dtype=torch.float64)
+    assert lipbound.bound(mlp_from([2 * I, 2 * I]), "seqlip").value == pytest.approx(4.0, rel=1e-8)
+    # non-symmetric positive weights and positive biases: for x > 0 every ReLU is active, the Jacobian
+    # is W2 W1 there, and no pattern can do better (entrywise monotonicity of non-negative matrices)
+    g = torch.Generator().manual_seed(6)
+    W1 = torch.rand(6, 4, generator=g, dtype=torch.float64) * torch.tensor([3.0, 0.2, 1.0, 0.5], dtype=torch.float64)
+    W2 = torch.rand(2, 6, generator=g, dtype=torch.float64) * torch.linspace(0.1, 4, 6, dtype=torch.float64)
+    net = mlp_from([W1, W2], biases=[torch.ones(6, dtype=torch.float64), None])
+    L = np.linalg.norm((W2 @ W1).numpy(), 2)
+    J = net.jacobian(np.ones((1, 4)))[0].numpy()
+    assert np.linalg.norm(J, 2) == pytest.approx(L, rel=1e-12)
+    s = lipbound.bound(net, "seqlip").value
+    assert s == pytest.approx(L, rel=1e-8) and s >= L
+    assert lipbound.bound(net, "autolip").value > 1.2 * L  # AutoLip is loose on this net
+
+
+def test_seqlip_refuses_wide_layers_and_non_chains():
+    b = lipbound.bound(random_mlp([3, 30, 2]), "seqlip")
+    assert b.status == "unsupported" and "max_width" in b.reason
+    b = lipbound.bound(random_graph_net(), "seqlip")
+    assert b.status == "unsupported"
+    assert lipbound.bound(random_mlp([3, 30, 2]), "seqlip-greedy").status == "ok"
+
+
+def test_seqlip_one_over_pi_effect():
+    """Ideal case of the paper (Haar U, V; singular values 1, eps, ..., eps), width 16: each hidden
+    layer's SeqLip/AutoLip ratio lies between max_s |<s.v_{k+1}, u_k>| (first singular directions, a
+    lower bound) and the theorem's bound, and the mean is near 1/pi."""
+    g = torch.Generator().manual_seed(0)
+    n, eps = 16, 0.01
+
+    def haar():
+        Q, R = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+        return Q * torch.sign(torch.diagonal(R))
+
+    s = torch.full((n,), eps, dtype=torch.float64)
+    s[0] = 1.0
+    ratios = []
+    for _ in range(4):
+        Ws = [haar() @ torch.diag(s) @ haar().T for _ in range(4)]
+        b = lipbound.bound(mlp_from(Ws), "seqlip")
+        for k, rec in enumerate(b.details["layers"]):
+            r = rec["ratio_to_autolip"]
+            U1, s1, Vh1 = torch.linalg.svd(Ws[k])
+            U2, s2, Vh2 = torch.linalg.svd(Ws[k + 1])
+            p = Vh2[0] * U1[:, 0]
+            m = max(p.clamp_min(0).sum().item(), (-p).clamp_min(0).sum().item())
+            rk, rk1 = (s1[1] / s1[0]).item(), (s2[1] / s2[0]).item()
+            thm = math.sqrt((1 - rk - rk1) * m * m + rk + rk1 + rk * rk1)
+            assert m * (1 - 1e-9) <= r <= thm * (1 + 1e-9)
+            ratios.append(r)
+    assert 0.25 <= float(np.mean(ratios)) <= 0.45
+
+
+# --------------------------------------------------------------------------------------------------
+# regulariser
+# --------------------------------------------------------------------------------------------------
+
+
+class _ResNetish(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(2, 4, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.c2 = torch.nn.Conv2d(4, 4, 3, padding=1, stride=1)
+        self.pool = torch.nn.MaxPool2d(3, 2, 1)
+        self.fc = torch.nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x):
+        y = torch.relu(self.bn(self.c1(x)))
+        y = y + self.c2(y)
+        y = self.pool(y)
+        return self.fc(torch.flatten(y, 1))
+
+
+def test_regularizer_gradient_and_value():
+    from lipbound import regularizers
+
+    torch.manual_seed(0)
+    m = _ResNetish().double().eval()
+    with torch.no_grad():
+        m.bn.running_var.uniform_(0.5, 2.0)
+        m.bn.weight.uniform_(0.5, 1.5)
+    r = regularizers.autolip(m, (2, 8, 8), init_iter=500)
+    r.backward()
+    for p in (m.c1.weight, m.c2.weight, m.fc.weight, m.bn.weight):
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    a = lipbound.bound(lipbound.from_torch(m, (2, 8, 8)), "autolip")
+    assert r.item() == pytest.approx(a.details["power_method_product"], rel=1e-5)
+    assert r.item() <= a.value * (1 + 1e-9)
+    # a gradient step on the penalty alone lowers it
+    opt = torch.optim.SGD(m.parameters(), lr=1e-2)
+    before = regularizers.autolip(m, (2, 8, 8), n_iter=20).item()
+    for _ in range(5):
+        opt.zero_grad()
+        regularizers.autolip(m, (2, 8, 8), n_iter=5).backward()
+        opt.step()
+    assert regularizers.autolip(m, (2, 8, 8), n_iter=50).item() < before
