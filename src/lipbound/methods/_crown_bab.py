@@ -1,0 +1,182 @@
+"""Branch and bound for the `crown-bab` method (local Lipschitz bounds on the Clarke-Jacobian graph).
+
+What is split: undecided forward ReLU / leaky-ReLU neurons (their Clarke derivative s is an interval
+[sl, su]); a child fixes s to one end. Sound because the relaxed problem maximises a convex function
+(a norm) of a Jacobian that is affine in each s_i separately, so its maximum over s_i in [sl, su] is
+attained at an end: the larger of the two children's maxima covers the parent. Forward bounds are
+inherited (never recomputed); the Jacobian-graph bounds of each child are recomputed (``refresh``:
+"all" intermediate bounds, or only the input-gradient bounds ("input"), or only the final bound
+("final"); "auto" picks by the measured cost). A child's bound is min(child, parent), so the global
+bound (the max over open domains, combined over outputs) never increases.
+
+Loop: a single priority queue of domains over all outputs (so the time goes to the outputs whose
+bound is the current maximum: outputs are processed worst first, as in the reference's sorted time
+split, but adaptively); pop up to ``batch`` domains with the largest bound, split each on the
+undecided neuron of largest area score (gu|gu| - gl|gl|) * |coefficient of s_i u_i in the final bound| + 1,
+bound all children in one batched pass, push them back. Stops on the time budget, at ``max_domains``
+domains, or when the worst domain has no undecided neuron left (then the bound is the exact maximum
+over the Clarke-consistent activation patterns of the forward bounds, for refresh "all").
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import time
+
+import torch
+
+from ..crown import forward_bounds
+from ..errors import Unsupported
+from ..registry import MethodContext, MethodResult
+from ._crown_jacobian import JacobianGraph
+
+DEFAULT_BUDGET = 30.0
+SPLITTABLE = ("relu", "leaky_relu")
+
+
+def _scores(G: JacobianGraph, res, und: dict, split_acts: list) -> torch.Tensor:
+    """Area scores (B, N) over the splittable neurons; 0 where decided."""
+    parts = []
+    for k in split_acts:
+        gl, gu = res.g[k]
+        coef = res.coef.get(k)
+        if coef is None:
+            coef = torch.zeros_like(gl)
+        area = gu * gu.abs() - gl * gl.abs()
+        sc = area.abs() * coef + 1.0
+        parts.append(torch.where(und[k], sc, torch.zeros_like(sc)))
+    return torch.cat(parts, 1)
+
+
+def branch_and_bound(net, ctx: MethodContext) -> MethodResult:
+    """See the module doc. Returns a certified upper bound (kind upper)."""
+    if ctx.region is None:
+        raise Unsupported("crown-bab bounds a box region (give center and eps, or a box over the input domain)")
+    t_start = time.perf_counter()
+    budget = ctx.time_limit if ctx.time_limit is not None else float(ctx.option("budget", DEFAULT_BUDGET))
+    deadline = ctx.start + budget
+    batch = int(ctx.option("batch", 128))
+    max_domains = int(ctx.option("max_domains", 200_000))
+    refresh = str(ctx.option("refresh", "auto"))
+    if refresh not in ("auto", "all", "input", "final"):
+        raise Unsupported(f"refresh must be auto, all, input or final, not {refresh!r}")
+    alpha = bool(ctx.option("alpha", True))
+    norm = ctx.norm
+    if norm not in (2, math.inf):
+        raise Unsupported("crown-bab supports norms inf and 2")
+
+    fwd = forward_bounds(net, ctx.region, alpha=alpha, method="crown")
+    G = JacobianGraph(net, fwd)
+    classes = [ctx.output] if ctx.output is not None else list(range(net.n_outputs))
+    multi = len(classes) > 1
+    t0 = time.perf_counter()
+    root = G.bound(classes, norm, mode="crown")
+    t_root = time.perf_counter() - t0
+
+    split_acts = [k for k in G.acts if net.nodes[k].op.name in SPLITTABLE]
+    sizes = [net.nodes[k].size for k in split_acts]
+    offsets = list(itertools.accumulate([0] + sizes))
+    N = offsets[-1]
+
+    def combine_classes(per_class: dict) -> float:
+        vals = torch.tensor(list(per_class.values()), dtype=torch.float64)
+        if norm == 2 and multi:
+            return float(torch.sqrt((vals ** 2).sum()))
+        return float(vals.max())
+
+    root_vals = {i: float(root.value[i]) for i in range(len(classes))}
+    history = [(time.perf_counter() - ctx.start, combine_classes(root_vals))]
+    details = {"history": history, "root": history[0][1], "forward": "alpha-crown" if alpha else "crown",
+               "undecided_neurons": [int((G.s[k][1] > G.s[k][0]).sum()) for k in G.acts]}
+
+    if N == 0 or not any(bool((G.s[k][1] > G.s[k][0]).any()) for k in split_acts):
+        details.update(steps=0, domains=len(classes), converged=True, note="no undecided ReLU: nothing to split")
+        return MethodResult(history[0][1], details=details)
+
+    # cost model: refresh "all" when a full batch costs at most a tenth of the budget
+    per_elem = t_root / len(classes)
+    if refresh == "auto":
+        refresh = "all" if per_elem * 2 * batch <= max(0.05 * budget, 0.5) else "input"
+    if refresh != "all":
+        batch = max(1, min(batch, int(max(0.05 * budget, 0.5) / max(per_elem, 1e-6) / 2)))
+    details["refresh"] = refresh
+    details["batch"] = batch
+
+    und_root = {k: (G.s[k][1] > G.s[k][0]).unsqueeze(0).expand(len(classes), -1) for k in G.acts}
+    scores = _scores(G, root, und_root, split_acts)
+    counter = itertools.count()
+    heap: list = []
+    for i in range(len(classes)):
+        nxt = int(scores[i].argmax()) if bool((scores[i] > 0).any()) else -1
+        heapq.heappush(heap, (-root_vals[i], next(counter), i, torch.zeros(N, dtype=torch.int8), nxt))
+
+    def current_bound() -> float:
+        if not (norm == 2 and multi):
+            return -heap[0][0]
+        per = {}
+        for negb, _, ci, _, _ in heap:
+            per[ci] = max(per.get(ci, 0.0), -negb)
+        return combine_classes(per)
+
+    status, converged, steps = "time_limit", False, 0
+    last_step = 0.0
+    while True:
+        now = time.perf_counter()
+        if now + last_step > deadline or ctx.out_of_time():
+            break
+        if len(heap) >= max_domains:
+            details["stopped"] = "max_domains"
+            break
+        if heap[0][4] < 0:
+            converged = True
+            status = "ok"
+            break
+        popped, closed = [], []
+        while heap and len(popped) < batch:
+            item = heapq.heappop(heap)
+            (closed if item[4] < 0 else popped).append(item)
+            if heap and heap[0][4] < 0 and not popped:
+                break
+        for item in closed:
+            heapq.heappush(heap, item)
+        if not popped:
+            continue
+        # children: +1 (active slope) and -1 (inactive slope) on the chosen neuron
+        dec = torch.stack([it[3] for it in popped] * 2)
+        idx = torch.tensor([it[4] for it in popped] * 2)
+        sign = torch.tensor([1] * len(popped) + [-1] * len(popped), dtype=torch.int8)
+        dec[torch.arange(dec.shape[0]), idx] = sign
+        cls_pos = [it[2] for it in popped] * 2
+        parent = torch.tensor([-it[0] for it in popped] * 2, dtype=torch.float64)
+        decisions = {k: dec[:, offsets[i] : offsets[i + 1]] for i, k in enumerate(split_acts)}
+        cls = [classes[c] for c in cls_pos]
+        g_known = v_known = None
+        if refresh != "all":
+            sel = torch.tensor(cls_pos)
+            g_known = {k: (root.g[k][0][sel], root.g[k][1][sel]) for k in G.acts}
+            v_known = (root.v[0][sel], root.v[1][sel])
+        res = G.bound(cls, norm, mode="crown", decisions=decisions, g_known=g_known, v_known=v_known, refresh=refresh)
+        vals = torch.minimum(res.value, parent)
+        und = {k: G._und[k] for k in G.acts}
+        sc = _scores(G, res, und, split_acts)
+        for b in range(dec.shape[0]):
+            nxt = int(sc[b].argmax()) if bool((sc[b] > 0).any()) else -1
+            heapq.heappush(heap, (-float(vals[b]), next(counter), cls_pos[b], dec[b].clone(), nxt))
+        steps += 1
+        last_step = time.perf_counter() - now
+        history.append((time.perf_counter() - ctx.start, current_bound()))
+    value = min(current_bound(), history[0][1])
+    if history[-1][1] != value:
+        history.append((time.perf_counter() - ctx.start, value))
+    per = {}
+    for negb, _, ci, _, _ in heap:
+        per[classes[ci]] = max(per.get(classes[ci], 0.0), -negb)
+    details.update(steps=steps, domains=len(heap), converged=converged, per_output=per,
+                   time_bab_s=time.perf_counter() - t_start)
+    if converged:
+        details["note"] = ("every worst domain is fully decided: the value is the maximum over the activation "
+                           "patterns consistent with the forward bounds" if refresh == "all" else
+                           "no undecided neuron left in the worst domain")
+    return MethodResult(value, status=status, details=details)
