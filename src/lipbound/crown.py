@@ -98,9 +98,12 @@ def line_offsets(op: Activation, lo: torch.Tensor, hi: torch.Tensor, slope: torc
     with torch.no_grad():
         lo_b, hi_b = torch.broadcast_tensors(lo, slope.detach())[0], torch.broadcast_tensors(hi, slope.detach())[0]
         cands = [lo_b, hi_b] + [torch.minimum(torch.maximum(c, lo_b), hi_b) for c in _critical_points(op, slope.detach())]
-        pts = torch.stack(cands, 0)
-    vals = op.forward(pts) - slope.unsqueeze(0) * pts
-    return vals.min(0).values, vals.max(0).values
+    lo_val = hi_val = None
+    for pt in cands:
+        val = op.forward(pt) - slope * pt
+        lo_val = val if lo_val is None else torch.minimum(lo_val, val)
+        hi_val = val if hi_val is None else torch.maximum(hi_val, val)
+    return lo_val, hi_val
 
 
 def default_slopes(op: Activation, lo: torch.Tensor, hi: torch.Tensor):

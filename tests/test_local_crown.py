@@ -1,0 +1,313 @@
+"""Tests of the local bound-propagation methods (crown, crown-bab, recurjac, ibp-jacobian) and of
+crown.preactivation_bounds. Independent references: sampled gradients (certified lower bounds), an
+enumeration of all Clarke-consistent activation patterns written here in numpy, a naive product of
+norms, and exact gradients at a point."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lipbound
+from lipbound.crown import preactivation_bounds
+from lipbound.intervals import preactivation_intervals
+from lipbound.methods._crown_jacobian import JacobianGraph, product_lines
+from lipbound.network import Activation, Add, Conv2d, ElementwiseAffine, GraphBuilder, Linear, Reshape
+from lipbound.registry import Region
+
+from _nets import random_graph_net, random_mlp
+from conftest import SHARED
+
+INF = math.inf
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small tensors: one thread avoids the synchronisation overhead on the shared 2-core machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def sampled_norm(net, region, n=4000, seed=0, norm=INF, output=None):
+    x = torch.as_tensor(region.sample(n, np.random.default_rng(seed)))
+    J = net.jacobian(x).numpy()
+    if output is not None:
+        J = J[:, output : output + 1, :]
+    if norm == INF:
+        return float(np.abs(J).sum(2).max())
+    if norm == 2:
+        return float(np.linalg.norm(J, axis=2).max()) if J.shape[1] == 1 else float(np.linalg.norm(J, 2, axis=(1, 2)).max())
+    return float(np.abs(J).sum(1).max())
+
+
+def enumerate_patterns(net, pre_bounds, outputs):
+    """max over activation patterns consistent with the bounds (unstable ReLUs free in {0, 1}) of
+    ||grad f_j||_1, written independently of the library (numpy, dense chain)."""
+    chain = net.dense_chain()
+    Ws = [np.asarray(layer.W) for layer in chain]
+    choices = []
+    for (lo, hi), layer in zip(pre_bounds, chain[:-1]):
+        lo, hi = lo.numpy(), hi.numpy()
+        a = layer.activation.param if layer.activation.name == "leaky_relu" else 0.0
+        choices.append([(1.0,) if l > 0 else (a,) if h < 0 else (a, 1.0) for l, h in zip(lo, hi)])
+    free = [(i, j) for i, layer in enumerate(choices) for j, c in enumerate(layer) if len(c) == 2]
+    assert len(free) <= 14, "too many patterns for the test"
+    best = 0.0
+    for bits in itertools.product((0, 1), repeat=len(free)):
+        s = [np.array([c[0] for c in layer]) for layer in choices]
+        for (i, j), b in zip(free, bits):
+            s[i][j] = choices[i][j][b]
+        J = Ws[0]
+        for i in range(1, len(Ws)):
+            J = Ws[i] @ (s[i - 1][:, None] * J)
+        best = max(best, float(np.abs(J[outputs]).sum(1).max()))
+    return best
+
+
+def naive_linf(net):
+    prod = 1.0
+    for layer in net.dense_chain():
+        prod *= float(np.abs(layer.W).sum(1).max())
+    return prod
+
+
+def tiny_cases():
+    out = []
+    for seed in range(8):
+        act = "relu" if seed < 6 else "leaky_relu"
+        net = random_mlp([4, 6, 5, 3], seed=seed, activation=act, param=0.1)
+        region = Region.box(np.random.default_rng(seed).random(4), 0.3)
+        out.append((net, region))
+    return out
+
+
+# ---------------------------------------------------------------- forward bounds ----------------
+
+
+@pytest.mark.parametrize("act", ["relu", "leaky_relu", "sigmoid", "tanh"])
+@pytest.mark.parametrize("alpha", [False, True])
+def test_preactivation_bounds_contain_samples_and_beat_intervals(act, alpha):
+    net = random_mlp([5, 12, 10, 8, 3], seed=3, activation=act, param=0.2)
+    region = Region.box(np.random.default_rng(0).random(5), 0.4)
+    pb = preactivation_bounds(net, region, alpha=alpha)
+    ib = preactivation_intervals(net, region)
+    pre = net.preactivations(torch.as_tensor(region.sample(3000, np.random.default_rng(1))))
+    assert len(pb) == len(pre) == 3
+    for p, (lo, hi), (ilo, ihi) in zip(pre, pb, ib):
+        assert lo.dtype == torch.float64 and lo.shape == (p.shape[1],)
+        assert bool((p >= lo - 1e-9).all() and (p <= hi + 1e-9).all())
+        assert bool((lo >= ilo - 1e-12).all() and (hi <= ihi + 1e-12).all())
+
+
+def test_preactivation_bounds_graph_net():
+    net = random_graph_net(1)  # conv, batch-norm, residual add, avg-pool, pad
+    region = Region.box(np.random.default_rng(2).random(net.input_shape), 0.2)
+    pb = preactivation_bounds(net, region, alpha=True)
+    pre = net.preactivations(torch.as_tensor(region.sample(2000, np.random.default_rng(3))))
+    for p, (lo, hi) in zip(pre, pb):
+        assert bool((p >= lo - 1e-9).all() and (p <= hi + 1e-9).all())
+
+
+# ---------------------------------------------------------------- relaxations --------------------
+
+
+def test_product_lines_are_sound_and_tight():
+    rng = np.random.default_rng(0)
+    n = 2000
+    sl = torch.as_tensor(rng.uniform(-0.5, 1, n))
+    su = sl + torch.as_tensor(rng.uniform(0, 1, n) * (rng.random(n) < 0.7))
+    gl = torch.as_tensor(rng.normal(size=n))
+    gu = gl + torch.as_tensor(rng.exponential(size=n))
+    aL, bL, aU, bU = product_lines(sl, su, gl, gu, "crown")
+    for _ in range(20):
+        t, r = torch.as_tensor(rng.random(n)), torch.as_tensor(rng.random(n))
+        s, u = sl + t * (su - sl), gl + r * (gu - gl)
+        assert bool((s * u >= aL * u + bL - 1e-9).all() and (s * u <= aU * u + bU + 1e-9).all())
+    # tight: the lines touch the set at both ends of the u interval
+    for u in (gl, gu):
+        lo = torch.minimum(sl * u, su * u)
+        hi = torch.maximum(sl * u, su * u)
+        assert torch.allclose(aL * u + bL, lo, atol=1e-9) and torch.allclose(aU * u + bU, hi, atol=1e-9)
+
+
+# ---------------------------------------------------------------- the chain of inequalities -------
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_chain_sampled_enum_bab_crown_recurjac(case):
+    net, region = tiny_cases()[case]
+    pre = preactivation_bounds(net, region, alpha=False)
+    enum = enumerate_patterns(net, pre, [0, 1, 2])
+    samp = sampled_norm(net, region, 20000)
+    crown = lipbound.bound(net, "crown", norm="inf", region=region, alpha=False)
+    recur = lipbound.bound(net, "recurjac", norm="inf", region=region, alpha=False)
+    bab = lipbound.bound(net, "crown-bab", norm="inf", region=region, time_limit=10, alpha=False)
+    ibp = lipbound.bound(net, "ibp-jacobian", norm="inf", region=region)
+    tol = 1e-9
+    assert samp <= enum + tol
+    assert enum <= bab.value + tol
+    assert bab.value <= crown.value + tol
+    assert crown.value <= recur.value + tol
+    # tiny nets: the branch and bound finishes and reaches the enumeration value
+    assert bab.status == "ok" and bab.value <= enum * 1.01 + tol
+    # regression signals (not theorems): crown below interval propagation and the naive product
+    assert crown.value <= ibp.value + tol
+    assert crown.value <= naive_linf(net) + tol
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_crown_below_recurjac_with_the_same_intermediate_bounds(case):
+    net, region = tiny_cases()[case]
+    fwd_list = preactivation_bounds(net, region, alpha=True)
+    acts = [i for i, n in enumerate(net.nodes) if isinstance(n.op, Activation)]
+    G = JacobianGraph(net, dict(zip(acts, fwd_list)))
+    c = G.bound(range(3), INF, mode="crown")
+    r = G.bound(range(3), INF, mode="recurjac", g_known=c.g, v_known=c.v, refresh="final")
+    assert bool((c.value <= r.value + 1e-9).all())
+
+
+def test_lowrank_walk_equals_direct_walk():
+    for net, eps in [(random_mlp([5, 12, 10, 8, 3], seed=0), 0.3), (random_mlp([5, 9, 9, 3], seed=4, activation="tanh"), 0.2),
+                     (random_graph_net(1), 0.1)]:
+        region = Region.box(np.random.default_rng(1).random(net.input_shape), eps)
+        fwd_list = preactivation_bounds(net, region)
+        acts = [i for i, n in enumerate(net.nodes) if isinstance(n.op, Activation)]
+        vals = []
+        for lowrank in (False, True):
+            G = JacobianGraph(net, dict(zip(acts, fwd_list)))
+            G.lowrank = lowrank
+            vals.append(G.bound(range(net.n_outputs), INF).value)
+        assert torch.allclose(vals[0], vals[1], rtol=1e-9, atol=1e-12)
+
+
+# ---------------------------------------------------------------- exactness at a point --------------
+
+
+@pytest.mark.parametrize("act", ["relu", "leaky_relu", "tanh", "sigmoid"])
+def test_eps_to_zero_gives_the_gradient_norm(act):
+    net = random_mlp([6, 10, 8, 4], seed=5, activation=act, param=0.1)
+    rng = np.random.default_rng(7)
+    for _ in range(50):
+        x0 = rng.normal(size=6)
+        if min(float(p.abs().min()) for p in net.preactivations(torch.as_tensor(x0)[None])) > 1e-3:
+            break
+    region = Region.box(x0, 1e-10)
+    J = net.jacobian(torch.as_tensor(x0)[None])[0].numpy()
+    exact_inf = float(np.abs(J).sum(1).max())
+    b = lipbound.bound(net, "crown", norm="inf", region=region)
+    assert b.value == pytest.approx(exact_inf, rel=1e-6)
+    b2 = lipbound.bound(net, "crown", norm=2, region=region, output=1)
+    assert b2.value == pytest.approx(float(np.linalg.norm(J[1])), rel=1e-6)
+    b1 = lipbound.bound(net, "crown", norm=1, region=region)
+    assert b1.value == pytest.approx(float(np.abs(J).sum(0).max()), rel=1e-6)
+    # several outputs, norm 2: the Frobenius bound is above the spectral norm
+    b2m = lipbound.bound(net, "crown", norm=2, region=region)
+    assert b2m.value >= np.linalg.norm(J, 2) - 1e-9
+    assert b2m.value == pytest.approx(float(np.linalg.norm(J)), rel=1e-6)
+
+
+# ---------------------------------------------------------------- branch and bound ------------------
+
+
+def test_bab_history_non_increasing_and_below_crown():
+    net = random_mlp([5, 16, 16, 3], seed=11)
+    region = Region.box(np.random.default_rng(3).random(5), 0.5)
+    crown = lipbound.bound(net, "crown", norm="inf", region=region)
+    bab = lipbound.bound(net, "crown-bab", norm="inf", region=region, time_limit=4, batch=8)
+    h = bab.details["history"]
+    assert len(h) >= 2
+    assert all(b <= a + 1e-12 for (_, a), (_, b) in zip(h, h[1:]))
+    assert all(t2 >= t1 for (t1, _), (t2, _) in zip(h, h[1:]))
+    assert bab.value <= crown.value + 1e-9
+    assert bab.value >= sampled_norm(net, region, 5000) - 1e-9
+    for refresh in ("input", "final"):
+        other = lipbound.bound(net, "crown-bab", norm="inf", region=region, time_limit=2, refresh=refresh)
+        assert sampled_norm(net, region, 5000) - 1e-9 <= other.value <= crown.value + 1e-9
+
+
+def test_bab_norm2_single_output_and_outputs():
+    net, region = tiny_cases()[0]
+    samp = sampled_norm(net, region, 5000, norm=2, output=2)
+    b = lipbound.bound(net, "crown-bab", norm=2, region=region, output=2, time_limit=3)
+    c = lipbound.bound(net, "crown", norm=2, region=region, output=2)
+    assert samp - 1e-9 <= b.value <= c.value + 1e-9
+
+
+# ---------------------------------------------------------------- random graph nets (seeded sweep) --
+
+
+def random_conv_residual_net(seed):
+    rng = np.random.default_rng(seed)
+    b = GraphBuilder((1, 5, 5))
+    stride = int(rng.integers(1, 3))
+    pad = int(rng.integers(0, 2))
+    c1 = b.add(Conv2d(rng.normal(size=(3, 1, 3, 3)) / 2, rng.normal(size=3) * 0.2, (stride, stride), (pad, pad)), [0])
+    act = ["relu", "leaky_relu", "tanh", "sigmoid"][seed % 4]
+    r1 = b.add(Activation(act, 0.1), [c1])
+    shape = b.nodes[r1].shape
+    c2 = b.add(Conv2d(rng.normal(size=(3, 3, 3, 3)) / 4, None, (1, 1), (1, 1)), [r1])
+    bn = b.add(ElementwiseAffine(rng.uniform(0.5, 1.5, (3, 1, 1)), rng.normal(size=(3, 1, 1)) * 0.1), [c2])
+    add = b.add(Add(), [bn, r1])
+    r2 = b.add(Activation("relu"), [add])
+    n = int(np.prod(shape))
+    flat = b.add(Reshape((n,)), [r2])
+    b.add(Linear(rng.normal(size=(3, n)) / np.sqrt(n), rng.normal(size=3) * 0.1), [flat])
+    return b.build(name=f"convres{seed}")
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 10_000), eps=st.sampled_from([0.05, 0.2, 0.5]))
+def test_sweep_random_nets_sampled_below_crown(seed, eps):
+    net = random_conv_residual_net(seed) if seed % 2 else random_mlp([4, 7, 6, 3], seed=seed,
+                                                                     activation=["relu", "tanh", "sigmoid", "leaky_relu"][seed % 4],
+                                                                     param=0.1)
+    region = Region.box(np.random.default_rng(seed).random(net.input_shape), eps)
+    samp = sampled_norm(net, region, 1500, seed)
+    crown = lipbound.bound(net, "crown", norm="inf", region=region)
+    recur = lipbound.bound(net, "recurjac", norm="inf", region=region)
+    ibp = lipbound.bound(net, "ibp-jacobian", norm="inf", region=region)
+    assert crown.ok and recur.ok and ibp.ok
+    assert samp <= crown.value + 1e-9
+    assert crown.value <= recur.value + 1e-9
+    assert samp <= ibp.value + 1e-9
+
+
+# ---------------------------------------------------------------- shared networks ------------------
+
+
+def _shared(name):
+    path = SHARED / f"{name}.onnx"
+    if not path.exists():
+        pytest.skip(f"{path} missing")
+    return lipbound.load(path)
+
+
+@pytest.mark.parametrize("name,eps", [("Convnet_avgpool", 0.005), ("cifar_base_kw", 1 / 255), ("resnet_2b", 0.5 / 255),
+                                      ("ffnnSIGMOID__Point_6x200", 0.005)])
+def test_shared_networks_crown_above_sampled(name, eps):
+    net = _shared(name)
+    center = np.random.default_rng(1).random(net.n_inputs).reshape(net.input_shape)
+    region = Region.box(center, eps)
+    b = lipbound.bound(net, "crown", norm="inf", region=region, alpha=False)
+    assert b.ok, b.reason
+    assert sampled_norm(net, region, 64) <= b.value + 1e-9
+
+
+def test_unsupported_requests():
+    net = random_graph_net(0)  # has max pooling
+    region = Region.box(np.zeros(net.input_shape), 0.1)
+    b = lipbound.bound(net, "crown", norm="inf", region=region)
+    assert b.status == "unsupported" and b.value is None
+    mlp = random_mlp([3, 4, 2], seed=0)
+    assert lipbound.bound(mlp, "crown", norm="inf").status == "unsupported"  # global: needs a box
+    assert lipbound.bound(mlp, "crown-bab", norm=1, region=Region.box(np.zeros(3), 0.1)).status == "unsupported"
+    elu = random_mlp([3, 4, 2], seed=0, activation="elu", param=1.0)
+    assert lipbound.bound(elu, "crown", norm="inf", region=Region.box(np.zeros(3), 0.1)).status == "unsupported"
