@@ -70,9 +70,11 @@ def test_mip_equals_enumerate(seed, widths, act, param, local):
     for norm in ("inf", 1):
         # samples=1: the MIP itself has to find the maximiser, not the sampling
         a = lipbound.bound(net, "mip", norm, region=region, output=output, samples=1,
-                           bounds=("interval", "lp")[seed % 2])
-        e = lipbound.bound(net, "enumerate", norm, region=region, output=output)
+                           bounds=("interval", "lp", "mip")[seed % 3])
+        e = lipbound.bound(net, "enumerate", norm, region=region, output=output, prune=False)
         assert e.kind == "exact" and e.status == "ok", e.reason
+        ep = lipbound.bound(net, "enumerate", norm, region=region, output=output, prune=True)
+        assert ep.kind == "exact" and ep.value == pytest.approx(e.value, rel=1e-9, abs=1e-12)
         assert a.kind == "exact" and a.status == "ok", (a.reason, a.details.get("rel_gap"))
         assert a.value == pytest.approx(e.value, rel=1e-5, abs=1e-9)
         # both witnesses reproduce their values by autograd, inside the box
@@ -91,7 +93,7 @@ def test_more_random_nets_mip_vs_enumerate_inf():
         net = rand_net([3, 7, 6, 2], seed)
         region = Region.box(np.random.default_rng(seed).uniform(-1, 1, 3), 0.5)
         a = lipbound.bound(net, "mip", "inf", region=region)
-        e = lipbound.bound(net, "enumerate", "inf", region=region)
+        e = lipbound.bound(net, "enumerate", "inf", region=region, prune=False)
         assert a.kind == e.kind == "exact"
         assert a.value == pytest.approx(e.value, rel=1e-5, abs=1e-9)
 
@@ -185,6 +187,28 @@ def test_affine_network_is_exact():
     region = Region.from_bounds(np.zeros(3), np.ones(3))
     assert lipbound.bound(net, "mip", "inf", region=region).value == pytest.approx(4.0)
     assert lipbound.bound(net, "mip", 1, region=region).value == pytest.approx(5.0)
+
+
+def test_jacobian_bound_dominates_every_completion():
+    from lipbound.methods._mip_enum import jacobian_bound
+
+    net = rand_net([3, 9, 8, 3], 11)
+    layers = core.relu_chain(net)
+    lo, hi = -np.ones(3), np.ones(3)
+    bounds = core.interval_preact_bounds(layers, lo, hi)
+    X = np.random.default_rng(2).uniform(lo, hi, size=(4000, 3))
+    for norm in (math.inf, 1):
+        top = jacobian_bound(layers, 0, np.eye(3), np.zeros(3), None, lo, hi, bounds, norm, None)
+        assert sampled_lower(net, Region.from_bounds(lo, hi), norm, n=4000) <= top
+    # a prefix: the pattern of the first layer at one point, bound over the points sharing it
+    x0 = X[0]
+    pre0 = layers[0].W @ x0 + layers[0].b
+    d0 = np.where(pre0 > 0, 1.0, 0.0)
+    A, c = d0[:, None] * layers[0].W, d0 * layers[0].b
+    bnd = jacobian_bound(layers, 1, A, c, None, lo, hi, bounds, math.inf, None)
+    same = ((X @ layers[0].W.T + layers[0].b > 0) == (pre0 > 0)).all(1)
+    J = net.jacobian(torch.as_tensor(X[same])).numpy()
+    assert operator_norm(J, "inf").max() <= bnd
 
 
 def test_lp_tightening_is_sound_and_tighter():

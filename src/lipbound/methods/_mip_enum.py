@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from ..norms import operator_norm
-from ._mip_core import Model, highspy
+from ._mip_core import Model, act_interval, affine_interval, highspy
 
 
 def max_slack_point(G, h, lo, hi):
@@ -65,7 +65,57 @@ def pattern_constraints(layers, pattern, bounds):
     return (np.array(G).reshape(-1, n), np.array(H)), J
 
 
-def enumerate_patterns(layers, lo, hi, bounds, norm, output, deadline=None, tol=None, progress=None):
+def jacobian_bound(layers, k, A, c, dk, lo, hi, bounds, norm, output):
+    """Certified upper bound on ‖J‖ over every completion of a pattern prefix: the layers below k are fixed
+    (h_{k-1} = A x + c on the prefix's region), layer k's derivatives lie in ``dk`` = (dmin, dmax) (fixed
+    where decided). Interval bounds of the layers above k are recomputed from the exact range of A x + c
+    over the box; the Jacobian is bounded by an interval matrix product. Cost: O(m n^2) per layer."""
+    K = len(layers) - 1
+    mid, rad = (lo + hi) / 2, (hi - lo) / 2
+    hm = A @ mid + c
+    hr = np.abs(A) @ rad
+    lh, uh = hm - hr * (1 + 1e-12) - 1e-12, hm + hr * (1 + 1e-12) + 1e-12
+    dsets = {}
+    for i in range(k, K):
+        L = layers[i]
+        zl, zu = affine_interval(L.W, L.b, lh, uh)
+        bl, bu = bounds[i]
+        zl, zu = np.maximum(zl, bl), np.minimum(zu, bu)
+        zl, zu = np.minimum(zl, zu), np.maximum(zl, zu)
+        s = L.slope
+        if i == k and dk is not None and s != 1.0:
+            decided = dk[0] == dk[1]
+            # a decided neuron's z has its sign: tighten its range for the next layer
+            zl = np.where(decided & (dk[0] == 1.0), np.maximum(zl, 0.0), zl)
+            zu = np.where(decided & (dk[0] == s), np.minimum(zu, 0.0), zu)
+            zl, zu = np.minimum(zl, zu), np.maximum(zl, zu)
+        dmin = np.where(zl >= 0, 1.0, np.where(zu <= 0, s, min(s, 1.0)))
+        dmax = np.where(zl >= 0, 1.0, np.where(zu <= 0, s, max(s, 1.0)))
+        if i == k and dk is not None:
+            decided = dk[0] == dk[1]
+            dmin, dmax = np.where(decided, dk[0], dmin), np.where(decided, dk[1], dmax)
+        dsets[i] = (dmin, dmax)
+        lh, uh = act_interval(zl, zu, s)
+    W = layers[K].W if output is None else layers[K].W[[output]]
+    Um, Ur = W.copy(), np.zeros_like(W)
+    for i in range(K - 1, k - 1, -1):
+        dmin, dmax = dsets[i]
+        lo_u, hi_u = Um - Ur, Um + Ur
+        cands = [lo_u * dmin, lo_u * dmax, hi_u * dmin, hi_u * dmax]
+        pl, ph = np.minimum.reduce(cands), np.maximum.reduce(cands)
+        pm, pr = (ph + pl) / 2, (ph - pl) / 2
+        Wi = layers[i].W
+        Um, Ur = pm @ Wi, pr @ np.abs(Wi)
+    Jabs = np.abs(Um @ A) + Ur @ np.abs(A)
+    if norm == math.inf:
+        val = float(Jabs.sum(1).max())
+    else:
+        val = float(Jabs.sum(0).max())
+    return val * (1 + 1e-10) + 1e-300
+
+
+def enumerate_patterns(layers, lo, hi, bounds, norm, output, deadline=None, tol=None, progress=None,
+                       prune=False, incumbent=None):
     """Depth-first search over the activation patterns of the unstable neurons (layer by layer), pruning
     a prefix as soon as its region has no interior point in the box (max-slack LP). Returns
     (best value, witness x, #patterns, complete?). The value is max over realisable patterns of the
@@ -74,7 +124,9 @@ def enumerate_patterns(layers, lo, hi, bounds, norm, output, deadline=None, tol=
     if tol is None:
         tol = 1e-9 * (1.0 + float(np.max(hi - lo)))
     K = len(layers) - 1
-    state = {"best": -math.inf, "x": None, "count": 0, "complete": True, "lps": 0}
+    state = {"best": -math.inf, "x": None, "count": 0, "complete": True, "lps": 0, "pruned": 0}
+    if incumbent is not None:  # (value, witness) of a certified lower bound, e.g. a sampled gradient
+        state["best"], state["x"] = float(incumbent[0]), np.asarray(incumbent[1], dtype=np.float64)
     unst = [np.flatnonzero((l < 0) & (u > 0)) for l, u in bounds]
 
     def leaf(A, c, x):
@@ -107,6 +159,13 @@ def enumerate_patterns(layers, lo, hi, bounds, norm, output, deadline=None, tol=
             if deadline is not None and time.perf_counter() > deadline:
                 state["complete"] = False
                 return
+            if prune and state["x"] is not None:
+                dmin, dmax = d.copy(), d.copy()
+                rest = ui[pos:]
+                dmin[rest], dmax[rest] = min(L.slope, 1.0), max(L.slope, 1.0)
+                if jacobian_bound(layers, k, A, c, (dmin, dmax), lo, hi, bounds, norm, output) <= state["best"]:
+                    state["pruned"] += 1
+                    return
             if pos == len(ui):
                 layer(k + 1, d[:, None] * Az, d * cz, G, H, x, t)
                 return

@@ -44,18 +44,20 @@ def _box(net, ctx):
     return lo, hi
 
 
-def preactivation_bounds(net, layers, region, lo, hi, mode="auto", lp_budget_s=None, progress=None):
+def preactivation_bounds(net, layers, region, lo, hi, mode="auto", lp_budget_s=None, progress=None,
+                         mip_per_solve=0.5):
     """Pre-activation bounds for big-M constants. mode: 'interval', 'crown' (CROWN from lipbound.crown,
     intersected with intervals; interval alone if that module is missing), 'lp' (crown/interval then LP
-    tightening, every LP bound certified by its duals), 'auto' ('lp' for small nets, else 'crown').
+    tightening, every LP bound certified by its duals), 'mip' ('lp' then MIP tightening of each unstable
+    neuron with a short time limit per solve), 'auto' ('lp' for small nets, else 'crown').
     Returns (bounds, info dict)."""
     t0 = time.perf_counter()
     bounds = core.interval_preact_bounds(layers, lo, hi)
     info = {"bounds": mode, "unstable_interval": int(sum(m.sum() for m in core.unstable_masks(bounds)))}
-    if mode not in ("interval", "crown", "lp", "auto"):
-        raise LipboundError(f"option bounds={mode!r}: use interval, crown, lp or auto")
+    if mode not in ("interval", "crown", "lp", "mip", "auto"):
+        raise LipboundError(f"option bounds={mode!r}: use interval, crown, lp, mip or auto")
     used = ["interval"]
-    if mode in ("crown", "lp", "auto"):
+    if mode in ("crown", "lp", "mip", "auto"):
         cb = None
         try:
             cb = core.crown_preact_bounds(net, region)
@@ -68,10 +70,15 @@ def preactivation_bounds(net, layers, region, lo, hi, mode="auto", lp_budget_s=N
     if mode == "auto":
         n_hidden = sum(L.W.shape[0] for L in layers[:-1])
         mode = "lp" if n_hidden <= 2000 else "crown"
-    if mode == "lp":
+    if mode in ("lp", "mip"):
         deadline = None if lp_budget_s is None else time.perf_counter() + lp_budget_s
         bounds, done = core.lp_tighten(layers, lo, hi, bounds, deadline=deadline, progress=progress)
         used.append("lp" if done else "lp(partial)")
+        info["unstable_lp"] = int(sum(m.sum() for m in core.unstable_masks(bounds)))
+        if mode == "mip" and done:
+            bounds, done = core.mip_tighten(layers, lo, hi, bounds, deadline=deadline, per_solve=mip_per_solve,
+                                            progress=progress)
+            used.append("mip" if done else "mip(partial)")
     info["bounds_used"] = "+".join(used)
     info["unstable"] = int(sum(m.sum() for m in core.unstable_masks(bounds)))
     info["unstable_per_layer"] = [int(m.sum()) for m in core.unstable_masks(bounds)]
@@ -201,7 +208,8 @@ def _scip_available():
     description="exact local Lipschitz constant on a box by mixed-integer programming (LipMIP, HiGHS); "
                 "anytime upper/lower sandwich on a time limit",
     options={"bounds": "big-M bounds: auto (default: CROWN if available, then LP tightening on small nets), "
-                       "interval, crown or lp",
+                       "interval, crown, lp, or mip (lp then per-neuron MIPs of mip_time s each)",
+             "mip_time": "time limit (s) of each bound-tightening MIP with bounds=mip (default 0.5)",
              "solver": "highs (default) or scip (needs pyscipopt)",
              "threads": "HiGHS threads", "samples": "random points for the initial incumbent (default 1000)",
              "gap": "relative MIP gap asked of the solver (default 1e-7)",
@@ -252,11 +260,11 @@ def mip(net, ctx):
 
     # 2. pre-activation bounds (big-M constants)
     tl = ctx.time_left()
-    lp_time = ctx.option("lp_time", None, float)
+    lp_time = ctx.option("lp_time", None, float)  # also the budget of bounds=mip
     if lp_time is None and math.isfinite(tl):
         lp_time = 0.25 * tl
     bounds, binfo = preactivation_bounds(net, layers, ctx.region, lo, hi, str(ctx.option("bounds", "auto")),
-                                         lp_budget_s=lp_time)
+                                         lp_budget_s=lp_time, mip_per_solve=float(ctx.option("mip_time", 0.5, float)))
     details.update(binfo)
     bar.update(1)
 
@@ -287,6 +295,13 @@ def mip(net, ctx):
             upper = max(upper, mm.trivial_bound)
             sub.append({"direction": label, "status": "skipped (no time)", "upper": mm.trivial_bound})
             complete = False
+            bar.update(1)
+            continue
+        if best_x is not None and mm.trivial_bound <= best_lower:
+            ub_m = best_lower + REL_MARGIN * abs(best_lower) + scale_margin
+            upper = max(upper, ub_m)
+            sub.append({"direction": label, "status": "bounded by LP", "upper": ub_m, "chain_lps": n_chain_lps,
+                        "chain_lp_time_s": t_chain, "trivial_bound": mm.trivial_bound})
             bar.update(1)
             continue
         own = per_dir[di]
@@ -375,7 +390,10 @@ def _pattern_from_solution(layers, bounds, mm, colv):
     "enumerate", kind="exact", norms=(1, INF), regions=("box",), ops=DENSE_OPS, activations=PIECEWISE_LINEAR,
     description="exact local Lipschitz constant on a box by enumerating the activation patterns realisable "
                 "in it (LP-checked tree search); at most ~20 unstable neurons",
-    options={"max_unstable": "refuse networks with more unstable neurons than this (default 20)"},
+    options={"max_unstable": "refuse networks with more unstable neurons than this (default 20)",
+             "prune": "prune pattern prefixes whose interval Jacobian bound cannot beat the best value "
+                      "(branch and bound, still exact; default true; false = plain enumeration)",
+             "samples": "random points for the initial incumbent when pruning (default 500)"},
     family="exact")
 def enumerate_method(net, ctx):
     """Exact Lipschitz constant (norms l_1 / l_inf, optional ``output``) on a box: the max over the
@@ -383,7 +401,8 @@ def enumerate_method(net, ctx):
     pruning of infeasible prefixes) of the pattern Jacobian's norm; a witness point is returned. Exact in
     general position. Cost: up to 2^(#unstable) patterns times one small LP, so the method refuses more
     than ``max_unstable`` (default 20) unstable neurons under interval bounds. On a time limit it
-    returns the best pattern seen as a certified ``lower`` bound."""
+    returns the best pattern seen as a certified ``lower`` bound. With ``prune`` (default) it is a branch and
+    bound: prefixes whose interval Jacobian bound is at most the best value found are skipped (still exact)."""
     layers = core.relu_chain(net)
     lo, hi = _box(net, ctx)
     norm, output = ctx.norm, ctx.output
@@ -396,11 +415,23 @@ def enumerate_method(net, ctx):
         raise Unsupported(f"{n_unst} unstable neurons under interval bounds (limit max_unstable={limit}): "
                           "enumeration would visit up to 2^{n_unst} patterns; use mip")
     deadline = None if not math.isfinite(ctx.time_left()) else time.perf_counter() + ctx.time_left()
+    prune = bool(ctx.option("prune", True, bool))
+    incumbent = None
+    if prune:
+        rng = ctx.rng()
+        X, J = _sample(net, lo, hi, int(ctx.option("samples", 500, int)), rng)
+        vals = operator_norm(torch.as_tensor(J), norm, output).numpy()
+        for i in np.argsort(-vals)[:5]:
+            v = _smooth_value(net, X[i], norm, output)
+            if v is not None:
+                incumbent = (v, X[i])
+                break
     bar = ctx.progress(desc="enumerate")
     st = enumerate_patterns(layers, lo, hi, bounds, norm, output, deadline=deadline,
-                            progress=lambda c: bar.update(1))
+                            progress=lambda c: bar.update(1), prune=prune, incumbent=incumbent)
     bar.close()
-    details = {"unstable": n_unst, "patterns": st["count"], "lps": st["lps"]}
+    details = {"unstable": n_unst, "patterns": st["count"], "lps": st["lps"], "pruned": st["pruned"],
+               "prune": prune, "sampled_incumbent": None if incumbent is None else incumbent[0]}
     if st["x"] is None:
         if not st["complete"]:
             return MethodResult(None, kind="lower", status="time_limit", details=details)
