@@ -25,6 +25,7 @@ import itertools
 import math
 import time
 
+import numpy as np
 import torch
 
 from ..crown import forward_bounds
@@ -48,6 +49,118 @@ def _scores(G: JacobianGraph, res, und: dict, split_acts: list) -> torch.Tensor:
         sc = area.abs() * coef + 1.0
         parts.append(torch.where(und[k], sc, torch.zeros_like(sc)))
     return torch.cat(parts, 1)
+
+
+class PatternLP:
+    """Infeasibility pruning for dense ReLU / leaky-ReLU chains (optional, sound).
+
+    A domain fixes the slope of some undecided neurons. While every neuron of the layers before layer
+    k is fixed (stable or decided), the pre-activations of layer k are affine in x, so the decisions
+    in layer k are linear constraints z_i >= 0 / z_i <= 0 on x in the box. If that LP is infeasible
+    even with a small slack, no input realises the domain and it is dropped (its set of Jacobians is
+    empty). Cost: one small HiGHS LP per child whose set of checkable decisions grew."""
+
+    def __init__(self, net, G, split_acts, offsets, region):
+        self.chain = net.dense_chain()
+        if len(self.chain) - 1 != len(split_acts) or len(split_acts) != len(G.acts):
+            raise Unsupported("pattern LP needs every activation to be splittable")
+        self.W = [torch.as_tensor(layer.W) for layer in self.chain]
+        self.b = [torch.as_tensor(layer.b) for layer in self.chain]
+        self.lo = torch.as_tensor(region.lower.reshape(-1))
+        self.hi = torch.as_tensor(region.upper.reshape(-1))
+        self.G, self.acts, self.offsets = G, split_acts, offsets
+        self.params = [0.0 if net.nodes[k].op.name == "relu" else net.nodes[k].op.param for k in split_acts]
+        # sampled points of the box and their pre-activations: a domain whose checkable decisions
+        # agree with the sign pattern of some sample is feasible without an LP
+        rng = np.random.default_rng(0)
+        pts = rng.uniform(region.lower.reshape(-1), region.upper.reshape(-1), size=(2000, self.lo.shape[0]))
+        pts = np.concatenate([pts, region.mid.reshape(1, -1)])
+        pre = net.preactivations(torch.as_tensor(pts).reshape((-1,) + net.input_shape))
+        self.Z = torch.cat([z.reshape(z.shape[0], -1) for z in pre], 1)  # (n_samples, N)
+        self.lp_calls = 0
+        self.net = net
+        self.rad = float((self.hi - self.lo).abs().max()) + 1.0
+        self.und = [G.s[k][1] > G.s[k][0] for k in split_acts]
+        self.sfix = [G.s[k][0] for k in split_acts]
+
+    def checkable(self, dec: torch.Tensor) -> tuple[list, int]:
+        """(per layer: (neuron indices, signs) of the checkable decisions, count)."""
+        rows, n = [], 0
+        for li, k in enumerate(self.acts):
+            d = dec[self.offsets[li] : self.offsets[li + 1]]
+            nz = d.nonzero().reshape(-1)
+            rows.append((nz, d[nz].to(torch.float64)))
+            n += len(nz)
+            if bool((self.und[li] & (d == 0)).any()):
+                break
+        return rows, n
+
+    def feasible(self, dec: torch.Tensor) -> bool:
+        rows, n = self.checkable(dec)
+        if n == 0:
+            return True
+        cols = torch.cat([self.offsets[li] + idx for li, (idx, _) in enumerate(rows)])
+        sg = torch.cat([g for _, g in rows])
+        if bool(((self.Z[:, cols] * sg) >= 0).all(1).any()):
+            return True
+        self.lp_calls += 1
+        A = torch.eye(self.lo.shape[0], dtype=torch.float64)
+        c = torch.zeros(self.lo.shape[0], dtype=torch.float64)
+        A_ub, b_ub = [], []
+        for li, (idx, g) in enumerate(rows):
+            M = self.W[li] @ A
+            m = self.W[li] @ c + self.b[li]
+            if len(idx):
+                Mi, mi = M[idx], m[idx]
+                slack = 1e-7 * (1.0 + mi.abs() + Mi.abs().sum(1) * self.rad)
+                # g = +1: z_i >= -slack  <=>  -M_i x <= m_i + slack ; g = -1: M_i x <= -m_i + slack
+                A_ub.append(-g[:, None] * Mi)
+                b_ub.append(g * mi + slack)
+            d = dec[self.offsets[li] : self.offsets[li + 1]]
+            slope = torch.where(self.und[li], torch.where(d > 0, torch.ones_like(self.sfix[li]),
+                                                          torch.full_like(self.sfix[li], self.params[li])), self.sfix[li])
+            A, c = slope[:, None] * M, slope * m
+        A_ub, b_ub = torch.cat(A_ub).numpy(), torch.cat(b_ub).numpy()
+        lo, hi = self.lo.numpy(), self.hi.numpy()
+        # a single constraint that fails on the whole box: infeasible without an LP (exact)
+        row_min = np.clip(A_ub, 0, None) @ lo + np.clip(A_ub, None, 0) @ hi
+        if bool((row_min > b_ub).any()):
+            return False
+        return self._lp_feasible(A_ub, b_ub, lo, hi)
+
+    def _lp_feasible(self, A_ub, b_ub, lo, hi) -> bool:
+        try:
+            import highspy
+
+            h = highspy.Highs()
+            h.setOptionValue("output_flag", False)
+            lp = highspy.HighsLp()
+            n, m = A_ub.shape[1], A_ub.shape[0]
+            lp.num_col_, lp.num_row_ = n, m
+            lp.col_cost_ = np.zeros(n)
+            lp.col_lower_, lp.col_upper_ = lo.astype(np.float64), hi.astype(np.float64)
+            lp.row_lower_ = np.full(m, -highspy.kHighsInf)
+            lp.row_upper_ = b_ub.astype(np.float64)
+            lp.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
+            lp.a_matrix_.start_ = np.arange(0, n * m + 1, n, dtype=np.int32)
+            lp.a_matrix_.index_ = np.tile(np.arange(n, dtype=np.int32), m)
+            lp.a_matrix_.value_ = A_ub.reshape(-1).astype(np.float64)
+            h.passModel(lp)
+            h.run()
+            if h.getModelStatus() == highspy.HighsModelStatus.kInfeasible:
+                return False
+            # keep the LP's point as a sample: its sign pattern certifies later domains without an LP
+            if self.Z.shape[0] < 20000 and h.getModelStatus() == highspy.HighsModelStatus.kOptimal:
+                x = torch.as_tensor(np.asarray(h.getSolution().col_value, dtype=np.float64))
+                x = torch.minimum(torch.maximum(x, self.lo), self.hi)
+                pre = self.net.preactivations(x.reshape((1,) + self.net.input_shape))
+                self.Z = torch.cat([self.Z, torch.cat([z.reshape(1, -1) for z in pre], 1)])
+            return True
+        except ImportError:  # pragma: no cover - scipy's HiGHS
+            from scipy.optimize import linprog
+
+            res = linprog(np.zeros(A_ub.shape[1]), A_ub=A_ub, b_ub=b_ub, bounds=list(zip(lo, hi)), method="highs")
+            return res.status != 2  # 2: infeasible
 
 
 def branch_and_bound(net, ctx: MethodContext) -> MethodResult:
@@ -104,19 +217,29 @@ def branch_and_bound(net, ctx: MethodContext) -> MethodResult:
     details["refresh"] = refresh
     details["batch"] = batch
 
+    lp = None
+    lp_opt = str(ctx.option("lp_prune", "auto")).lower()
+    if lp_opt in ("auto", "true", "1") and net.n_inputs <= 2000:
+        try:
+            lp = PatternLP(net, G, split_acts, offsets, ctx.region)
+        except Unsupported:
+            lp = None
+    details["lp_prune"] = lp is not None
+    pruned = 0
+
     und_root = {k: (G.s[k][1] > G.s[k][0]).unsqueeze(0).expand(len(classes), -1) for k in G.acts}
     scores = _scores(G, root, und_root, split_acts)
     counter = itertools.count()
     heap: list = []
     for i in range(len(classes)):
         nxt = int(scores[i].argmax()) if bool((scores[i] > 0).any()) else -1
-        heapq.heappush(heap, (-root_vals[i], next(counter), i, torch.zeros(N, dtype=torch.int8), nxt))
+        heapq.heappush(heap, (-root_vals[i], next(counter), i, torch.zeros(N, dtype=torch.int8), nxt, 0))
 
     def current_bound() -> float:
         if not (norm == 2 and multi):
             return -heap[0][0]
         per = {}
-        for negb, _, ci, _, _ in heap:
+        for negb, _, ci, *_ in heap:
             per[ci] = max(per.get(ci, 0.0), -negb)
         return combine_classes(per)
 
@@ -150,6 +273,28 @@ def branch_and_bound(net, ctx: MethodContext) -> MethodResult:
         dec[torch.arange(dec.shape[0]), idx] = sign
         cls_pos = [it[2] for it in popped] * 2
         parent = torch.tensor([-it[0] for it in popped] * 2, dtype=torch.float64)
+        if lp is not None:
+            keep = []
+            for b in range(dec.shape[0]):
+                parent_rows = popped[b % len(popped)][5]
+                n_rows = lp.checkable(dec[b])[1]
+                if n_rows > parent_rows and not lp.feasible(dec[b]):
+                    pruned += 1
+                    continue
+                keep.append(b)
+            if not keep:
+                steps += 1
+                history.append((time.perf_counter() - ctx.start, current_bound() if heap else history[-1][1]))
+                if not heap:
+                    break
+                continue
+            keep_t = torch.tensor(keep)
+            dec, idx = dec[keep_t], idx[keep_t]
+            cls_pos = [cls_pos[b] for b in keep]
+            parent = parent[keep_t]
+            n_rows_kept = [lp.checkable(dec[b])[1] for b in range(dec.shape[0])]
+        else:
+            n_rows_kept = [0] * dec.shape[0]
         decisions = {k: dec[:, offsets[i] : offsets[i + 1]] for i, k in enumerate(split_acts)}
         cls = [classes[c] for c in cls_pos]
         g_known = v_known = None
@@ -163,17 +308,19 @@ def branch_and_bound(net, ctx: MethodContext) -> MethodResult:
         sc = _scores(G, res, und, split_acts)
         for b in range(dec.shape[0]):
             nxt = int(sc[b].argmax()) if bool((sc[b] > 0).any()) else -1
-            heapq.heappush(heap, (-float(vals[b]), next(counter), cls_pos[b], dec[b].clone(), nxt))
+            heapq.heappush(heap, (-float(vals[b]), next(counter), cls_pos[b], dec[b].clone(), nxt, n_rows_kept[b]))
         steps += 1
         last_step = time.perf_counter() - now
         history.append((time.perf_counter() - ctx.start, current_bound()))
-    value = min(current_bound(), history[0][1])
+    value = min(current_bound(), history[0][1]) if heap else history[-1][1]
     if history[-1][1] != value:
         history.append((time.perf_counter() - ctx.start, value))
     per = {}
-    for negb, _, ci, _, _ in heap:
+    for negb, _, ci, *_ in heap:
         per[classes[ci]] = max(per.get(classes[ci], 0.0), -negb)
-    details.update(steps=steps, domains=len(heap), converged=converged, per_output=per,
+    if lp is not None:
+        details["lp_calls"] = lp.lp_calls
+    details.update(steps=steps, domains=len(heap), converged=converged, per_output=per, pruned=pruned,
                    time_bab_s=time.perf_counter() - t_start)
     if converged:
         details["note"] = ("every worst domain is fully decided: the value is the maximum over the activation "

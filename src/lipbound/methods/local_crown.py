@@ -122,6 +122,8 @@ def ibp_jacobian_method(net, ctx: MethodContext) -> MethodResult:
                           "batch": "domains split per step (default 128)",
                           "refresh": "intermediate bounds recomputed per child: all | input | final | auto (default)",
                           "max_domains": "stop at this many domains (default 200000)",
+                          "lp_prune": "drop domains whose decided neurons no input realises (LP, dense chains; "
+                                      "default auto: on for dense ReLU chains)",
                           "budget": f"seconds when no time limit is given (default {BAB_DEFAULT_TIME:g})"})
 def crown_bab_method(net, ctx: MethodContext) -> MethodResult:
     """Certified upper bound on the local Lipschitz constant over a box (norm inf; norm 2 as `crown`):
