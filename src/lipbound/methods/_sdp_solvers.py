@@ -1,0 +1,152 @@
+"""cvxpy formulations of the LipSDP family (private): LipSDP-Neuron / -Layer on the whole chain and the
+per-layer SDP of ECLipsE.  The solvers' answers are never returned as bounds directly: the caller turns
+them into multipliers and certifies them with `_sdp_core.run_chain`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from ..errors import MethodFailed
+from ._sdp_core import Prepared, Stage
+
+SOLVER_SETTINGS = {
+    "scs": {"eps_abs": 1e-6, "eps_rel": 1e-6, "max_iters": 50_000},
+    "clarabel": {},
+}
+
+
+def _solver(name: str):
+    import cvxpy as cp
+
+    name = str(name).lower()
+    if name == "scs":
+        return cp.SCS, dict(SOLVER_SETTINGS["scs"])
+    if name == "clarabel":
+        return cp.CLARABEL, {}
+    raise MethodFailed(f"unknown solver {name!r} (scs or clarabel)")
+
+
+def solve_lipsdp(prep: Prepared, *, layer: bool = False, solver: str = "scs", verbose: bool = False,
+                 time_limit: float | None = None):
+    """Solve min rho s.t. the block-tridiagonal LipSDP LMI (reference §1) on the normalised chain.
+
+    Returns (Ls, rho, info): the rescaled multipliers L_k = 2 T_k / rho (vectors), the solver's rho and
+    a dict of solver facts. Raises MethodFailed when the solver does not return a solution."""
+    import cvxpy as cp
+
+    Ws, L = prep.Ws, prep.L
+    sizes = [Ws[0].shape[1]] + [W.shape[0] for W in Ws[:-1]]
+    rho = cp.Variable(nonneg=True)
+    lams = []
+    for k in range(L - 1):
+        n = sizes[k + 1]
+        lams.append(cp.Variable(nonneg=True) if layer else cp.Variable(n, nonneg=True))
+
+    def T(k):
+        lam = lams[k]
+        n = sizes[k + 1]
+        return lam * np.eye(n) if layer else cp.diag(lam)
+
+    blocks = [[None] * L for _ in range(L)]
+    for i in range(L):
+        for j in range(L):
+            blocks[i][j] = np.zeros((sizes[i], sizes[j]))
+    # (0,0)
+    blocks[0][0] = -rho * np.eye(sizes[0])
+    for k in range(1, L):  # hidden layer k uses W_k = Ws[k-1], multipliers lams[k-1]
+        W = Ws[k - 1]
+        p, m = prep.ps[k - 1], prep.ms[k - 1]
+        Tk = T(k - 1)
+        diag_k = -2 * Tk
+        if k == L - 1:
+            diag_k = diag_k + Ws[-1].T @ Ws[-1]
+        blocks[k][k] = diag_k
+        if p != 0:
+            if layer:
+                blocks[k - 1][k - 1] = blocks[k - 1][k - 1] - 2 * p * lams[k - 1] * (W.T @ W)
+            else:
+                blocks[k - 1][k - 1] = blocks[k - 1][k - 1] - 2 * p * (W.T @ cp.diag(lams[k - 1]) @ W)
+        off = 2 * m * (W.T @ Tk)
+        blocks[k - 1][k] = off
+        blocks[k][k - 1] = off.T
+    Mat = cp.bmat(blocks)
+    N = sum(sizes)
+    # symmetric by construction; cvxpy wants an explicitly symmetric expression for >> constraints
+    cons = [(Mat + Mat.T) / 2 << 0]
+    prob = cp.Problem(cp.Minimize(rho), cons)
+    sol, opts = _solver(solver)
+    if sol == cp.SCS and time_limit is not None and math.isfinite(time_limit):
+        opts["time_limit_secs"] = max(1.0, float(time_limit))
+    t0 = time.perf_counter()
+    try:
+        prob.solve(solver=sol, verbose=verbose, **opts)
+    except cp.error.SolverError as e:
+        raise MethodFailed(f"{solver}: {e}".splitlines()[0]) from None
+    info = {"solver": solver, "status": prob.status, "solve_time_s": time.perf_counter() - t0, "lmi_size": N}
+    if rho.value is None or any(l.value is None for l in lams):
+        raise MethodFailed(f"{solver} returned no solution (status {prob.status})")
+    r = float(rho.value)
+    if not (r > 0 and math.isfinite(r)):
+        raise MethodFailed(f"{solver} returned rho = {r}")
+    Ls = []
+    for k in range(L - 1):
+        v = np.asarray(lams[k].value, dtype=np.float64).reshape(-1)
+        if layer:
+            v = np.full(sizes[k + 1], float(v[0]))
+        Ls.append(np.maximum(2 * v / r, 0.0))
+    return Ls, r, info
+
+
+def eclipse_stage_policy(solver: str = "clarabel", verbose: bool = False, stats: dict | None = None):
+    """The ECLipsE per-layer SDP as a multiplier policy (reference §3):
+    maximise s s.t. L - L K L >= s W_{k+1}^T W_{k+1}, L diagonal >= 0, written with K = C C^T as
+    [[L - s W'^T W', L C], [C^T L, I]] >= 0 (size n_k + rank). On a solver failure the stage falls back to
+    the ECLipsE-Fast choice (counted in ``stats['fallback_stages']``)."""
+    import cvxpy as cp
+    import scipy.linalg as sla
+
+    from ._sdp_core import lam_max
+
+    stats = stats if stats is not None else {}
+    stats.setdefault("fallback_stages", 0)
+    stats.setdefault("solve_time_s", 0.0)
+    stats.setdefault("sdp_stages", 0)
+
+    def pol(st: Stage):
+        stats["sdp_stages"] += 1
+        K = st.K
+        n = K.shape[0]
+        kappa = lam_max(K)
+        if kappa <= 0:
+            return np.ones(n)
+        # K = C C^T from an eigendecomposition (drop the numerically null part)
+        w, U = sla.eigh(K / kappa, check_finite=False)
+        keep = w > 1e-12
+        C = U[:, keep] * np.sqrt(w[keep])[None, :]
+        Wn = st.W_next
+        G = Wn.T @ Wn
+        G = G / max(np.linalg.norm(G, 2), 1e-300)
+        lam = cp.Variable(n, nonneg=True)
+        s = cp.Variable()
+        r = C.shape[1]
+        LC = cp.diag(lam) @ C
+        Mat = cp.bmat([[cp.diag(lam) - s * G, LC], [LC.T, np.eye(r)]])
+        prob = cp.Problem(cp.Maximize(s), [(Mat + Mat.T) / 2 >> 0, s >= 1e-20])
+        sol, opts = _solver(solver)
+        t0 = time.perf_counter()
+        try:
+            prob.solve(solver=sol, verbose=verbose, **opts)
+            ok = lam.value is not None and np.all(np.isfinite(lam.value)) and np.max(lam.value) > 0
+        except cp.error.SolverError:
+            ok = False
+        stats["solve_time_s"] += time.perf_counter() - t0
+        if not ok:
+            stats["fallback_stages"] += 1
+            return np.full(n, 0.5 / kappa)
+        return np.maximum(np.asarray(lam.value, dtype=np.float64), 0.0) / kappa
+
+    return pol

@@ -1,0 +1,437 @@
+"""Global l2 bounds of the LipSDP family: LipSDP-Neuron/-Layer (cvxpy), ECLipsE (one small SDP per
+layer), ECLipsE-Fast and the closed-form family (G1, G2, G3, their minimum) and lipsdp-opt (joint
+first-order optimisation of the multipliers of the exact decomposition).
+
+Mathematics: ../shared/reference/l2-sdp-family.md.  Every method here produces diagonal multipliers
+L_1..L_{L-1} of the rescaled LipSDP-Neuron LMI and certifies them with the exact sequential
+decomposition in float64 (`_sdp_core.run_chain`: a Cholesky factorisation of every pivot, the value
+sqrt(lambda_max(W_L M_{L-1}^{-1} W_L^T)) by LAPACK, a relative margin of 1e-9); on small networks the
+full LMI is also assembled and its smallest eigenvalue checked.  So every value returned is a certified
+upper bound on the global l2 Lipschitz constant (>= the LipSDP-Neuron optimum).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+
+import numpy as np
+
+from ..errors import MethodFailed, Unsupported
+from ..registry import AFFINE_OPS, ALL_ACTIVATIONS, MethodResult, register_method
+from . import _sdp_core as core
+
+OPS = AFFINE_OPS | {"Activation"}
+COMMON_OPTIONS = {
+    "full_check_max": "largest LMI size (n0 + hidden neurons) for the full eigenvalue check (default 1500)",
+    "max_width": "refuse layers wider than this (default 5000; the dense matrices are n^2 floats)",
+    "blas_threads": "BLAS threads during the method (default 1: small matrices are slower with threads "
+                    "on a busy machine)",
+    "max_entries": "largest dense matrix of dense_chain() (default that of lipbound.network)",
+}
+
+# LipSDP through cvxpy: the largest LMI (n0 + hidden neurons) attempted by default. Measured on the 2-core
+# machine (see benchmarks/l2_sdp_family.py): SCS 3x50 (LMI 104) ~2 s; beyond a few hundred the
+# compilation and the solve take minutes to hours and cannot be interrupted.
+LIPSDP_MAX_NEURONS = 150
+ECLIPSE_MAX_WIDTH = 200
+
+
+@contextmanager
+def _blas_threads(n):
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - optional
+        yield
+        return
+    with threadpool_limits(limits=int(n), user_api="blas"):
+        yield
+
+
+def _prepare(net, ctx):
+    prep = core.prepare(net, ctx)
+    max_width = ctx.option("max_width", 5000)
+    widest = max(prep.widths)
+    if widest > max_width:
+        raise Unsupported(f"a layer of the dense chain has {widest} neurons (> max_width={max_width}); raise "
+                          "the option max_width if memory allows (cost O(n^3) per layer, n^2 floats each)")
+    return prep
+
+
+def _trivial(prep):
+    """Constant network or a single matrix: the exact answer (certified)."""
+    if prep.zero:
+        return MethodResult(0.0, details={"note": "a weight matrix is zero: the network is constant"})
+    if prep.L == 1:
+        v = prep.unscale(core.single_matrix_bound(prep))
+        return MethodResult(v, details={"note": "a single matrix: ||W||_2 (SVD, relative margin 1e-12)"})
+    return None
+
+
+def _finish(prep, cr: core.ChainResult, ctx, details: dict, status: str = "ok") -> MethodResult:
+    """Certified result: value of the original chain, multipliers, optional full-LMI eigenvalue check."""
+    value = prep.unscale(cr.value_hat)
+    details = dict(details)
+    details["value_normalised"] = cr.value_hat
+    details["log_weight_scale"] = prep.log_scale
+    details["certificate"] = "cholesky"
+    if cr.repaired:
+        details["repaired_stages"] = cr.repaired
+    if cr.cut_at is not None:
+        status = "time_limit"
+        details["cut_after_layer"] = cr.cut_at
+        details["note"] = ("time limit inside the decomposition: the remaining layers are bounded by "
+                           "Frobenius norms")
+    N = prep.widths[0] + prep.n_hidden
+    if cr.cut_at is None:
+        if N <= ctx.option("full_check_max", 1500):
+            lmin = core.full_lmi_min_eig(prep, cr.Ls, cr.value_hat)
+            details["full_lmi_min_eig"] = lmin
+            if lmin < -1e-8:
+                raise MethodFailed(f"the assembled LipSDP-Neuron matrix has eigenvalue {lmin:.3g} < 0 although the "
+                                   "decomposition succeeded: no bound claimed")
+            details["certificate"] = "cholesky+eigenvalues"
+        # the LipSDP-Neuron multipliers of the original network: T_k = rho L_k / 2 with rho = value^2
+        rho = value * value
+        Lorig = prep.original_multipliers(cr.Ls)
+        details["multipliers"] = np.concatenate([rho * l / 2 for l in Lorig]) if Lorig else np.zeros(0)
+    return MethodResult(value, status=status, details=details)
+
+
+def _run_policy(net, ctx, make_policy, details=None, fallback=None):
+    with _blas_threads(ctx.option("blas_threads", 1)):
+        prep = _prepare(net, ctx)
+        triv = _trivial(prep)
+        if triv is not None:
+            return triv
+        cr = core.run_chain(prep, make_policy(prep), ctx=ctx, fallback=fallback)
+        return _finish(prep, cr, ctx, details or {})
+
+
+# --------------------------------------------------------------------------------------------------
+# Closed forms
+# --------------------------------------------------------------------------------------------------
+
+_REG = dict(kind="upper", norms=(2,), regions=("global",), ops=OPS, activations=ALL_ACTIVATIONS, family="sdp_family")
+
+
+@register_method("eclipse-fast", description="ECLipsE-Fast: closed-form LipSDP-Neuron feasible point, "
+                 "L_k = I / (2 lambda_max(K_k)) (no solver)", options=dict(COMMON_OPTIONS), **_REG)
+def eclipse_fast(net, ctx):
+    """Certified upper bound on the global l2 Lipschitz constant (ECLipsE-Fast, Xu & Sivaranjani 2024).
+    Cost: O(sum n_k^3) (one Cholesky, one triangular solve and one Gram product per layer)."""
+    return _run_policy(net, ctx, lambda prep: core.policy_g1(0.5))
+
+
+G1_GRID = (0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def _min_over(net, ctx, members: list, details: dict | None = None):
+    """Run several policies (name, policy factory) and return the smallest certified value."""
+    with _blas_threads(ctx.option("blas_threads", 1)):
+        prep = _prepare(net, ctx)
+        triv = _trivial(prep)
+        if triv is not None:
+            return triv
+        best, best_name, values, status = None, None, {}, "ok"
+        for name, make in members:
+            if best is not None and ctx.out_of_time():
+                status = "time_limit"
+                break
+            try:
+                cr = core.run_chain(prep, make(prep), ctx=ctx)
+            except MethodFailed as e:
+                values[name] = f"failed: {e}"
+                continue
+            values[name] = prep.unscale(cr.value_hat)
+            if cr.cut_at is not None and best is not None:
+                continue
+            if best is None or cr.value_hat < best.value_hat or (best.cut_at is not None and cr.cut_at is None):
+                best, best_name = cr, name
+        if best is None:
+            raise MethodFailed("no member of the family produced a certified value")
+        d = dict(details or {})
+        d["members"] = values
+        d["best_member"] = best_name
+        return _finish(prep, best, ctx, d, status)
+
+
+@register_method("eclipse-g1", description="closed-form family G1: L_k = c I / lambda_max(K_k), min over a grid "
+                 "of step sizes c (c = 1/2 is ECLipsE-Fast)",
+                 options={**COMMON_OPTIONS, "c": "one step size in (0,1), or a list (default 0.5..0.9)"}, **_REG)
+def eclipse_g1(net, ctx):
+    """Certified upper bound on the global l2 Lipschitz constant: the minimum over step sizes c of the G1
+    closed form (reconstruction of Syed & Hu 2025). Cost: O(sum n_k^3) per step size."""
+    c = ctx.option("c", None)
+    grid = G1_GRID if c is None else (tuple(c) if isinstance(c, (list, tuple)) else (float(c),))
+    for v in grid:
+        if not 0 < float(v) < 1:
+            raise Unsupported(f"step size c={v} must lie in (0, 1)")
+    return _min_over(net, ctx, [(f"c={v:g}", (lambda prep, v=float(v): core.policy_g1(v))) for v in grid],
+                     {"grid": list(grid)})
+
+
+def _g2_method(kind):
+    def fn(net, ctx):
+        c = float(ctx.option("c", 0.5))
+        if not 0 < c < 1:
+            raise Unsupported(f"step size c={c} must lie in (0, 1)")
+        return _run_policy(net, ctx, lambda prep: core.policy_g2(kind, c), {"scaling": kind, "c": c})
+
+    fn.__name__ = f"eclipse_g2_{kind}"
+    fn.__doc__ = (f"Certified upper bound on the global l2 Lipschitz constant: closed form G2 with the {kind} "
+                  "diagonal scaling, L_k = c P / lambda_max(P^1/2 K_k P^1/2). Cost: O(sum n_k^3).")
+    return fn
+
+
+for _kind, _desc in (("balance", "p_j = sqrt(||W_{k+1}[:,j]||^2 / K_jj)"), ("jacobi", "p_j = 1 / K_jj"),
+                     ("gershgorin", "p_j = 1 / sum_l |K_jl|")):
+    register_method(f"eclipse-g2-{_kind}", description=f"closed-form family G2: diagonal scaling {_desc}, "
+                    "L_k = c P / lambda_max(P^1/2 K P^1/2)", options={**COMMON_OPTIONS, "c": "step in (0,1), default 0.5"},
+                    **_REG)(_g2_method(_kind))
+
+
+@register_method("eclipse-g3", description="closed-form family G3: per layer the scalar multiplier minimising the "
+                 "next layer's lambda_max (golden-section search, one eigendecomposition per layer)",
+                 options={**COMMON_OPTIONS, "iters": "golden-section steps per layer (default 24)"}, **_REG)
+def eclipse_g3(net, ctx):
+    """Certified upper bound on the global l2 Lipschitz constant: greedy scalar multipliers (G3). Cost:
+    O(sum n_k^3) with one eigendecomposition per layer plus ~iters small eigenvalue problems."""
+    it = int(ctx.option("iters", 24))
+    return _run_policy(net, ctx, lambda prep: core.policy_g3(None, it))
+
+
+@register_method("eclipse-g3-balance", description="G3 search in the balance-scaled coordinates of G2 "
+                 "(L_k = s P_balance, s chosen greedily)",
+                 options={**COMMON_OPTIONS, "iters": "golden-section steps per layer (default 24)"}, **_REG)
+def eclipse_g3_balance(net, ctx):
+    """Certified upper bound on the global l2 Lipschitz constant: G3's greedy scalar search along the G2
+    balance scaling. Cost: as eclipse-g3."""
+    it = int(ctx.option("iters", 24))
+    return _run_policy(net, ctx, lambda prep: core.policy_g3("balance", it))
+
+
+def family_members(width: int | None = None, quick: bool = False) -> list:
+    """(name, policy factory) of every closed-form member, cheapest and most useful first."""
+    members = [("eclipse-fast", lambda prep: core.policy_g1(0.5)),
+               ("eclipse-g2-balance", lambda prep: core.policy_g2("balance")),
+               ("eclipse-g3", lambda prep: core.policy_g3(None)),
+               ("eclipse-g3-balance", lambda prep: core.policy_g3("balance")),
+               ("eclipse-g2-jacobi", lambda prep: core.policy_g2("jacobi")),
+               ("eclipse-g2-gershgorin", lambda prep: core.policy_g2("gershgorin"))]
+    members += [(f"eclipse-g1 c={c:g}", (lambda prep, c=c: core.policy_g1(c))) for c in G1_GRID[1:]]
+    return members
+
+
+@register_method("eclipse-family", description="minimum over every closed-form member (ECLipsE-Fast, G1 grid, "
+                 "G2 balance/Jacobi/Gershgorin, G3, G3-balance)", options=dict(COMMON_OPTIONS), **_REG)
+def eclipse_family(net, ctx):
+    """Certified upper bound on the global l2 Lipschitz constant: the minimum over the closed-form family.
+    Never above ECLipsE-Fast (its first member). Cost: about ten closed-form passes, O(sum n_k^3) each;
+    under a time limit the members not yet run are skipped (status time_limit)."""
+    return _min_over(net, ctx, family_members())
+
+
+# --------------------------------------------------------------------------------------------------
+# ECLipsE (one SDP per layer)
+# --------------------------------------------------------------------------------------------------
+
+
+@register_method("eclipse", description="ECLipsE: one small SDP per layer (cvxpy), certified by the exact "
+                 "decomposition; layers after a time limit use the ECLipsE-Fast choice",
+                 options={**COMMON_OPTIONS, "solver": "clarabel (default) or scs",
+                          "max_stage_width": f"refuse hidden layers wider than this (default {ECLIPSE_MAX_WIDTH})",
+                          "verbose": "solver output"}, **_REG)
+def eclipse(net, ctx):
+    """Certified upper bound on the global l2 Lipschitz constant (ECLipsE, Xu & Sivaranjani 2024).
+    Cost: L-1 SDPs of size about 2 n_k with n_k + 1 variables (interior point: O(n_k^6) worst case)."""
+    from ._sdp_solvers import eclipse_stage_policy
+
+    stats = {}
+    with _blas_threads(ctx.option("blas_threads", 1)):
+        prep = _prepare(net, ctx)
+        triv = _trivial(prep)
+        if triv is not None:
+            return triv
+        mw = int(ctx.option("max_stage_width", ECLIPSE_MAX_WIDTH))
+        widest = max(W.shape[0] for W in prep.Ws[:-1])
+        if widest > mw:
+            raise Unsupported(f"a hidden layer has {widest} neurons (> max_stage_width={mw}): the per-layer SDP "
+                              "is too slow through cvxpy and cannot be interrupted (option max_stage_width)")
+        pol = eclipse_stage_policy(ctx.option("solver", "clarabel"), bool(ctx.option("verbose", False)), stats)
+        cr = core.run_chain(prep, pol, ctx=ctx, fallback=core.policy_g1(0.5))
+        status = "time_limit" if stats.get("sdp_stages", 0) < prep.L - 1 else "ok"
+        if status == "time_limit":
+            stats["note"] = "time limit: the layers after it used the ECLipsE-Fast multipliers"
+        return _finish(prep, cr, ctx, {"solver": ctx.option("solver", "clarabel"), **stats}, status)
+
+
+# --------------------------------------------------------------------------------------------------
+# LipSDP (cvxpy)
+# --------------------------------------------------------------------------------------------------
+
+
+def _lipsdp(net, ctx, layer: bool):
+    from ._sdp_solvers import solve_lipsdp
+
+    with _blas_threads(ctx.option("blas_threads", 1)):
+        prep = core.prepare(net, ctx, check_slopes=False)
+        triv = _trivial(prep)
+        if triv is not None:
+            return triv
+        split = ctx.option("split", None)
+        solver = str(ctx.option("solver", "scs")).lower()
+        max_neurons = int(ctx.option("max_neurons", LIPSDP_MAX_NEURONS))
+        L = prep.L
+        size = 2 if split is None else int(split)
+        if split is not None and size < 1:
+            raise Unsupported("split must be >= 1")
+        chunks = [(0, L)] if split is None else [(i, min(i + size, L)) for i in range(0, L, size)]
+        for a, b in chunks:
+            N = prep.Ws[a].shape[1] + sum(W.shape[0] for W in prep.Ws[a:b - 1])
+            if N > max_neurons:
+                raise Unsupported(f"the LipSDP LMI would have size {N} (> max_neurons={max_neurons}): cvxpy with "
+                                  f"{solver} needs minutes to hours and much memory there and cannot be "
+                                  "interrupted by the time limit (option max_neurons to override, split=k to cut "
+                                  "the network, or use lipsdp-opt)")
+        log_total, details, raw_log = 0.0, {"solver": solver, "chunks": []}, 0.0
+        full_Ls = None
+        for ci, (a, b) in enumerate(chunks):
+            sub = core.Prepared(prep.Ws[a:b], prep.scales[a:b], prep.alphas[a:b - 1], prep.betas[a:b - 1])
+            if b - a == 1:
+                v = core.single_matrix_bound(sub)
+                details["chunks"].append({"layers": [a + 1, b], "value_normalised": v})
+                log_total += math.log(v)
+                raw_log += math.log(v)
+            else:
+                tl = ctx.time_left()
+                Ls, rho, info = solve_lipsdp(sub, layer=layer, solver=solver, verbose=bool(ctx.option("verbose", False)),
+                                             time_limit=tl if math.isfinite(tl) else None)
+                try:
+                    cr = core.run_chain(sub, None, fixed=Ls)
+                except core.CertificateError as e:
+                    raise MethodFailed(f"the solver's multipliers fail the certificate check: {e}") from None
+                info.update({"layers": [a + 1, b], "solver_value_normalised": math.sqrt(rho),
+                             "certified_value_normalised": cr.value_hat, "repaired_stages": cr.repaired})
+                details["chunks"].append(info)
+                log_total += math.log(cr.value_hat) if cr.value_hat > 0 else -math.inf
+                raw_log += 0.5 * math.log(rho)
+                if len(chunks) == 1:
+                    full_Ls = (sub, cr)
+            if b < L:  # an activation on the cut: its largest |slope|
+                f = max(abs(prep.alphas[b - 1]), abs(prep.betas[b - 1]))
+                log_total += math.log(f) if f > 0 else -math.inf
+                raw_log += math.log(f) if f > 0 else -math.inf
+        details["solver_value"] = math.exp(raw_log + prep.log_scale)
+        if full_Ls is not None:
+            sub, cr = full_Ls
+            res = _finish(prep, cr, ctx, details)
+            res.details["solver_value"] = details["solver_value"]
+            return res
+        value = math.exp(log_total + prep.log_scale) if math.isfinite(log_total) else 0.0
+        details["certificate"] = "cholesky per chunk (product of chunk bounds)"
+        return MethodResult(value, details=details)
+
+
+_LIPSDP_OPTIONS = {**COMMON_OPTIONS, "solver": "scs (default; eps 1e-6, 50000 iterations) or clarabel",
+                   "split": "cut into chunks of k weight matrices and multiply the chunk bounds",
+                   "max_neurons": f"refuse LMIs larger than this (default {LIPSDP_MAX_NEURONS})",
+                   "verbose": "solver output"}
+
+
+@register_method("lipsdp-neuron", description="LipSDP-Neuron (Fazlyab et al. 2019) through cvxpy, the solver's "
+                 "multipliers re-certified in float64", options=_LIPSDP_OPTIONS, **_REG)
+def lipsdp_neuron(net, ctx):
+    """Certified upper bound on the global l2 Lipschitz constant: LipSDP-Neuron solved by cvxpy (SCS by
+    default), then re-certified by the exact decomposition (the reported value is the certified one; the raw
+    solver value is details['solver_value']). Cost: one SDP of size n0 + hidden neurons (memory O(N^2)
+    to O(N^4) in the solver); refused above max_neurons."""
+    return _lipsdp(net, ctx, layer=False)
+
+
+@register_method("lipsdp-layer", description="LipSDP-Layer (one multiplier per layer) through cvxpy, re-certified "
+                 "in float64", options=_LIPSDP_OPTIONS, **_REG)
+def lipsdp_layer(net, ctx):
+    """Certified upper bound on the global l2 Lipschitz constant: LipSDP-Layer (scalar multiplier per layer),
+    solved by cvxpy and re-certified. Cost: one SDP of size n0 + hidden neurons with L-1 variables."""
+    return _lipsdp(net, ctx, layer=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# lipsdp-opt
+# --------------------------------------------------------------------------------------------------
+
+
+@register_method("lipsdp-opt", description="all LipSDP-Neuron multipliers of the exact decomposition optimised "
+                 "jointly (L-BFGS, torch float64 autograd) from the best closed form; every iterate feasible",
+                 options={**COMMON_OPTIONS,
+                          "budget": "seconds for the optimisation when there is no time limit (default 120)",
+                          "max_iter": "L-BFGS iterations (default 2000)",
+                          "start": "family (default: best closed-form member) or fast",
+                          "rtol": "stop when the bound improved by less than this relative amount over 10 "
+                                  "iterations (default 2e-5)"}, **_REG)
+def lipsdp_opt(net, ctx):
+    """Certified upper bound on the global l2 Lipschitz constant: the multipliers of the exact LipSDP-Neuron
+    decomposition optimised jointly (parameterised so that every stage matrix stays positive definite),
+    started from the best closed-form member; anytime (best certified iterate at the time limit), the final
+    multipliers re-certified in float64 numpy. Its infimum is the LipSDP-Neuron optimum.
+    Cost per iteration: forward + backward through O(L) Cholesky factorisations and eigenvalue problems
+    (O(sum n_k^3))."""
+    import torch
+
+    from ._sdp_opt import optimise
+
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(int(ctx.option("blas_threads", 1)))
+    try:
+        with _blas_threads(ctx.option("blas_threads", 1)):
+            prep = _prepare(net, ctx)
+            triv = _trivial(prep)
+            if triv is not None:
+                return triv
+            start = str(ctx.option("start", "family"))
+            members = family_members() if start == "family" else family_members()[:1]
+            t0 = time.perf_counter()
+            best, best_name, values = None, None, {}
+            for name, make in members:
+                if best is not None and ctx.time_left() < 0.5 * (ctx.time_limit or math.inf):
+                    break
+                try:
+                    cr = core.run_chain(prep, make(prep), ctx=ctx)
+                except MethodFailed as e:
+                    values[name] = f"failed: {e}"
+                    continue
+                values[name] = prep.unscale(cr.value_hat)
+                if cr.cut_at is None and (best is None or cr.value_hat < best.value_hat):
+                    best, best_name = cr, name
+            if best is None:
+                raise MethodFailed("no closed-form start point")
+            t_start = time.perf_counter() - t0
+            left = ctx.time_left()
+            budget = float(ctx.option("budget", 120.0))
+            budget = min(budget, left - 0.05 * (ctx.time_limit or 0) - 0.5) if math.isfinite(left) else budget
+            details = {"start_member": best_name, "start_value": prep.unscale(best.value_hat),
+                       "start_members": values, "start_time_s": t_start}
+            status = "ok"
+            Ls_opt, hist = (None, {})
+            if budget > 0:
+                Ls_opt, hist = optimise(prep, best.Ls, time_budget=budget, max_iter=int(ctx.option("max_iter", 2000)),
+                                        rtol=2 * float(ctx.option("rtol", 2e-5)))
+                details["optimisation"] = hist
+                if hist.get("time_s", 0) >= budget * 0.98 and math.isfinite(left):
+                    status = "time_limit"
+            else:
+                status = "time_limit"
+            final = best
+            if Ls_opt is not None:
+                try:
+                    cr = core.run_chain(prep, None, fixed=Ls_opt)
+                    details["optimised_value"] = prep.unscale(cr.value_hat)
+                    if cr.value_hat < best.value_hat:
+                        final = cr
+                except (MethodFailed, core.CertificateError) as e:
+                    details["optimised_check_failed"] = str(e)
+            return _finish(prep, final, ctx, details, status)
+    finally:
+        torch.set_num_threads(old_threads)

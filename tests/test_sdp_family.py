@@ -1,0 +1,299 @@
+"""Tests of the LipSDP family (lipsdp-neuron/-layer, eclipse, eclipse-fast, the closed-form family,
+lipsdp-opt) against theorems, a sampled lower bound and an independently assembled LipSDP-Neuron LMI."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import lipbound
+from lipbound.errors import LipboundError
+from lipbound.methods._sdp_nets import eclipse_network
+from lipbound.network import Activation, Linear, Network
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "networks"
+
+CLOSED = ["eclipse-fast", "eclipse-g1", "eclipse-g2-balance", "eclipse-g2-jacobi", "eclipse-g2-gershgorin",
+          "eclipse-g3", "eclipse-g3-balance", "eclipse-family"]
+ALL = ["lipsdp-neuron", "lipsdp-layer", "eclipse", "lipsdp-opt"] + CLOSED
+# small nets: Clarabel (interior point) is accurate and fast there; SCS is tested separately
+OPTIONS = {"lipsdp-neuron": {"solver": "clarabel"}, "lipsdp-layer": {"solver": "clarabel"},
+           "lipsdp-opt": {"budget": 10.0}}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Small matrices on a busy 2-core machine: one BLAS / torch thread is much faster."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover
+        yield
+    else:
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
+    torch.set_num_threads(old)
+
+
+def _load(name):
+    path = SHARED / name
+    if not path.exists():
+        pytest.skip(f"{path} missing")
+    try:
+        return lipbound.load(path)
+    except LipboundError as e:  # the reader is written by another helper
+        if "not written yet" in str(e):
+            pytest.skip("lipbound.load is not written yet")
+        raise
+
+
+def naive_l2(net) -> float:
+    """Product of spectral norms (numpy SVD) times the largest |slope| of each activation."""
+    ch = net.dense_chain()
+    v = 1.0
+    for layer in ch:
+        v *= np.linalg.norm(layer.W, 2)
+        if layer.activation is not None:
+            v *= max(abs(layer.activation.alpha), abs(layer.activation.beta))
+    return float(v)
+
+
+def sampled_lower(net, n=3000, seed=0, scale=1.0, low=None, high=None) -> float:
+    """max over random points of ||J(x)||_2: a certified lower bound on the global l2 constant."""
+    rng = np.random.default_rng(seed)
+    if low is not None:
+        x = rng.uniform(low, high, size=(n, net.n_inputs))
+    else:
+        x = scale * rng.standard_normal((n, net.n_inputs))
+    J = net.jacobian(x).numpy()
+    return float(max(np.linalg.norm(j, 2) for j in J))
+
+
+def full_lmi_max_eig(net, T: np.ndarray, value: float, output=None) -> float:
+    """Independent brute force: the LipSDP-Neuron matrix of reference §1 (block-tridiagonal form) in the
+    ORIGINAL weights with multipliers T (concatenated diag) and rho = value^2; returns its largest
+    eigenvalue after a symmetric diagonal (Jacobi) scaling, which preserves the sign pattern."""
+    ch = net.dense_chain()
+    Ws = [l.W for l in ch]
+    if output is not None:
+        Ws[-1] = Ws[-1][output:output + 1]
+    acts = [l.activation for l in ch[:-1]]
+    sizes = [Ws[0].shape[1]] + [W.shape[0] for W in Ws[:-1]]
+    offs = np.cumsum([0] + sizes)
+    N = offs[-1]
+    rho = value ** 2
+    Ts, pos = [], 0
+    for n in sizes[1:]:
+        Ts.append(np.asarray(T[pos:pos + n]))
+        pos += n
+    assert pos == len(T)
+    Q = np.zeros((N, N))
+    Q[:sizes[0], :sizes[0]] -= rho * np.eye(sizes[0])
+    for k in range(1, len(Ws)):
+        W, t, a, b = Ws[k - 1], Ts[k - 1], acts[k - 1].alpha, acts[k - 1].beta
+        P = slice(offs[k - 1], offs[k])
+        C = slice(offs[k], offs[k + 1])
+        Q[P, P] -= 2 * a * b * W.T @ np.diag(t) @ W
+        Q[C, C] -= 2 * np.diag(t)
+        Q[P, C] += (a + b) * W.T @ np.diag(t)
+        Q[C, P] += (a + b) * np.diag(t) @ W
+    last = slice(offs[-2], offs[-1])
+    Q[last, last] += Ws[-1].T @ Ws[-1]
+    d = 1 / np.sqrt(np.maximum(np.abs(np.diag(Q)), 1e-300))
+    Q = d[:, None] * Q * d[None, :]
+    return float(np.linalg.eigvalsh((Q + Q.T) / 2)[-1])
+
+
+def run_all(net, methods=ALL, **extra):
+    out = {}
+    for m in methods:
+        b = lipbound.bound(net, m, **{**OPTIONS.get(m, {}), **extra.get(m, {})})
+        assert b.status == "ok", (m, b.status, b.reason)
+        assert b.kind == "upper"
+        out[m] = b
+    return out
+
+
+NETS = {
+    "rand-4x8": lambda: eclipse_network(4, 8, "rand"),
+    "randn-4x10": lambda: eclipse_network(4, 10, "randn"),
+    "randn-3x12-leaky": lambda: eclipse_network(3, 12, "randn", seed=5, activation="leaky_relu", param=0.1),
+}
+
+
+@pytest.fixture(scope="module", params=list(NETS))
+def case(request):
+    net = NETS[request.param]()
+    return request.param, net, run_all(net), sampled_lower(net)
+
+
+def test_ordering_theorems(case):
+    name, net, r, low = case
+    v = {m: b.value for m, b in r.items()}
+    neuron = v["lipsdp-neuron"]
+    tol = 1e-5  # Clarabel's relative accuracy; the certified neuron value sits at (or just above) the optimum
+    assert low <= neuron * (1 + 1e-9), (low, neuron)
+    for m in ALL:
+        assert neuron <= v[m] * (1 + tol), (m, v[m], neuron)
+    assert neuron <= v["lipsdp-layer"] * (1 + tol)
+    assert v["eclipse-fast"] <= naive_l2(net) * (1 + 1e-9)
+    for m in CLOSED:
+        assert v["eclipse-family"] <= v[m] * (1 + 1e-12), m
+    assert v["lipsdp-opt"] <= v["eclipse-family"] * (1 + 1e-12)
+    assert v["eclipse-family"] <= v["eclipse-fast"]
+
+
+def test_multipliers_satisfy_full_lmi(case):
+    """For every method: its multipliers and its value make the LipSDP-Neuron matrix NSD."""
+    name, net, r, low = case
+    for m, b in r.items():
+        T = b.details["multipliers"]
+        lmax = full_lmi_max_eig(net, T, b.value)
+        assert lmax <= 1e-8, (m, lmax)
+        # and the value cannot be lowered by 1%: the matrix at rho = (0.99 value)^2 is not NSD
+        # (each method's value is the best for its own multipliers)
+        assert full_lmi_max_eig(net, T, 0.99 * b.value) > 0, m
+
+
+def test_recorded_eclipse_vs_fast_and_opt_gap(case, record_property):
+    """Expected but not a theorem: eclipse <= eclipse-fast; lipsdp-opt within 0.5% of lipsdp-neuron."""
+    name, net, r, low = case
+    v = {m: b.value for m, b in r.items()}
+    ratio = v["lipsdp-opt"] / v["lipsdp-neuron"]
+    record_property("eclipse_over_fast", v["eclipse"] / v["eclipse-fast"])
+    record_property("opt_over_neuron", ratio)
+    print(f"{name}: eclipse/fast = {v['eclipse'] / v['eclipse-fast']:.6f}, opt/neuron = {ratio:.6f}, "
+          f"opt time {r['lipsdp-opt'].time_s:.1f} s, neuron time {r['lipsdp-neuron'].time_s:.1f} s")
+    problems = []
+    if v["eclipse"] > v["eclipse-fast"] * (1 + 1e-9):
+        problems.append(f"eclipse {v['eclipse']:.6g} > eclipse-fast {v['eclipse-fast']:.6g}")
+    if ratio > 1.005:
+        problems.append(f"lipsdp-opt is {100 * (ratio - 1):.2f}% above lipsdp-neuron")
+    if problems:
+        pytest.xfail("; ".join(problems))
+
+
+def test_scs_default_certified():
+    """Default solver SCS: the certified value is at most slightly above the raw solver value and above a
+    lower bound; the layer variant is not below the neuron variant."""
+    net = eclipse_network(3, 8, "randn", seed=3)
+    b = lipbound.bound(net, "lipsdp-neuron")
+    lay = lipbound.bound(net, "lipsdp-layer")
+    assert b.status == "ok" and lay.status == "ok"
+    assert b.details["chunks"][0]["solver"] == "scs"
+    low = sampled_lower(net)
+    assert low <= b.value
+    assert b.value <= b.details["solver_value"] * 1.01
+    assert b.value <= lay.value * (1 + 1e-3)
+    assert full_lmi_max_eig(net, b.details["multipliers"], b.value) <= 1e-8
+
+
+def test_split_product():
+    net = eclipse_network(5, 8, "rand", seed=2)
+    full = lipbound.bound(net, "lipsdp-neuron", solver="clarabel")
+    sp = lipbound.bound(net, "lipsdp-neuron", solver="clarabel", split=2)
+    assert sp.status == "ok"
+    assert len(sp.details["chunks"]) == 3
+    assert full.value <= sp.value * (1 + 1e-6) <= naive_l2(net) * (1 + 1e-6)
+
+
+def test_single_matrix_and_output():
+    W = np.random.default_rng(1).standard_normal((3, 5))
+    net = Network.sequential((5,), [Linear(W, None)])
+    for m in ["eclipse-fast", "eclipse-family", "lipsdp-opt", "lipsdp-neuron"]:
+        b = lipbound.bound(net, m)
+        assert b.status == "ok"
+        assert abs(b.value - np.linalg.norm(W, 2)) <= 1e-9 * b.value
+    net = eclipse_network(3, 10, "randn", seed=4, n_out=3)
+    for j in range(3):
+        bj = lipbound.bound(net, "eclipse-family", output=j)
+        full = lipbound.bound(net, "eclipse-family")
+        rng = np.random.default_rng(j)
+        J = net.jacobian(rng.standard_normal((500, 4))).numpy()[:, j, :]
+        assert np.linalg.norm(J, axis=1).max() <= bj.value <= full.value * (1 + 1e-9)
+        assert full_lmi_max_eig(net, bj.details["multipliers"], bj.value, output=j) <= 1e-8
+
+
+def test_relu_rescaling_invariance():
+    """LipSDP-Neuron is invariant under a positive diagonal rescaling of the hidden neurons; ECLipsE-Fast on
+    the rescaled net equals G2 with P = D^2 on the original (reference §5)."""
+    rng = np.random.default_rng(0)
+    Ws = [rng.standard_normal((6, 3)), rng.standard_normal((6, 6)), rng.standard_normal((2, 6))]
+    D = [np.exp(rng.uniform(-1, 1, 6)), np.exp(rng.uniform(-1, 1, 6))]
+    Ws2 = [D[0][:, None] * Ws[0], D[1][:, None] * Ws[1] / D[0][None, :], Ws[2] / D[1][None, :]]
+
+    def mk(ws):
+        return Network.sequential((3,), [Linear(ws[0], None), Activation("relu"), Linear(ws[1], None),
+                                         Activation("relu"), Linear(ws[2], None)])
+
+    a = lipbound.bound(mk(Ws), "lipsdp-neuron", solver="clarabel").value
+    b = lipbound.bound(mk(Ws2), "lipsdp-neuron", solver="clarabel").value
+    assert abs(a - b) <= 1e-4 * a
+    x = rng.standard_normal((20, 3))
+    assert np.allclose(mk(Ws)(x).numpy(), mk(Ws2)(x).numpy())
+
+
+@pytest.mark.parametrize("act", ["tanh", "sigmoid", "elu", "softplus"])
+def test_smooth_activations_above_lower(act):
+    net = eclipse_network(4, 8, "randn", seed=11, activation=act, param=1.0 if act in ("elu", "softplus") else 0.0)
+    low = sampled_lower(net, scale=0.5)
+    r = run_all(net, ["lipsdp-neuron", "eclipse-fast", "eclipse-family", "lipsdp-opt"],
+                **{"lipsdp-opt": {"budget": 3.0}})
+    for m, b in r.items():
+        assert b.value >= low, (m, b.value, low)
+        assert full_lmi_max_eig(net, b.details["multipliers"], b.value) <= 1e-8
+    assert r["lipsdp-neuron"].value <= r["lipsdp-opt"].value * (1 + 2e-4)  # Clarabel accuracy on tiny slopes
+    assert r["eclipse-fast"].value <= naive_l2(net) * (1 + 1e-9)
+
+
+def test_sigmoid_onnx():
+    net = _load("ffnnSIGMOID__Point_6x200.onnx")
+    low = sampled_lower(net, n=100, low=0.0, high=1.0)
+    naive = naive_l2(net)
+    fast = lipbound.bound(net, "eclipse-fast")
+    fam = lipbound.bound(net, "eclipse-g2-balance")
+    assert fast.status == "ok" and fam.status == "ok"
+    assert low <= fam.value and low <= fast.value <= naive * (1 + 1e-9)
+    guard = lipbound.bound(net, "lipsdp-neuron")
+    assert guard.status == "unsupported" and "max_neurons" in guard.reason
+
+
+def test_acas_xu():
+    net = _load("ACASXU_run2a_1_1_batch_2000.onnx")
+    low = sampled_lower(net, n=1000)
+    fast = lipbound.bound(net, "eclipse-fast")
+    fam = lipbound.bound(net, "eclipse-family")
+    opt = lipbound.bound(net, "lipsdp-opt", time_limit=4)
+    naive = naive_l2(net)
+    assert abs(fast.value - 4.43e6) <= 0.01 * 4.43e6  # the value quoted in the issue
+    assert low <= opt.value <= fam.value <= fast.value <= naive
+    assert opt.status in ("ok", "time_limit") and opt.value < fast.value / 10
+    for b in (fast, fam, opt):
+        assert full_lmi_max_eig(net, b.details["multipliers"], b.value) <= 1e-8
+    sdp = lipbound.bound(net, "lipsdp-neuron")
+    assert sdp.status == "unsupported" and "max_neurons" in sdp.reason
+
+
+def test_unsupported_networks():
+    for name in ("resnet_2b.onnx", "Convnet_maxpool.onnx"):
+        net = _load(name)
+        for m in ("eclipse-fast", "lipsdp-opt"):
+            b = lipbound.bound(net, m)
+            assert b.status == "unsupported" and b.value is None and b.reason
+
+
+def test_time_limit_fallbacks():
+    net = eclipse_network(30, 20, "randn")
+    fast = lipbound.bound(net, "eclipse-fast")
+    cut = lipbound.bound(net, "eclipse-fast", time_limit=1e-9)
+    assert cut.status == "time_limit" and cut.value >= fast.value
+    assert cut.value <= naive_l2(net) * (1 + 1e-6) * math.sqrt(20) ** 30  # Frobenius tail, finite
+    opt = lipbound.bound(net, "lipsdp-opt", time_limit=1.0)
+    # under a 1 s limit the start may use only part of the family, but never less than ECLipsE-Fast
+    assert opt.status in ("ok", "time_limit") and opt.value <= fast.value
