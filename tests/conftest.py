@@ -24,3 +24,10 @@ def shared_dir() -> Path:
 def shared_networks(shared_dir) -> Path:
     """Alias of `shared_dir`."""
     return shared_dir
+
+
+def pytest_configure(config):
+    # the suite runs many tiny tensor ops: one intra-op thread avoids oversubscribing the 2 CI cores
+    import torch
+
+    torch.set_num_threads(1)

@@ -250,7 +250,8 @@ def lower_grad(net: Network, ctx: MethodContext) -> MethodResult:
         point_scale = rms.clamp_min(0.05).reshape((-1,) + (1,) * len(net.input_shape))
     step_size = 0.05
     u = (starts / point_scale).clone().requires_grad_(True)
-    opt = torch.optim.Adam([u], lr=step_size)
+    # Adam by hand: torch.optim's first use imports torch._dynamo, which costs seconds
+    adam_m, adam_v = torch.zeros_like(u), torch.zeros_like(u)
     status = "ok"
     bar = ctx.progress(total=steps, desc=f"{ctx.method}: ascent")
     history = []
@@ -266,9 +267,12 @@ def lower_grad(net: Network, ctx: MethodContext) -> MethodResult:
         temps = [rel_t * sc for sc in scales]
         with torch.enable_grad():
             obj = _directional_objective(net, u * point_scale, c, d, temps)
-            opt.zero_grad()
-            (-obj.sum()).backward()
-        opt.step()
+            (grad,) = torch.autograd.grad(obj.sum(), u)
+        lr = step_size * (1 - 0.9 * frac)  # decay the step as the temperature shrinks
+        adam_m.mul_(0.9).add_(0.1 * grad)
+        adam_v.mul_(0.999).add_(0.001 * grad * grad)
+        m_hat, v_hat = adam_m / (1 - 0.9 ** (it + 1)), adam_v / (1 - 0.999 ** (it + 1))
+        u.data += lr * m_hat / (v_hat.sqrt() + 1e-12)  # ascent
         with torch.no_grad():
             if lo is not None:
                 u.data = torch.maximum(torch.minimum(u.data * point_scale, hi), lo) / point_scale
@@ -283,8 +287,6 @@ def lower_grad(net: Network, ctx: MethodContext) -> MethodResult:
                 history.append(best_val)
                 c, d = _norm_directions(J, ctx.norm, ctx.output)  # re-aim at the current maximiser
                 scales = temperature_scales(x_now)
-        for g in opt.param_groups:  # decay the step as the temperature shrinks
-            g["lr"] = step_size * (1 - 0.9 * frac)
         bar.update(1)
     bar.close()
     details = {"restarts": restarts, "steps": steps, "sample_best": sample_best, "history": history}
