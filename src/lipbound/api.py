@@ -176,7 +176,7 @@ class Report:
         import matplotlib.pyplot as plt
 
         shown = [b for b in self.results if b.ok and b.value > 0]
-        fig, ax = plt.subplots(figsize=(8, 0.45 * max(4, len(shown)) + 1.2))
+        fig, ax = plt.subplots(figsize=(10, 0.45 * max(4, len(shown)) + 1.2))
         colors = {"upper": "tab:red", "lower": "tab:blue", "exact": "tab:green", "estimate": "tab:gray"}
         markers = {"upper": "v", "lower": "^", "exact": "D", "estimate": "o"}
         lo, up = self.best_lower, self.best_upper
@@ -190,10 +190,11 @@ class Report:
         ax.set_xscale("log")
         ax.set_xlabel(f"Lipschitz constant bound (norm {self.norm})")
         name = self.network.get("name", "network")
-        ax.set_title(f"{name}: lower ▲ blue, upper ▼ red, exact ◆ green, estimate ● gray")
+        region = "global" if self.region is None else f"box eps={self.region.get('eps')}"
+        ax.set_title(f"{name}, norm {self.norm}, {region}")
         for kind in ("upper", "lower", "exact", "estimate"):
             ax.plot([], [], markers[kind], color=colors[kind], label=kind)
-        ax.legend(loc="best", fontsize=8)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
         fig.tight_layout()
         fig.savefig(path, dpi=110)
         plt.close(fig)
