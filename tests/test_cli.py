@@ -84,3 +84,28 @@ def test_console_script_runs_as_a_process(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "lipbound.cli", "bound", str(tmp_path / "nope.onnx"), "-m",
                            "lower-sample"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_a_norm_the_method_cannot_handle(capsys):
+    code, out, err = run(["bound", "example:digits_mlp", "-m", "eclipse-fast", "--norm", "inf", "--quiet"], capsys)
+    assert code == 2 and "eclipse-fast does not support norm inf" in err
+    assert "unsupported" in out  # the table still shows the row with its status
+
+
+def test_global_only_method_on_a_box_and_local_method_globally(tmp_path, capsys):
+    center = tmp_path / "c.npy"
+    np.save(center, np.full((64,), 0.5))
+    code, out, err = run(["bound", "example:digits_mlp", "-m", "eclipse-fast", "--center", str(center), "--eps", "0.1",
+                          "--quiet"], capsys)
+    assert code == 2 and "global-only" in err
+    code, out, err = run(["bound", "example:digits_mlp", "-m", "crown", "--norm", "inf", "--quiet"], capsys)
+    assert code == 2 and "local" in err
+
+
+def test_unsupported_operator_names_the_methods_that_handle_it(capsys):
+    import lipbound
+    from conftest import shared_network_paths
+
+    path = [p for p in shared_network_paths() if p.stem == "Convnet_maxpool"][0]
+    code, out, err = run(["bound", str(path), "-m", "eclipse-fast", "--quiet"], capsys)
+    assert code == 2 and "MaxPool2d" in err and "naive" in err
