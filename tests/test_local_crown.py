@@ -277,7 +277,7 @@ def random_conv_residual_net(seed):
     return b.build(name=f"convres{seed}")
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(seed=st.integers(0, 10_000), eps=st.sampled_from([0.05, 0.2, 0.5]))
 def test_sweep_random_nets_sampled_below_crown(seed, eps):
     net = random_conv_residual_net(seed) if seed % 2 else random_mlp([4, 7, 6, 3], seed=seed,

@@ -9,6 +9,13 @@ inherited (never recomputed); the Jacobian-graph bounds of each child are recomp
 ("final"); "auto" picks by the measured cost). A child's bound is min(child, parent), so the global
 bound (the max over open domains, combined over outputs) never increases.
 
+Pattern pruning (dense ReLU / leaky-ReLU chains, ``lp_prune``): while all neurons of the layers before
+layer k are fixed, the decisions in layer k are linear constraints on x; a child whose constraints no x
+in the box satisfies (a HiGHS LP with a small slack, skipped when a sampled point or an earlier LP
+point already realises the decisions) is dropped. Without it the branch and bound converges to the
+maximum over all activation patterns consistent with the forward bounds, realisable or not; with it,
+to the maximum over realisable patterns, i.e. the exact local constant (as LipMIP / `enumerate`).
+
 Loop: a single priority queue of domains over all outputs (so the time goes to the outputs whose
 bound is the current maximum: outputs are processed worst first, as in the reference's sorted time
 split, but adaptively); pop up to ``batch`` domains with the largest bound, split each on the
@@ -150,7 +157,7 @@ class PatternLP:
             if h.getModelStatus() == highspy.HighsModelStatus.kInfeasible:
                 return False
             # keep the LP's point as a sample: its sign pattern certifies later domains without an LP
-            if self.Z.shape[0] < 20000 and h.getModelStatus() == highspy.HighsModelStatus.kOptimal:
+            if self.Z.shape[0] < 6000 and h.getModelStatus() == highspy.HighsModelStatus.kOptimal:
                 x = torch.as_tensor(np.asarray(h.getSolution().col_value, dtype=np.float64))
                 x = torch.minimum(torch.maximum(x, self.lo), self.hi)
                 pre = self.net.preactivations(x.reshape((1,) + self.net.input_shape))
@@ -208,7 +215,7 @@ def branch_and_bound(net, ctx: MethodContext) -> MethodResult:
         details.update(steps=0, domains=len(classes), converged=True, note="no undecided ReLU: nothing to split")
         return MethodResult(history[0][1], details=details)
 
-    # cost model: refresh "all" when a full batch costs at most a tenth of the budget
+    # cost model: refresh "all" when a full batch of children costs at most 5% of the budget (or 0.5 s)
     per_elem = t_root / len(classes)
     if refresh == "auto":
         refresh = "all" if per_elem * 2 * batch <= max(0.05 * budget, 0.5) else "input"
@@ -252,18 +259,36 @@ def branch_and_bound(net, ctx: MethodContext) -> MethodResult:
         if len(heap) >= max_domains:
             details["stopped"] = "max_domains"
             break
-        if heap[0][4] < 0:
-            converged = True
-            status = "ok"
+        if not heap:
             break
         popped, closed = [], []
         while heap and len(popped) < batch:
             item = heapq.heappop(heap)
-            (closed if item[4] < 0 else popped).append(item)
-            if heap and heap[0][4] < 0 and not popped:
-                break
+            if lp is not None:  # lazy pattern check: only domains that reach the top are checked
+                n_rows = lp.checkable(item[3])[1]
+                if n_rows > item[5]:
+                    if not lp.feasible(item[3]):
+                        pruned += 1
+                        continue
+                    item = item[:5] + (n_rows,)
+            if item[4] < 0:
+                if not popped and not closed:
+                    converged = True  # the worst remaining domain is fully decided (and realisable)
+                closed.append(item)
+                if converged:
+                    break
+                continue
+            popped.append(item)
         for item in closed:
             heapq.heappush(heap, item)
+        if converged:
+            popped_back = popped
+            for item in popped_back:
+                heapq.heappush(heap, item)
+            status = "ok"
+            break
+        if not heap and not popped:
+            break  # every domain pruned (cannot happen for a sound pattern check)
         if not popped:
             continue
         # children: +1 (active slope) and -1 (inactive slope) on the chosen neuron
@@ -273,28 +298,7 @@ def branch_and_bound(net, ctx: MethodContext) -> MethodResult:
         dec[torch.arange(dec.shape[0]), idx] = sign
         cls_pos = [it[2] for it in popped] * 2
         parent = torch.tensor([-it[0] for it in popped] * 2, dtype=torch.float64)
-        if lp is not None:
-            keep = []
-            for b in range(dec.shape[0]):
-                parent_rows = popped[b % len(popped)][5]
-                n_rows = lp.checkable(dec[b])[1]
-                if n_rows > parent_rows and not lp.feasible(dec[b]):
-                    pruned += 1
-                    continue
-                keep.append(b)
-            if not keep:
-                steps += 1
-                history.append((time.perf_counter() - ctx.start, current_bound() if heap else history[-1][1]))
-                if not heap:
-                    break
-                continue
-            keep_t = torch.tensor(keep)
-            dec, idx = dec[keep_t], idx[keep_t]
-            cls_pos = [cls_pos[b] for b in keep]
-            parent = parent[keep_t]
-            n_rows_kept = [lp.checkable(dec[b])[1] for b in range(dec.shape[0])]
-        else:
-            n_rows_kept = [0] * dec.shape[0]
+        n_rows_kept = [it[5] for it in popped] * 2
         decisions = {k: dec[:, offsets[i] : offsets[i + 1]] for i, k in enumerate(split_acts)}
         cls = [classes[c] for c in cls_pos]
         g_known = v_known = None
@@ -323,7 +327,10 @@ def branch_and_bound(net, ctx: MethodContext) -> MethodResult:
     details.update(steps=steps, domains=len(heap), converged=converged, per_output=per, pruned=pruned,
                    time_bab_s=time.perf_counter() - t_start)
     if converged:
-        details["note"] = ("every worst domain is fully decided: the value is the maximum over the activation "
-                           "patterns consistent with the forward bounds" if refresh == "all" else
-                           "no undecided neuron left in the worst domain")
+        if lp is not None:
+            details["note"] = ("the worst domain is a fully decided activation pattern that an LP found realisable "
+                               "in the box: the value is the gradient norm of that pattern")
+        else:
+            details["note"] = ("the worst domain is fully decided: the value is the maximum over the activation "
+                               "patterns consistent with the forward bounds")
     return MethodResult(value, status=status, details=details)

@@ -5,7 +5,8 @@ Methods (all ``upper``, box regions only; a "global" box over an input domain is
     backward (Clarke-Jacobian) graph bounded by CROWN with the exact chord relaxation of the product
     s*u and the chord of |v|, back-substituted to the one-hot start. All outputs in one batch.
   * ``crown-bab``: ``crown`` plus branch and bound on undecided forward ReLU / leaky-ReLU neurons
-    (anytime; see `_crown_bab`).
+    (anytime, default 30 s when no time limit is given; on dense ReLU chains unrealisable patterns are
+    pruned by LP, so it converges to the exact local constant; see `_crown_bab`).
   * ``recurjac``: the same code with RecurJac's weaker relaxation (constant intervals for products
     whose gradient interval crosses 0).
   * ``ibp-jacobian``: interval forward bounds and interval propagation through the backward graph.
