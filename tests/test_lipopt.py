@@ -349,6 +349,11 @@ def test_sparse_banded_network():
     assert exact <= sparse_.value * (1 + RTOL)
     assert dense.value <= sparse_.value * (1 + RTOL)
     assert sparse_.value <= naive(net) * (1 + RTOL)
+    # the cheapest family (the variable sets of the monomials only) is still a valid, weaker bound
+    paths = lipbound.bound(net, "lipopt", norm="inf", degree=3, products="paths")
+    assert paths.status == "ok" and paths.details["lp_columns_max"] <= sparse_.details["lp_columns_max"]
+    assert sparse_.value <= paths.value * (1 + RTOL)
+    assert lipbound.bound(net, "lipopt", norm="inf", degree=4, products="paths").status == "unsupported"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -404,11 +409,15 @@ def test_shor_sdp(sizes, seed):
     net = make_net(sizes, seed=seed)
     b = lipbound.bound(net, "shor-sdp", norm="inf", sdp_solver="SCS" if seed == 13 else "CLARABEL")
     assert b.status == "ok" and b.kind == "upper"
+    # the first-order eigenvalue solver gives a certified value near the interior-point one
+    e = lipbound.bound(net, "shor-sdp", norm="inf", sdp_solver="EIG")
+    assert e.status == "ok" and e.value == pytest.approx(b.value, rel=1e-3)
     exact = exact_relu(net)
     chain = net.dense_chain()
     a, w, _ = hidden_ranges(chain)
     vmax = max(p.pruned().vertex_max() for p in scalar_problems(chain, a, w, math.inf))
     assert exact <= vmax * (1 + 1e-9) <= b.value * (1 + RTOL)
+    assert exact <= e.value * (1 + RTOL)
     assert b.value <= naive(net) * (1 + 1e-6)
 
 

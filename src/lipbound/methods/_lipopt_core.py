@@ -272,15 +272,23 @@ def input_cliques(prob: ScalarProblem, poly: Poly) -> list[np.ndarray]:
     return cliques
 
 
-def clique_subsets(cliques: list[np.ndarray], k: int, m: int) -> np.ndarray:
+def clique_subsets(cliques: list[np.ndarray], k: int, m: int, anchored: bool = False,
+                   layer_of_var: np.ndarray | None = None) -> np.ndarray:
     """The distinct k-subsets (sorted rows) of the cliques (the whole clique when it has < k members);
-    rows of different lengths are padded with -1 at the end."""
+    rows of different lengths are padded with -1 at the end. ``anchored``: only the subsets that
+    contain the clique's anchor (its layer-0 variable, the smallest id) -- enough for coverage, since
+    every monomial of p inside a clique extends to a path through the anchor."""
     out = []
     for c in cliques:
-        kk = min(k, len(c))
-        sub = c[_combos(len(c), kk)]
-        if kk < k:
-            sub = np.hstack([sub, -np.ones((len(sub), k - kk), dtype=np.int64)])
+        if anchored and len(c) > k and layer_of_var[c[0]] == 0:
+            rest = c[1:]
+            sub = rest[_combos(len(rest), k - 1)]
+            sub = np.hstack([np.full((len(sub), 1), c[0]), sub])
+        else:
+            kk = min(k, len(c))
+            sub = c[_combos(len(c), kk)]
+            if kk < k:
+                sub = np.hstack([sub, -np.ones((len(sub), k - kk), dtype=np.int64)])
         out.append(sub)
     if not out:
         return np.zeros((0, k), dtype=np.int64)
@@ -288,8 +296,22 @@ def clique_subsets(cliques: list[np.ndarray], k: int, m: int) -> np.ndarray:
     return np.unique(allsub, axis=0)
 
 
-def count_clique_products(cliques: list[np.ndarray], k: int) -> int:
+def path_subsets(poly: Poly) -> np.ndarray:
+    """The variable sets of the monomials of p (rows padded with -1): the cheapest product set that
+    covers p -- one k = depth product family per non-zero path, without the same-layer pairs."""
+    monos = poly.monos
+    if len(monos) == 0:
+        return np.zeros((0, monos.shape[1]), dtype=np.int64)
+    rows = np.sort(np.where(monos >= 0, monos, np.iinfo(np.int64).max), axis=1)
+    rows = np.where(rows == np.iinfo(np.int64).max, -1, rows)
+    rows = rows[(rows >= 0).any(axis=1)]
+    return np.unique(rows, axis=0)
+
+
+def count_clique_products(cliques: list[np.ndarray], k: int, anchored: bool = False) -> int:
     """An upper estimate (before de-duplication) of the number of products of the cliques."""
+    if anchored:
+        return sum(math.comb(len(c) - 1, k - 1) * 2 ** k if len(c) > k else 2 ** len(c) for c in cliques)
     return sum(math.comb(len(c), min(k, len(c))) * 2 ** min(k, len(c)) for c in cliques)
 
 

@@ -20,21 +20,37 @@ from ..norms import INF
 from ..registry import AFFINE_OPS, ALL_ACTIVATIONS, MethodResult, register_method
 from ._lipopt_chain import hidden_ranges, scalar_problems
 from ._lipopt_core import (CoverageError, build_lp, clique_subsets, count_clique_products,
-                           count_products_dense, dense_subsets, gradient_polynomial, input_cliques, solve_lp)
+                           count_products_dense, dense_subsets, gradient_polynomial, input_cliques, path_subsets,
+                           solve_lp)
 
 DENSE_CHAIN_OPS = AFFINE_OPS | {"Activation"}
+
+
+def _one_blas_thread():
+    """Single-threaded BLAS while a method runs: small eigen/mat-vec calls are many times slower with
+    threads on a busy 2-core machine (threadpoolctl is optional)."""
+    try:
+        from threadpoolctl import threadpool_limits
+
+        return threadpool_limits(1)
+    except Exception:  # noqa: BLE001
+        import contextlib
+
+        return contextlib.nullcontext()
 DEFAULT_MAX_COLUMNS = 3_000_000
 
 
-def _prepare(prob, k: int, sparse: bool):
-    """Prune, expand the polynomial, choose the product subsets. Returns (problem, poly, subsets, count)."""
+def _prepare(prob, k: int, sparse: bool, products: str = "cliques"):
+    """Prune, expand the polynomial, choose the product subsets. Returns (problem, poly, cliques, count)."""
     pr = prob.pruned()
     poly = gradient_polynomial(pr)
     if poly.m == 0:
         return pr, poly, None, 0
+    if sparse and products == "paths":
+        return pr, poly, "paths", len(path_subsets(poly)) * 2 ** k
     if sparse:
         cliques = input_cliques(pr, poly)
-        return pr, poly, cliques, count_clique_products(cliques, k)
+        return pr, poly, cliques, count_clique_products(cliques, k, anchored=True)
     return pr, poly, None, count_products_dense(poly.m, k)
 
 
@@ -47,7 +63,12 @@ def solve_scalar(pr, poly, cliques, k: int, sparse: bool, time_limit=None, solve
         return {"value": max(val, 0.0) if len(poly.coef) == 0 else val, "lam": val, "status": "constant",
                 "sizes": {"rows": 1, "columns": 1, "nonzeros": 0, "products": 0}, "build_s": 0.0, "solve_s": 0.0}
     t0 = time.perf_counter()
-    subsets = clique_subsets(cliques, k, poly.m) if sparse else dense_subsets(poly.m, k)
+    if isinstance(cliques, str) and cliques == "paths":
+        subsets = path_subsets(poly)
+    elif sparse:
+        subsets = clique_subsets(cliques, k, poly.m, anchored=True, layer_of_var=poly.layer_of_var)
+    else:
+        subsets = dense_subsets(poly.m, k)
     lp = build_lp(poly, subsets, k)
     build = time.perf_counter() - t0
     sol = solve_lp(lp, time_limit=time_limit, solver=solver)
@@ -60,10 +81,21 @@ def solve_scalar(pr, poly, cliques, k: int, sparse: bool, time_limit=None, solve
     activations=ALL_ACTIVATIONS,
     description="LiPopt: LP (Krivine/Handelman) hierarchy on the norm-gradient polynomial, HiGHS, certified",
     options={"degree": "LP level k >= number of weight matrices (default: the number of weight matrices)",
-             "sparse": "products only inside the reachability cliques of each input (default true)",
+             "sparse": "products only inside the reachability clique of each input, each containing that input's "
+                       "variable (default true)",
+             "products": "sparse product family: cliques (default; every k-subset of an input's clique that "
+                         "contains the input) or paths (only the variable sets of the polynomial's monomials, "
+                         "degree = depth only; much smaller, possibly looser)",
              "solver": "HiGHS algorithm: ipm (default, no crossover) or simplex",
              "max_columns": f"size guard on the LP columns per scalar problem (default {DEFAULT_MAX_COLUMNS:,})"})
 def lipopt(net, ctx):
+    """Certified upper bound (l_inf, or l_1 through the transposed chain) by the LiPopt LP hierarchy;
+    see `_lipopt`. Cost: one HiGHS LP per output (l_inf) or per input (l_1)."""
+    with _one_blas_thread():
+        return _lipopt(net, ctx)
+
+
+def _lipopt(net, ctx):
     """Certified upper bound on the l_inf (max over outputs of sup ||grad f_j||_1) or l_1 (transposed:
     max over inputs) Lipschitz constant, globally (derivatives in the slope bounds [alpha, beta]) or on
     a box (derivative ranges from interval pre-activation bounds; stable ReLUs are constants).
@@ -79,6 +111,11 @@ def lipopt(net, ctx):
         raise Unsupported(f"degree {k} is below the number of weight matrices ({d}): the LP could not match the "
                           f"top-degree monomials of the gradient polynomial; use degree >= {d}")
     sparse = ctx.option("sparse", True, bool)
+    products = ctx.option("products", "cliques", str)
+    if products not in ("cliques", "paths"):
+        raise Unsupported(f"products={products!r}: use cliques or paths")
+    if products == "paths" and (k != d or not sparse):
+        raise Unsupported("products=paths is the sparse level-k LP with k = the number of weight matrices only")
     solver = ctx.option("solver", "ipm", str)
     if solver not in ("ipm", "simplex"):
         raise Unsupported(f"solver {solver!r}: use ipm or simplex")
@@ -88,7 +125,7 @@ def lipopt(net, ctx):
     prepared = []
     t_prep = time.perf_counter()
     for prob in probs:
-        pr, poly, cliques, count = _prepare(prob, k, sparse)
+        pr, poly, cliques, count = _prepare(prob, k, sparse, products)
         if count > max_columns:
             raise Unsupported(f"the degree-{k} {'sparse' if sparse else 'dense'} LP of {prob.label} would have "
                               f"{count:,} product columns (> max_columns={max_columns:,}); "
@@ -134,7 +171,7 @@ def lipopt(net, ctx):
     value = max(values) if values else 0.0
     sizes = [p["sizes"] for p in per_problem if "sizes" in p]
     details = {
-        "degree": k, "sparse": sparse, "solver": f"HiGHS {solver}", "n_problems": len(prepared),
+        "degree": k, "sparse": sparse, "products": products if sparse else "all k-subsets", "solver": f"HiGHS {solver}", "n_problems": len(prepared),
         "scalar": "per output (l_inf)" if ctx.norm == INF else "per input (l_1, transposed chain)",
         "derivative_ranges": "global slope bounds" if ctx.region is None else "interval bounds on the box",
         "neurons_constant": range_info["stable"], "neurons_variable": range_info["unstable"],
@@ -172,12 +209,21 @@ DEFAULT_MAX_ORDER = 700
     activations=ALL_ACTIVATIONS,
     description="Shor SDP relaxation of the norm-gradient polynomial (1-2 hidden layers), SCS, certified",
     options={"max_order": f"size guard on the PSD matrix order per output (default {DEFAULT_MAX_ORDER})",
-             "tol": "SCS tolerance eps_abs = eps_rel (default 1e-6)", "sdp_solver": "SCS (default) or CLARABEL"})
+             "tol": "SCS tolerance eps_abs = eps_rel (default 1e-6)", "sdp_solver": "auto (default: CLARABEL up to order 200, else EIG), SCS, CLARABEL, or EIG "
+                                 "(L-BFGS eigenvalue optimisation of the dual; any iterate is certified)"})
 def shor_sdp(net, ctx):
+    """Certified upper bound on the l_inf Lipschitz constant from the Shor SDP (one or two hidden
+    layers); see `_shor_sdp`. Cost: one SDP of order ~ 1 + #variables (+ lifted pairs) per output."""
+    with _one_blas_thread():
+        return _shor_sdp(net, ctx)
+
+
+def _shor_sdp(net, ctx):
     """Certified upper bound on the l_inf Lipschitz constant (max over outputs of sup ||grad f_j||_1) of a
     network with one or two hidden layers, from the Shor SDP relaxation of the norm-gradient polynomial
     in +-1 variables (two hidden layers: products of hidden derivatives lifted, with consistency
-    constraints). The dual SDP is solved by SCS and re-certified by an eigenvalue check in float64.
+    constraints). The dual SDP is solved (Clarabel for small orders, an L-BFGS eigenvalue optimisation
+    for large ones, or SCS on request) and re-certified by an eigenvalue check in float64.
     Cost: one SDP of order 1 + #variables (+ #non-zero hidden-hidden weights) per output."""
     from ._lipopt_shor import shor_bound
 
@@ -187,9 +233,9 @@ def shor_sdp(net, ctx):
         raise Unsupported(f"shor-sdp handles one or two hidden layers; this network has {d - 1}")
     max_order = ctx.option("max_order", DEFAULT_MAX_ORDER, int)
     eps = ctx.option("tol", 1e-6, float)
-    sdp_solver = ctx.option("sdp_solver", "SCS", str).upper()
-    if sdp_solver not in ("SCS", "CLARABEL"):
-        raise Unsupported(f"sdp_solver {sdp_solver!r}: use SCS or CLARABEL")
+    sdp_solver = ctx.option("sdp_solver", "auto", str).upper()
+    if sdp_solver not in ("AUTO", "SCS", "CLARABEL", "EIG"):
+        raise Unsupported(f"sdp_solver {sdp_solver!r}: use auto, SCS, CLARABEL or EIG")
     a_list, w_list, _ = hidden_ranges(chain, ctx.region)
     probs = scalar_problems(chain, a_list, w_list, INF, ctx.output)
     prepared = []
@@ -218,14 +264,16 @@ def shor_sdp(net, ctx):
             status = "time_limit"
             bar.update(1)
             continue
-        val, info = shor_bound(poly, time_limit=ctx.time_left(), eps=eps, solver=sdp_solver)
+        solver_j = sdp_solver if sdp_solver != "AUTO" else ("CLARABEL" if order <= 200 else "EIG")
+        val, info = shor_bound(poly, time_limit=ctx.time_left(), eps=eps, solver=solver_j)
         if val is None or not math.isfinite(val):
             raise MethodFailed(f"SCS gave no usable certificate for {prob.label} ({info.get('solver_status')})")
         values.append(val)
         per.append({"label": prob.label, "value": val, **info})
         bar.update(1)
     bar.close()
-    details = {"max_order": max((o for _, _, o in prepared), default=0), "solver": "SCS (dual SDP) + eigenvalue check",
+    details = {"max_order": max((o for _, _, o in prepared), default=0), "solver": "dual SDP + float64 eigenvalue check",
+               "solvers": sorted({p.get("solver", "") for p in per}),
                "max_correction": max((p.get("correction", 0.0) for p in per), default=0.0)}
     if len(per) <= 64:
         details["problems"] = per
