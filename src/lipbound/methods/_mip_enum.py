@@ -43,6 +43,47 @@ def max_slack_point(G, h, lo, hi):
     return tt, xs
 
 
+class _IncrementalSlackLP:
+    """The max-slack LP of `max_slack_point` kept in one HiGHS instance along a depth-first path: rows
+    are pushed going down and popped coming back, so each solve warm-starts from the last basis."""
+
+    def __init__(self, lo, hi):
+        self.lo, self.hi = lo, hi
+        n = lo.size
+        self.n = n
+        diam = float(np.linalg.norm(hi - lo)) + 1.0
+        self.diam = diam
+        m = Model()
+        x = m.add_vars(lo, hi)
+        t = m.add_vars(-diam, diam)
+        cost = np.zeros(m.n_cols)
+        cost[t] = 1.0
+        self.h, _ = m.to_highs(cost, maximize=True)
+        self.idx = np.arange(n + 1, dtype=np.int32)
+        self.rows = 0
+
+    def push(self, g, hh):
+        nrm = float(np.linalg.norm(g))
+        vals = np.concatenate([np.asarray(g, dtype=np.float64), [-nrm]])
+        self.h.addRow(float(-hh), highspy.kHighsInf, self.n + 1, self.idx, vals)
+        self.rows += 1
+
+    def pop(self):
+        self.rows -= 1
+        self.h.deleteRows(1, np.array([self.rows], dtype=np.int32))
+
+    def solve(self, G, H):
+        self.h.run()
+        if self.h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+            return -math.inf, None
+        sol = np.asarray(self.h.getSolution().col_value, dtype=np.float64)
+        xs = np.clip(sol[: self.n], self.lo, self.hi)
+        G = np.asarray(G, dtype=np.float64).reshape(-1, self.n)
+        H = np.asarray(H, dtype=np.float64).ravel()
+        norms = np.linalg.norm(G, axis=1)
+        return float(np.min((G @ xs + H) / np.where(norms > 0, norms, 1.0))), xs
+
+
 def pattern_constraints(layers, pattern, bounds):
     """For a full pattern (derivatives d_k per hidden layer), the affine maps z_k = A_k x + c_k and the
     sign rows (G, h) of its unstable neurons (G x + h > 0 on the pattern's open region). Also the
@@ -190,20 +231,24 @@ def enumerate_patterns(layers, lo, hi, bounds, norm, output, deadline=None, tol=
             for sgn in (1.0, -1.0):
                 G2, H2 = G + [sgn * g], H + [sgn * hh]
                 s_here = sgn * (g @ x + hh) / nrm
+                lp.push(sgn * g, sgn * hh)
                 if s_here > tol:
                     x2, t2 = x, min(t, s_here)
                 else:
                     state["lps"] += 1
-                    t2, x2 = max_slack_point(np.array(G2), np.array(H2), lo, hi)
+                    t2, x2 = lp.solve(G2, H2)
                     if x2 is None or t2 <= tol:
+                        lp.pop()
                         continue
                 dd = d.copy()
                 dd[j] = 1.0 if sgn > 0 else L.slope
                 neuron(pos + 1, dd, G2, H2, x2, t2)
+                lp.pop()
 
         neuron(0, d, G, H, x, t)
 
     x0 = (lo + hi) / 2
     mid, rad = (lo + hi) / 2, (hi - lo) / 2
+    lp = _IncrementalSlackLP(lo, hi)
     layer(0, np.eye(n0), np.zeros(n0), [], [], x0, math.inf)
     return state

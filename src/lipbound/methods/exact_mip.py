@@ -213,7 +213,8 @@ def _scip_available():
              "solver": "highs (default) or scip (needs pyscipopt)",
              "threads": "HiGHS threads", "samples": "random points for the initial incumbent (default 1000)",
              "gap": "relative MIP gap asked of the solver (default 1e-7)",
-             "chain_lp": "LP-tighten the gradient-chain bounds before each MIP (default true)",
+             "chain_lp": "LP-tighten the gradient-chain bounds before each MIP: true, false or auto (default: when > 12 "
+                         "unstable neurons)",
              "lp_time": "time budget (s) of LP bound tightening (default: 25% of the time limit)"},
     family="exact")
 def mip(net, ctx):
@@ -275,7 +276,11 @@ def mip(net, ctx):
     complete = True
     threads = ctx.option("threads", None, int)
     gap = float(ctx.option("gap", 1e-7, float))
-    chain_lp = bool(ctx.option("chain_lp", True, bool))
+    chain_opt = ctx.option("chain_lp", "auto")
+    if isinstance(chain_opt, str) and chain_opt.lower() == "auto":
+        chain_lp = binfo["unstable"] > 12  # below that the MIPs are easy and the LPs would dominate
+    else:
+        chain_lp = bool(ctx.option("chain_lp", True, bool))
     for rank, di in enumerate(order):
         d = dirs[di]
         mode, vec, sel, label = d
@@ -400,7 +405,8 @@ def enumerate_method(net, ctx):
     activation patterns whose region has an interior point in the box (max-slack LP, depth-first with
     pruning of infeasible prefixes) of the pattern Jacobian's norm; a witness point is returned. Exact in
     general position. Cost: up to 2^(#unstable) patterns times one small LP, so the method refuses more
-    than ``max_unstable`` (default 20) unstable neurons under interval bounds. On a time limit it
+    than ``max_unstable`` (default 20) unstable neurons (under interval bounds; with ``prune``, under the
+    CROWN/LP bounds of `mip`). On a time limit it
     returns the best pattern seen as a certified ``lower`` bound. With ``prune`` (default) it is a branch and
     bound: prefixes whose interval Jacobian bound is at most the best value found are skipped (still exact)."""
     layers = core.relu_chain(net)
@@ -408,14 +414,17 @@ def enumerate_method(net, ctx):
     norm, output = ctx.norm, ctx.output
     if len(layers) == 1:
         return MethodResult(float(operator_norm(layers[0].W, norm, output)), kind="exact", witness=(lo + hi) / 2)
-    bounds = core.interval_preact_bounds(layers, lo, hi)
+    prune = bool(ctx.option("prune", True, bool))
+    if prune:  # branch and bound: the tightest certified bounds (CROWN, LP) shrink the tree
+        bounds, _ = preactivation_bounds(net, layers, ctx.region, lo, hi, "auto")
+    else:  # plain enumeration, the test oracle: interval bounds only
+        bounds = core.interval_preact_bounds(layers, lo, hi)
     n_unst = int(sum(m.sum() for m in core.unstable_masks(bounds)))
     limit = int(ctx.option("max_unstable", 20, int))
     if n_unst > limit:
-        raise Unsupported(f"{n_unst} unstable neurons under interval bounds (limit max_unstable={limit}): "
+        raise Unsupported(f"{n_unst} unstable neurons (limit max_unstable={limit}): "
                           "enumeration would visit up to 2^{n_unst} patterns; use mip")
     deadline = None if not math.isfinite(ctx.time_left()) else time.perf_counter() + ctx.time_left()
-    prune = bool(ctx.option("prune", True, bool))
     incumbent = None
     if prune:
         rng = ctx.rng()
