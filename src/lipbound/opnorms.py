@@ -259,9 +259,10 @@ def dense_spectral_bound(A, hint: float | None = None) -> NormInfo:
 
     min side <= DENSE_EIGH_MAX: the largest eigenvalue of the smaller Gram matrix G plus an explicit
     rounding margin (2k+r+4) u ||A||_F^2 (Gram formation and symmetric eigensolver backward errors).
-    Otherwise, given ``hint`` (a power-method value), a Cholesky factorisation of t I - G with t just
-    above hint^2 certifies lambda_max(G) < t (its backward error is bounded by (r+1) u tr(tI - G)); if
-    it fails, eigenvalues as above; above DENSE_CHOL_MAX, the Gram iteration bound.
+    Otherwise a Cholesky factorisation of t I - G with t just above the Lanczos estimate of
+    lambda_max(G) (or hint^2 if larger; ``hint`` is a power-method value) certifies
+    lambda_max(G) < t (its backward error is bounded by (r+1) u tr(tI - G)); if it fails, eigenvalues
+    as above; above DENSE_CHOL_MAX, the Gram iteration bound.
     Cost: O(m n min(m, n)) for the Gram matrix plus O(min(m,n)^3) (torch linear algebra)."""
     A = torch.as_tensor(np.asarray(A, dtype=np.float64)) if not isinstance(A, torch.Tensor) else A.detach().to(DTYPE)
     m, n = A.shape
@@ -277,10 +278,16 @@ def dense_spectral_bound(A, hint: float | None = None) -> NormInfo:
     G = (G + G.T) / 2
     fro2 = float((A * A).sum())
     margin = (2 * k + r + 4) * U * fro2
-    if r > DENSE_EIGH_MAX and hint is not None and hint > 0:
+    if r > DENSE_EIGH_MAX:
+        lam = _lanczos_top(lambda x: G @ x, r)
+        if lam is not None and hint is not None:
+            lam = max(lam, hint * hint)
+        elif lam is None and hint is not None:
+            lam = hint * hint
+    if r > DENSE_EIGH_MAX and lam is not None and lam > 0:
         eye = torch.eye(r, dtype=DTYPE)
-        for rel in (1e-9, 1e-6, 1e-4):
-            t = hint * hint * (1 + rel) + margin
+        for rel in (1e-10, 1e-7, 1e-4):
+            t = lam * (1 + rel) + margin
             H = t * eye - G
             _, info = torch.linalg.cholesky_ex(H)
             if int(info) != 0:
@@ -324,6 +331,18 @@ def sparse_spectral_bound(S) -> NormInfo:
             return NormInfo(math.sqrt(t + chol_margin + margin), "cholesky", extra={"rel_slack": rel})
     lam = float(torch.linalg.eigvalsh(Gd)[-1])
     return NormInfo(math.sqrt(max(lam, 0.0) + margin), "svd")
+
+
+def _lanczos_top(matvec, r: int):
+    """Top eigenvalue estimate of a symmetric PSD operator (ARPACK Lanczos); None if it fails."""
+    import scipy.sparse.linalg as sla
+
+    op = sla.LinearOperator((r, r), matvec=lambda v: matvec(torch.from_numpy(np.ascontiguousarray(v).reshape(-1))).numpy(),
+                            dtype=np.float64)
+    try:
+        return float(sla.eigsh(op, k=1, which="LA", tol=1e-12, return_eigenvectors=False, maxiter=20 * r)[0])
+    except Exception:  # noqa: BLE001 - no convergence: no hint
+        return None
 
 
 def gram_iteration_bound(A, n_iter: int = 14) -> NormInfo:

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import torch
@@ -67,19 +68,73 @@ def _estimate_info(info):
 # --------------------------------------------------------------------------------------------------
 
 
-def _chain(net: Network, max_entries=None):
+def _block_matrix(ops: list, chunk: int = 2048) -> torch.Tensor:
+    """Dense matrix of the composition of affine ops [(op, in_shape), ...] (without constants),
+    built from the smaller side: adjoint passes of output basis vectors when there are fewer outputs,
+    forward passes of input basis vectors otherwise."""
+    in_shape = ops[0][1]
+    out_shape = tuple(ops[-1][0].output_shape(ops[-1][1]))
+    n_in, n_out = int(np.prod(in_shape)), int(np.prod(out_shape))
+    rows = []
+    with torch.no_grad():
+        if n_out <= n_in:
+            for a in range(0, n_out, chunk):
+                b = min(n_out, a + chunk)
+                y = torch.zeros(b - a, n_out, dtype=DTYPE)
+                y[torch.arange(b - a), torch.arange(a, b)] = 1.0
+                y = y.reshape((b - a,) + out_shape)
+                for op, shp in reversed(ops):
+                    y = op.linear_t(y, shp)
+                rows.append(y.reshape(b - a, n_in))
+            return torch.cat(rows, 0)
+        for a in range(0, n_in, chunk):
+            b = min(n_in, a + chunk)
+            x = torch.zeros(b - a, n_in, dtype=DTYPE)
+            x[torch.arange(b - a), torch.arange(a, b)] = 1.0
+            x = x.reshape((b - a,) + tuple(in_shape))
+            for op, _ in ops:
+                x = op.linear(x)
+            rows.append(x.reshape(b - a, n_out))
+        return torch.cat(rows, 0).T.contiguous()
+
+
+def _chain(net: Network, max_entries: int = 60_000_000):
+    """The weight matrices of an affine / activation chain (consecutive affine ops folded, each block
+    materialised from its smaller side) and the activations' slope bounds beta."""
     bad = sorted(k for k in net.op_kinds() if ":" not in k and k not in CHAIN_OPS)
     if bad:
         raise Unsupported(f"SeqLip needs an affine / activation chain; this network has {', '.join(bad)}")
-    layers = net.dense_chain() if max_entries is None else net.dense_chain(max_entries)
-    scales = []
-    for layer in layers[:-1]:
-        act = layer.activation
-        if act.name not in SEQLIP_ACTIVATIONS or act.alpha < 0:
-            raise Unsupported(f"SeqLip needs activation derivatives in [0, beta]; {act.describe()} has slopes "
-                              f"in [{act.alpha:g}, {act.beta:g}]")
-        scales.append(act.beta)
-    return layers, scales
+    if not net.is_chain():
+        raise Unsupported("SeqLip needs an affine / activation chain; this network has residual connections")
+    Ws, scales, block = [], [], []
+    cur_shape = net.input_shape
+    for node in net.nodes[1:]:
+        op = node.op
+        if op.is_affine:
+            block.append((op, cur_shape))
+        else:  # an Activation (the only other kind allowed above)
+            if op.name not in SEQLIP_ACTIVATIONS or op.alpha < 0:
+                raise Unsupported(f"SeqLip needs activation derivatives in [0, beta]; {op.describe()} has slopes "
+                                  f"in [{op.alpha:g}, {op.beta:g}]")
+            Ws.append(_fold(block, cur_shape, max_entries, node.name))
+            scales.append(op.beta)
+            block = []
+        cur_shape = node.shape
+    Ws.append(_fold(block, cur_shape, max_entries, "output"))
+    return Ws, scales
+
+
+def _fold(block, shape, max_entries, where):
+    if not block:
+        return torch.eye(int(np.prod(shape)), dtype=DTYPE)
+    n_in = int(np.prod(block[0][1]))
+    n_out = int(np.prod(shape))
+    if n_in * n_out > max_entries:
+        raise Unsupported(f"the affine block before {where!r} would be a dense {n_out} x {n_in} matrix "
+                          f"(more than {max_entries:,} entries)")
+    if len(block) == 1 and hasattr(block[0][0], "W"):
+        return block[0][0].W
+    return _block_matrix(block)
 
 
 def seqlip_factors(Ws: list, k: int | None = None):
@@ -91,7 +146,20 @@ def seqlip_factors(Ws: list, k: int | None = None):
     K = len(Ws)
     for i, W in enumerate(Ws):
         W = torch.as_tensor(np.asarray(W, dtype=np.float64)) if not isinstance(W, torch.Tensor) else W.to(DTYPE)
-        if k is not None and k < min(W.shape):
+        if k is not None and k < min(W.shape) and min(W.shape) <= 3000:
+            # top-k triplets from the eigenvectors of the smaller Gram matrix (accurate for the top ones)
+            if W.shape[0] <= W.shape[1]:
+                lam, U = torch.linalg.eigh(W @ W.T)
+                lam, U = lam.flip(0)[:k].clamp_min(0), U.flip(1)[:, :k]
+                s = lam.sqrt()
+                Vh = (U.T @ W) / s.clamp_min(1e-300)[:, None]
+            else:
+                lam, V = torch.linalg.eigh(W.T @ W)
+                lam, V = lam.flip(0)[:k].clamp_min(0), V.flip(1)[:, :k]
+                s = lam.sqrt()
+                U = (W @ V) / s.clamp_min(1e-300)[None, :]
+                Vh = V.T
+        elif k is not None and k < min(W.shape):
             U, s, V = torch.svd_lowrank(W, q=min(min(W.shape), k + 10), niter=6)
             U, s, Vh = U[:, :k], s[:k], V[:, :k].T
         else:
@@ -211,19 +279,24 @@ def greedy_factor(A: torch.Tensor, B: torch.Tensor, mode: str = "best", max_swee
         else:
             improved = False
             j = 0
-            while j < n:
-                if lb[j].item() > val * (1 + 1e-12):
-                    M = M + sign[j] * torch.outer(A[:, j], B[j])
-                    s[j] = 1 - s[j]
-                    val = lb[j].item()
-                    for _ in range(3):  # refresh the top pair by warm power steps (val stays a lower bound)
-                        v = M.T @ u
-                        v = v / v.norm()
-                        u = M @ v
-                        val = max(val, u.norm().item())
-                        u = u / u.norm()
-                    improved = True
-                    lb, sign = screen(M, u, v, s)
+            while True:
+                if ctx is not None and ctx.out_of_time():
+                    break
+                hits = torch.nonzero(lb[j:] > val * (1 + 1e-12)).flatten()
+                if hits.numel() == 0:
+                    break
+                j = j + int(hits[0])
+                M = M + sign[j] * torch.outer(A[:, j], B[j])
+                s[j] = 1 - s[j]
+                val = lb[j].item()
+                for _ in range(3):  # refresh the top pair by warm power steps (val stays a lower bound)
+                    v = M.T @ u
+                    v = v / v.norm()
+                    u = M @ v
+                    val = max(val, u.norm().item())
+                    u = u / u.norm()
+                improved = True
+                lb, sign = screen(M, u, v, s)
                 j += 1
             val, u, v = _top_pair(M)
             if not improved:
@@ -237,8 +310,7 @@ def greedy_factor(A: torch.Tensor, B: torch.Tensor, mode: str = "best", max_swee
 
 
 def _seqlip_common(net, ctx, variant: str):
-    layers, scales = _chain(net)
-    Ws = [layer.W for layer in layers]
+    Ws, scales = _chain(net)
     if ctx.output is not None:
         Ws[-1] = Ws[-1][ctx.output:ctx.output + 1]
     if len(Ws) == 1:
@@ -260,29 +332,33 @@ def _seqlip_common(net, ctx, variant: str):
                 raise Unsupported(f"exact SeqLip enumerates 2^n patterns per hidden layer: hidden layer {i + 1} has "
                                   f"width {A.shape[1]} > max_width={max_width} (use seqlip-greedy / seqlip-topk, or "
                                   "raise max_width)")
+    clock = _Clock(ctx, None if variant == "exact" else ctx.option("budget", 60.0))
     bar = ctx.progress(total=len(factors), desc=f"seqlip-{variant}")
     for i, (A, B) in enumerate(factors):
         split = svds[i + 1][3][0].item() * svds[i][3][0].item()
         autolip_split *= split
         rec = {"hidden_layer": i + 1, "width": int(A.shape[1]), "autolip_split": split * scales[i]}
         if variant == "exact":
-            g_val, g_pat, _ = greedy_factor(A, B, mode="best", ctx=ctx)
-            f, pat = exact_factor(A, B, ctx, start=(g_val * (1 - 1e-9), g_pat))
+            g_val, g_pat, _ = greedy_factor(A, B, mode="best", ctx=clock)
+            f, pat = exact_factor(A, B, clock, start=(g_val * (1 - 1e-9), g_pat))
             if f is None:  # out of time: the split bound ||A|| ||B|| keeps the product valid
                 f, status = split, "time_limit"
                 rec["note"] = "time limit: AutoLip split used for this factor"
             else:
                 rec["active"] = int(pat.sum().item())
         else:
-            f, pat, sweeps = greedy_factor(A, B, mode="best" if variant == "greedy" else "first", ctx=ctx,
-                                           max_sweeps=ctx.option("max_sweeps", None, int))
-            rec["sweeps"], rec["active"] = sweeps, int(pat.sum().item())
+            # best-flip sweeps for layers up to max_rank wide; wider ones first-improvement sweeps
+            mode = "best" if variant == "greedy" and A.shape[1] <= ctx.option("max_rank", 256) else "first"
+            f, pat, sweeps = greedy_factor(A, B, mode=mode, ctx=clock, max_sweeps=ctx.option("max_sweeps", None, int))
+            rec["sweeps"], rec["active"], rec["search"] = sweeps, int(pat.sum().item()), mode
         rec["factor"] = f * scales[i]
         rec["ratio_to_autolip"] = f / split if split > 0 else None
         value *= f * scales[i]
         records.append(rec)
         bar.update(1)
     bar.close()
+    if variant != "exact" and clock.out_of_time():
+        status = "time_limit"  # the search stopped early: still an estimate
     details = {"layers": records, "autolip_product": autolip_split * math.prod(scales),
                "ratio_to_autolip": value / (autolip_split * math.prod(scales)) if autolip_split > 0 else None}
     if k is not None:
@@ -290,6 +366,19 @@ def _seqlip_common(net, ctx, variant: str):
     if variant == "exact":
         value *= 1 + 1e-9  # float64 SVD / eigenvalue rounding
     return MethodResult(value, status=status, details=details)
+
+
+class _Clock:
+    """The method's time limit, or ``budget`` seconds when no limit is given (None: no budget)."""
+
+    def __init__(self, ctx, budget):
+        self.ctx = ctx
+        self.deadline = None if budget is None else time.perf_counter() + float(budget)
+
+    def out_of_time(self) -> bool:
+        if self.ctx.out_of_time():
+            return True
+        return self.deadline is not None and self.ctx.time_limit is None and time.perf_counter() > self.deadline
 
 
 @register_method("seqlip", kind="upper", norms=(2,), regions=("global", "box"), ops=CHAIN_OPS,
@@ -309,11 +398,13 @@ def seqlip(net: Network, ctx) -> MethodResult:
                  activations=SEQLIP_ACTIVATIONS,
                  description="greedy SeqLip (best single flip per sweep): an estimate",
                  options={"max_rank": "layers above this rank use their top singular vectors (default 256)",
-                          "max_sweeps": "limit on the number of sweeps"}, family="autolip")
+                          "max_sweeps": "limit on the number of sweeps",
+                          "budget": "seconds when no time limit is given (default 60)"}, family="autolip")
 def seqlip_greedy(net: Network, ctx) -> MethodResult:
     """Estimate (neither an upper nor a lower bound) of the SeqLip bound, l2, global: per hidden layer a
-    local search from the all-ones pattern applying the best single flip per sweep until none improves.
-    Cost: per sweep one screening pass O(n r) and a few small SVDs."""
+    local search from the all-ones pattern applying the best single flip per sweep until none improves
+    (hidden layers wider than max_rank: top-k singular triplets and first-improvement sweeps, as
+    seqlip-topk). Cost: per sweep one screening pass O(n r) and a few small SVDs."""
     return _seqlip_common(net, ctx, "greedy")
 
 
@@ -321,7 +412,8 @@ def seqlip_greedy(net: Network, ctx) -> MethodResult:
                  activations=SEQLIP_ACTIVATIONS,
                  description="top-k singular-vector greedy SeqLip for wide layers and convolutions: an estimate",
                  options={"k": "singular triplets kept per layer (default 200)",
-                          "max_sweeps": "sweeps of first-improvement flips (default 10)"}, family="autolip")
+                          "max_sweeps": "sweeps of first-improvement flips (default 10)",
+                          "budget": "seconds when no time limit is given (default 60)"}, family="autolip")
 def seqlip_topk(net: Network, ctx) -> MethodResult:
     """Estimate of the SeqLip bound (l2, global) for wide dense layers and convolutions (via the dense
     chain): each layer truncated to its top-k singular triplets (randomised SVD), then per hidden layer
