@@ -300,8 +300,10 @@ def _optimise(net, relax, start, A, box, best, steps, lr):
         alphas[k] = (tl, tu)
     if not params:
         return best
-    opt = torch.optim.Adam(params, lr=lr)
-    sched = torch.optim.lr_scheduler.ExponentialLR(opt, 0.98)
+    # plain Adam written out (torch.optim's first use imports torch._dynamo and sympy: seconds)
+    m1 = [torch.zeros_like(p) for p in params]
+    m2 = [torch.zeros_like(p) for p in params]
+    beta1, beta2, step_lr = 0.9, 0.999, lr
     history = []
     for _ in range(steps):
         lb = _CrownPass(net, relax, alphas).lower_bound(start, A, box)
@@ -312,13 +314,18 @@ def _optimise(net, relax, start, A, box, best, steps, lr):
             if len(history) > 10 and history[-1] - history[-11] <= 1e-6 * (1 + abs(history[-1])):
                 break  # converged
         loss = -lb[torch.isfinite(lb)].sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
         with torch.no_grad():
-            for p in params:
+            t = len(history)
+            for p, g, a, b in zip(params, grads, m1, m2):
+                if g is None:
+                    continue
+                a.mul_(beta1).add_(g, alpha=1 - beta1)
+                b.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                denom = (b / (1 - beta2 ** t)).sqrt_().add_(1e-8)
+                p.addcdiv_(a, denom, value=-step_lr / (1 - beta1 ** t))
                 p.clamp_(0, 1)
+            step_lr *= 0.98
     with torch.no_grad():
         lb = _CrownPass(net, relax, alphas).lower_bound(start, A, box)
         best = torch.where(torch.isfinite(lb), torch.maximum(best, lb), best)

@@ -39,6 +39,23 @@ from ..registry import AFFINE_OPS, MethodContext, MethodResult, register_method
 from ._crown_jacobian import JacobianGraph
 
 OPS = AFFINE_OPS | {"Activation", "Add"}
+
+
+class one_thread:
+    """Run small bound propagations on one torch thread: their tensors are tiny and the thread
+    synchronisation dominates on a busy machine (10x slower with two threads). Restores the setting."""
+
+    def __init__(self, net, limit: int = 2_000_000):
+        self.small = net.n_parameters() <= limit
+
+    def __enter__(self):
+        self.old = torch.get_num_threads()
+        if self.small:
+            torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        if self.small:
+            torch.set_num_threads(self.old)
 ACTS = {"relu", "leaky_relu", "sigmoid", "tanh"}
 BAB_DEFAULT_TIME = 30.0
 
@@ -94,7 +111,8 @@ def crown_method(net, ctx: MethodContext) -> MethodResult:
     looser, see module doc) by CROWN on the forward and on the Clarke-Jacobian graph.
     Cost: a few batched back-substitutions per activation layer (one per bounded entry, all outputs
     batched)."""
-    value, details, _, _ = run_propagation(net, ctx, "crown")
+    with one_thread(net):
+        value, details, _, _ = run_propagation(net, ctx, "crown")
     return MethodResult(value, details=details)
 
 
@@ -104,7 +122,8 @@ def crown_method(net, ctx: MethodContext) -> MethodResult:
 def recurjac_method(net, ctx: MethodContext) -> MethodResult:
     """Certified upper bound on the local Lipschitz constant over a box: the `crown` code with constant
     intervals for sign-crossing undecided gradient products (weaker). Cost: as `crown`."""
-    value, details, _, _ = run_propagation(net, ctx, "recurjac")
+    with one_thread(net):
+        value, details, _, _ = run_propagation(net, ctx, "recurjac")
     return MethodResult(value, details=details)
 
 
@@ -113,7 +132,8 @@ def recurjac_method(net, ctx: MethodContext) -> MethodResult:
 def ibp_jacobian_method(net, ctx: MethodContext) -> MethodResult:
     """Certified upper bound on the local Lipschitz constant over a box by interval arithmetic on the
     forward pre-activations and through the Jacobian graph. Cost: about three passes of the network."""
-    value, details, _, _ = run_propagation(net, ctx, "ibp")
+    with one_thread(net):
+        value, details, _, _ = run_propagation(net, ctx, "ibp")
     return MethodResult(value, details=details)
 
 
@@ -133,4 +153,5 @@ def crown_bab_method(net, ctx: MethodContext) -> MethodResult:
     Cost: up to the time limit (default 30 s when none is given)."""
     from ._crown_bab import branch_and_bound
 
-    return branch_and_bound(net, ctx)
+    with one_thread(net):
+        return branch_and_bound(net, ctx)
