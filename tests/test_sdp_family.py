@@ -123,7 +123,7 @@ def run_all(net, methods=ALL, **extra):
 NETS = {
     "rand-4x8": lambda: eclipse_network(4, 8, "rand"),
     "randn-4x10": lambda: eclipse_network(4, 10, "randn"),
-    "randn-3x12-leaky": lambda: eclipse_network(3, 12, "randn", seed=5, activation="leaky_relu", param=0.1),
+    "randn-3x8-leaky": lambda: eclipse_network(3, 8, "randn", seed=5, activation="leaky_relu", param=0.1),
 }
 
 

@@ -101,10 +101,15 @@ def solve_lipsdp(prep: Prepared, *, layer: bool = False, solver: str = "scs", ve
     return Ls, r, info
 
 
-def eclipse_stage_policy(solver: str = "clarabel", verbose: bool = False, stats: dict | None = None):
+# per-layer SDPs of ECLipsE: any multipliers are certified afterwards, so a moderate accuracy suffices
+STAGE_SCS = {"eps_abs": 1e-5, "eps_rel": 1e-5, "max_iters": 5000}
+
+
+def eclipse_stage_policy(solver: str = "auto", verbose: bool = False, stats: dict | None = None):
     """The ECLipsE per-layer SDP as a multiplier policy (reference §3):
     maximise s s.t. L - L K L >= s W_{k+1}^T W_{k+1}, L diagonal >= 0, written with K = C C^T as
-    [[L - s W'^T W', L C], [C^T L, I]] >= 0 (size n_k + rank). On a solver failure the stage falls back to
+    [[L - s W'^T W', L C], [C^T L, I]] >= 0 (size n_k + rank). solver "auto": Clarabel (accurate) up to
+    LMI size 60, SCS above (Clarabel's dense PSD steps take minutes at size 100). On a solver failure the stage falls back to
     the ECLipsE-Fast choice (counted in ``stats['fallback_stages']``)."""
     import cvxpy as cp
     import scipy.linalg as sla
@@ -136,7 +141,10 @@ def eclipse_stage_policy(solver: str = "clarabel", verbose: bool = False, stats:
         LC = cp.diag(lam) @ C
         Mat = cp.bmat([[cp.diag(lam) - s * G, LC], [LC.T, np.eye(r)]])
         prob = cp.Problem(cp.Maximize(s), [(Mat + Mat.T) / 2 >> 0, s >= 1e-20])
-        sol, opts = _solver(solver)
+        name = solver if solver != "auto" else ("clarabel" if n + C.shape[1] <= 60 else "scs")
+        sol, opts = _solver(name)
+        if sol == cp.SCS:
+            opts = dict(STAGE_SCS)
         t0 = time.perf_counter()
         try:
             prob.solve(solver=sol, verbose=verbose, **opts)

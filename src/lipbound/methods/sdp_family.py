@@ -35,7 +35,7 @@ COMMON_OPTIONS = {
 # machine (see benchmarks/l2_sdp_family.py): SCS 3x50 (LMI 104) ~2 s; beyond a few hundred the
 # compilation and the solve take minutes to hours and cannot be interrupted.
 LIPSDP_MAX_NEURONS = 150
-ECLIPSE_MAX_WIDTH = 200
+ECLIPSE_MAX_WIDTH = 100
 
 
 @contextmanager
@@ -134,16 +134,19 @@ def _min_over(net, ctx, members: list, details: dict | None = None):
         triv = _trivial(prep)
         if triv is not None:
             return triv
-        best, best_name, values, status = None, None, {}, "ok"
+        best, best_name, values, status, times = None, None, {}, "ok", {}
         for name, make in members:
             if best is not None and ctx.out_of_time():
                 status = "time_limit"
                 break
+            t0, c0 = time.perf_counter(), time.process_time()
             try:
                 cr = core.run_chain(prep, make(prep), ctx=ctx)
             except MethodFailed as e:
                 values[name] = f"failed: {e}"
                 continue
+            finally:
+                times[name] = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
             values[name] = prep.unscale(cr.value_hat)
             if cr.cut_at is not None and best is not None:
                 continue
@@ -153,6 +156,7 @@ def _min_over(net, ctx, members: list, details: dict | None = None):
             raise MethodFailed("no member of the family produced a certified value")
         d = dict(details or {})
         d["members"] = values
+        d["member_times"] = times
         d["best_member"] = best_name
         return _finish(prep, best, ctx, d, status)
 
@@ -240,7 +244,8 @@ def eclipse_family(net, ctx):
 
 @register_method("eclipse", description="ECLipsE: one small SDP per layer (cvxpy), certified by the exact "
                  "decomposition; layers after a time limit use the ECLipsE-Fast choice",
-                 options={**COMMON_OPTIONS, "solver": "clarabel (default) or scs",
+                 options={**COMMON_OPTIONS, "solver": "auto (default: clarabel for per-layer LMIs up to size 60, else scs with eps 1e-5 "
+                                    "and 5000 iterations), scs or clarabel",
                           "max_stage_width": f"refuse hidden layers wider than this (default {ECLIPSE_MAX_WIDTH})",
                           "verbose": "solver output"}, **_REG)
 def eclipse(net, ctx):
@@ -259,12 +264,12 @@ def eclipse(net, ctx):
         if widest > mw:
             raise Unsupported(f"a hidden layer has {widest} neurons (> max_stage_width={mw}): the per-layer SDP "
                               "is too slow through cvxpy and cannot be interrupted (option max_stage_width)")
-        pol = eclipse_stage_policy(ctx.option("solver", "clarabel"), bool(ctx.option("verbose", False)), stats)
+        pol = eclipse_stage_policy(ctx.option("solver", "auto"), bool(ctx.option("verbose", False)), stats)
         cr = core.run_chain(prep, pol, ctx=ctx, fallback=core.policy_g1(0.5))
         status = "time_limit" if stats.get("sdp_stages", 0) < prep.L - 1 else "ok"
         if status == "time_limit":
             stats["note"] = "time limit: the layers after it used the ECLipsE-Fast multipliers"
-        return _finish(prep, cr, ctx, {"solver": ctx.option("solver", "clarabel"), **stats}, status)
+        return _finish(prep, cr, ctx, {"solver": ctx.option("solver", "auto"), **stats}, status)
 
 
 # --------------------------------------------------------------------------------------------------
