@@ -102,7 +102,9 @@ class PatternLP:
                 break
         return rows, n
 
-    def feasible(self, dec: torch.Tensor) -> bool:
+    def feasible(self, dec: torch.Tensor, use_lp: bool = True):
+        """True (realisable), False (no input realises the decisions), or None (undecided without an
+        LP, when ``use_lp`` is false)."""
         rows, n = self.checkable(dec)
         if n == 0:
             return True
@@ -110,7 +112,6 @@ class PatternLP:
         sg = torch.cat([g for _, g in rows])
         if bool(((self.Z[:, cols] * sg) >= 0).all(1).any()):
             return True
-        self.lp_calls += 1
         A = torch.eye(self.lo.shape[0], dtype=torch.float64)
         c = torch.zeros(self.lo.shape[0], dtype=torch.float64)
         A_ub, b_ub = [], []
@@ -133,6 +134,9 @@ class PatternLP:
         row_min = np.clip(A_ub, 0, None) @ lo + np.clip(A_ub, None, 0) @ hi
         if bool((row_min > b_ub).any()):
             return False
+        if not use_lp:
+            return None
+        self.lp_calls += 1
         return self._lp_feasible(A_ub, b_ub, lo, hi)
 
     def _lp_feasible(self, A_ub, b_ub, lo, hi) -> bool:
@@ -215,12 +219,12 @@ def branch_and_bound(net, ctx: MethodContext) -> MethodResult:
         details.update(steps=0, domains=len(classes), converged=True, note="no undecided ReLU: nothing to split")
         return MethodResult(history[0][1], details=details)
 
-    # cost model: refresh "all" when a full batch of children costs at most 5% of the budget (or 0.5 s)
+    # cost model: refresh "all" when a full batch of children costs at most 20% of the budget (or 1 s)
     per_elem = t_root / len(classes)
     if refresh == "auto":
-        refresh = "all" if per_elem * 2 * batch <= max(0.05 * budget, 0.5) else "input"
+        refresh = "all" if per_elem * 2 * batch <= max(0.2 * budget, 1.0) else "input"
     if refresh != "all":
-        batch = max(1, min(batch, int(max(0.05 * budget, 0.5) / max(per_elem, 1e-6) / 2)))
+        batch = max(1, min(batch, int(max(0.1 * budget, 1.0) / max(per_elem, 1e-6) / 2)))
     details["refresh"] = refresh
     details["batch"] = batch
 
@@ -232,6 +236,7 @@ def branch_and_bound(net, ctx: MethodContext) -> MethodResult:
         except Unsupported:
             lp = None
     details["lp_prune"] = lp is not None
+    lp_eager = bool(ctx.option("lp_eager", False))
     pruned = 0
 
     und_root = {k: (G.s[k][1] > G.s[k][0]).unsqueeze(0).expand(len(classes), -1) for k in G.acts}
@@ -299,6 +304,28 @@ def branch_and_bound(net, ctx: MethodContext) -> MethodResult:
         cls_pos = [it[2] for it in popped] * 2
         parent = torch.tensor([-it[0] for it in popped] * 2, dtype=torch.float64)
         n_rows_kept = [it[5] for it in popped] * 2
+        if lp is not None:  # cheap checks now (samples, single rows); the LP waits until a domain is popped
+            keep = []
+            for b in range(dec.shape[0]):
+                n_rows = lp.checkable(dec[b])[1]
+                if n_rows > n_rows_kept[b]:
+                    ok = lp.feasible(dec[b], use_lp=lp_eager)
+                    if ok is False:
+                        pruned += 1
+                        continue
+                    if ok:
+                        n_rows_kept[b] = n_rows
+                keep.append(b)
+            if len(keep) < dec.shape[0]:
+                if not keep:
+                    steps += 1
+                    last_step = time.perf_counter() - now
+                    history.append((time.perf_counter() - ctx.start, current_bound() if heap else history[-1][1]))
+                    continue
+                keep_t = torch.tensor(keep)
+                dec, idx, parent = dec[keep_t], idx[keep_t], parent[keep_t]
+                cls_pos = [cls_pos[b] for b in keep]
+                n_rows_kept = [n_rows_kept[b] for b in keep]
         decisions = {k: dec[:, offsets[i] : offsets[i + 1]] for i, k in enumerate(split_acts)}
         cls = [classes[c] for c in cls_pos]
         g_known = v_known = None

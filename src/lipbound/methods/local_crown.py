@@ -145,6 +145,7 @@ def ibp_jacobian_method(net, ctx: MethodContext) -> MethodResult:
                           "max_domains": "stop at this many domains (default 200000)",
                           "lp_prune": "drop domains whose decided neurons no input realises (LP, dense chains; "
                                       "default auto: on for dense ReLU chains)",
+                          "lp_eager": "run the pattern LP on every child at once instead of when it is popped (default false)",
                           "budget": f"seconds when no time limit is given (default {BAB_DEFAULT_TIME:g})"})
 def crown_bab_method(net, ctx: MethodContext) -> MethodResult:
     """Certified upper bound on the local Lipschitz constant over a box (norm inf; norm 2 as `crown`):
