@@ -237,8 +237,9 @@ def _top_pair(M: torch.Tensor):
 
 def greedy_factor(A: torch.Tensor, B: torch.Tensor, mode: str = "best", max_sweeps: int | None = None,
                   exact_candidates: int = 8, ctx=None):
-    """Local search for max over s in {0,1}^n of ||A diag(s) B||_2 from s = 1 (an estimate: it may stop
-    below the maximum). ``mode='best'``: per sweep, the best single flip (candidates screened by the
+    """Local search for max over s in {0,1}^n of ||A diag(s) B||_2 (an estimate: it may stop below the
+    maximum). Start: s = 1, or the end point of an alternating ascent (s given the top singular pair,
+    then the pair given s) if better. ``mode='best'``: per sweep, the best single flip (candidates screened by the
     lower bounds ||M' v||, ||M'^T u|| from the current top singular pair, the best few evaluated
     exactly); stop when no flip improves. ``mode='first'``: scan the coordinates and accept any flip
     whose screening lower bound already exceeds the current value (rank-one update of M), at most
@@ -247,15 +248,30 @@ def greedy_factor(A: torch.Tensor, B: torch.Tensor, mode: str = "best", max_swee
     s = torch.ones(n, dtype=DTYPE)
     M = A @ B
     val, u, v = _top_pair(M)
+    # alternating ascent of u^T A diag(s) B v: the best s for fixed (u, v) is s_j = [(A^T u)_j (B v)_j > 0],
+    # the best (u, v) for fixed s the top singular pair; keep its end point if it beats the all-ones start
+    s2, val2, u2, v2 = s, val, u, v
+    for _ in range(50):
+        if ctx is not None and ctx.out_of_time():
+            break
+        s_new = (((A.T @ u2) * (B @ v2)) > 0).to(DTYPE)
+        if torch.equal(s_new, s2):
+            break
+        s2 = s_new
+        val2, u2, v2 = _top_pair(A @ (s2[:, None] * B))
+    if val2 > val:
+        s, val, u, v = s2, val2, u2, v2
+        M = A @ (s[:, None] * B)
     sweeps = 0
     max_sweeps = max_sweeps if max_sweeps is not None else (10 if mode == "first" else 10 * n)
+
+    a2, b2 = (A * A).sum(0), (B * B).sum(1)
 
     def screen(M, u, v, s):
         sign = 1 - 2 * s  # +1 switches a unit on, -1 off
         Mv, MTu = M @ v, M.T @ u
         bv, au = B @ v, A.T @ u  # (n,)
         # ||M v + sign_j a_j (b_j.v)||^2 and ||M^T u + sign_j b_j (a_j.u)||^2
-        a2, b2 = (A * A).sum(0), (B * B).sum(1)
         g1 = (Mv @ Mv) + 2 * sign * bv * (A.T @ Mv) + bv ** 2 * a2
         g2 = (MTu @ MTu) + 2 * sign * au * (B @ MTu) + au ** 2 * b2
         return torch.maximum(g1, g2).clamp_min(0).sqrt(), sign
