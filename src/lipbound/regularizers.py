@@ -61,7 +61,8 @@ class _State:
         try:
             self.gm = symbolic_trace(module)
         except Exception as e:  # noqa: BLE001 - report tracing failures as one line
-            raise LipboundError(f"regularizers.autolip: torch.fx cannot trace the module: {e}".splitlines()[0]) from None
+            msg = f"regularizers.autolip: torch.fx cannot trace the module: {e}".splitlines()[0]
+            raise LipboundError(msg) from None
         p = next(module.parameters(), None)
         self.dtype = p.dtype if p is not None else torch.float32
         x = torch.zeros((1,) + tuple(input_shape), dtype=self.dtype)
@@ -133,7 +134,6 @@ def autolip(module: nn.Module, input_shape, n_iter: int = 1, init_iter: int = 10
             arg = node.args[0]
             out = L.get(arg.name) if hasattr(arg, "name") else None
             continue
-        deps = [a for a in node.all_input_nodes if L.get(a.name, 0.0) is not None]
         in_L = [L[a.name] for a in node.all_input_nodes]
         nonconst = [x for x in in_L if not (isinstance(x, float) and x == 0.0)]
         if not nonconst:
@@ -152,10 +152,10 @@ def autolip(module: nn.Module, input_shape, n_iter: int = 1, init_iter: int = 10
             elif node.target == "sigmoid":
                 L[node.name] = 0.25 * in_L[0]
             else:
-                raise LipboundError(f"regularizers.autolip: no rule for the tensor method {node.target!r} (node {node.name})")
+                raise LipboundError(f"regularizers.autolip: no rule for the tensor method {node.target!r} "
+                                    f"(node {node.name})")
         else:
             raise LipboundError(f"regularizers.autolip: unexpected fx node {node.op} {node.target}")
-        del deps
     if out is None:
         raise LipboundError("regularizers.autolip: the module output is not a single tensor")
     if not isinstance(out, torch.Tensor):
@@ -272,4 +272,5 @@ def _function_rule(node, in_L, nonconst):
     if t is F.leaky_relu:
         slope = node.kwargs.get("negative_slope", node.args[1] if len(node.args) > 1 else 0.01)
         return max(1.0, abs(slope)) * in_L[0]
-    raise LipboundError(f"regularizers.autolip: no rule for the function {getattr(t, '__name__', t)} (node {node.name})")
+    raise LipboundError(f"regularizers.autolip: no rule for the function {getattr(t, '__name__', t)} "
+                        f"(node {node.name})")
