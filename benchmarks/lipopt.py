@@ -146,11 +146,14 @@ def part_mnist(args):
     rows = []
     print(f"{'output':>6s}{'lipopt-3':>12s}{'t (s)':>8s}{'LP cols':>10s}{'LP rows':>9s}{'shor-sdp':>12s}{'t (s)':>8s}"
           f"{'order':>7s}{'naive':>10s}{'lower':>10s}")
+    wanted = set(args.mnist_methods.split(","))
+    skipped = {"value": None, "status": "skipped", "time_s": 0.0}
     for j in outs:
         r = {"output": j}
         r["lipopt-3"] = run(net, "lipopt", args.time_limit, output=j, degree=3, products=args.mnist_products,
-                            max_columns=args.mnist_max_columns)
-        r["shor-sdp"] = run(net, "shor-sdp", args.time_limit, output=j, max_order=args.mnist_max_order)
+                            max_columns=args.mnist_max_columns) if "lipopt" in wanted else dict(skipped)
+        r["shor-sdp"] = run(net, "shor-sdp", args.time_limit, output=j, max_order=args.mnist_max_order) \
+            if "shor-sdp" in wanted else dict(skipped)
         r["naive"] = run(net, "naive", args.time_limit, output=j)
         r["lower-grad"] = run(net, "lower-grad", args.time_limit, output=j)
         lp, sd = r["lipopt-3"], r["shor-sdp"]
@@ -175,13 +178,15 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="widths 5, 10, two hidden layers, MNIST output 1 only")
     ap.add_argument("--time-limit", type=float, default=300.0, help="seconds per method and network")
-    ap.add_argument("--max-columns", type=int, default=400_000, help="LP size guard (columns per scalar LP)")
+    ap.add_argument("--max-columns", type=int, default=250_000, help="LP size guard (columns per scalar LP)")
     ap.add_argument("--max-order", type=int, default=700, help="Shor SDP size guard (PSD order)")
     ap.add_argument("--band", type=int, default=5, help="band width s of the banded networks")
     ap.add_argument("--mnist-outputs", default=None, help="comma list, 'all' or 'none' (default: 1,6,8; quick: 1)")
     ap.add_argument("--mnist-products", default="cliques", choices=("cliques", "paths"))
     ap.add_argument("--mnist-max-columns", type=int, default=3_000_000)
     ap.add_argument("--mnist-max-order", type=int, default=1500)
+    ap.add_argument("--mnist-methods", default="lipopt,shor-sdp", help="which of lipopt,shor-sdp to run on MNIST")
+    ap.add_argument("--mnist-key", default="mnist", help="JSON key of the MNIST part (to keep several runs)")
     ap.add_argument("--skip-random", action="store_true")
     args = ap.parse_args(argv)
     if args.mnist_outputs is None:
@@ -191,9 +196,22 @@ def main(argv=None):
     if not args.skip_random:
         out["random"] = part_random(args)
     if args.mnist_outputs != "none":
-        out["mnist"] = part_mnist(args)
+        out[args.mnist_key] = part_mnist(args)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "lipopt.json"
+    # merge with an earlier run of the other part (--skip-random / --mnist-outputs none)
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+            for key in [k for k in old if k == "random" or k.startswith("mnist")]:
+                if key not in out and key in old:
+                    out[key] = old[key]
+                    out.setdefault("config_" + key, old.get("config_" + key, old.get("config")))
+        except (OSError, ValueError):
+            pass
+    for key in [k for k in out if k == "random" or k.startswith("mnist")]:
+        if "config_" + key not in out:
+            out["config_" + key] = vars(args)
     path.write_text(json.dumps(out, indent=1, default=str))
     print(f"\nwrote {path.relative_to(ROOT)}")
 

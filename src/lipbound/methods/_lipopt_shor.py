@@ -133,6 +133,7 @@ def eig_dual(Q: np.ndarray, cons, time_limit: float | None = None, max_iter: int
     x = np.concatenate([np.abs(Q).sum(1) + np.abs(np.diag(Q)), np.zeros(ne)])
     best_x, best = x.copy(), true_F(x)
     iters = 0
+    eig_dual.stopped = False
     for tau in (1e-2 * scale, 1e-3 * scale, 1e-4 * scale, 1e-5 * scale):
         try:
             res = minimize(smoothed, x, args=(tau,), jac=True, method="L-BFGS-B",
@@ -140,6 +141,7 @@ def eig_dual(Q: np.ndarray, cons, time_limit: float | None = None, max_iter: int
             x = res.x
             iters += int(res.nit)
         except Stop:
+            eig_dual.stopped = True
             break
         f = true_F(x)
         if f < best:
@@ -163,6 +165,7 @@ def shor_bound(poly: Poly, time_limit: float | None = None, eps: float = 1e-6, m
         yv, mv, iters = eig_dual(Q, cons, time_limit)
         info["solver"] = "eigenvalue optimisation (L-BFGS on the smoothed dual)"
         info["iterations"] = iters
+        info["stopped_on_time"] = bool(getattr(eig_dual, "stopped", False))
         info["solve_time"] = time.perf_counter() - t0
         return _certify(Q, const, cons, err, yv, mv, info)
     y = cp.Variable(N)

@@ -254,7 +254,7 @@ def _shor_sdp(net, ctx):
             raise Unsupported(f"the Shor SDP of {prob.label} has a PSD matrix of order {order:,} "
                               f"(> max_order={max_order:,})")
         prepared.append((prob, poly, order))
-    values, per, fallback, status = [], [], [], "ok"
+    values, per, fallback, early, status = [], [], [], [], "ok"
     bar = ctx.progress(total=len(prepared), desc="shor-sdp")
     for prob, poly, order in prepared:
         if ctx.out_of_time():
@@ -267,7 +267,10 @@ def _shor_sdp(net, ctx):
         solver_j = sdp_solver if sdp_solver != "AUTO" else ("CLARABEL" if order <= 200 else "EIG")
         val, info = shor_bound(poly, time_limit=ctx.time_left(), eps=eps, solver=solver_j)
         if val is None or not math.isfinite(val):
-            raise MethodFailed(f"SCS gave no usable certificate for {prob.label} ({info.get('solver_status')})")
+            raise MethodFailed(f"{solver_j} gave no usable certificate for {prob.label} ({info.get('solver_status')})")
+        if info.get("stopped_on_time") or "inaccurate" in str(info.get("solver_status", "")):
+            status = "time_limit" if info.get("stopped_on_time") else status
+            early.append(prob.label)
         values.append(val)
         per.append({"label": prob.label, "value": val, **info})
         bar.update(1)
@@ -278,7 +281,13 @@ def _shor_sdp(net, ctx):
     if len(per) <= 64:
         details["problems"] = per
     reason = None
+    notes = []
     if fallback:
         details["fallback_naive"] = fallback
-        reason = f"out of time: {len(fallback)} outputs bounded by the naive |W|-product"
+        notes.append(f"out of time: {len(fallback)} outputs bounded by the naive |W|-product")
+    if early:
+        details["stopped_early"] = early
+        notes.append(f"the SDP solver stopped early on {len(early)} outputs (certified, but above the SDP optimum)")
+    if notes:
+        reason = "; ".join(notes)
     return MethodResult(max(values) if values else 0.0, status=status, details=details, reason=reason)
