@@ -621,42 +621,73 @@ class Network:
         Consecutive affine operations (Linear, Conv2d, BatchNorm/shift/scale, AvgPool, Pad, Flatten,
         Reshape, Transpose) are folded into one dense matrix (float64 numpy). Raises `Unsupported`
         for residual connections, max pooling, or a matrix above ``max_entries`` entries.
-        Cost: one evaluation per input coordinate of each non-Linear affine op."""
+        Cost: per block of consecutive affine ops, min(n_in, n_out) forward or adjoint passes."""
         if not self.is_chain():
             raise Unsupported("the network is not a chain (residual connections): dense_chain() needs an "
                               "alternating affine / activation chain")
         for n in self.nodes[1:]:
             if isinstance(n.op, MaxPool2d):
                 raise Unsupported(f"max pooling (node {n.name!r}) is not an affine/activation layer: no dense chain")
+        # group the chain into blocks of consecutive affine ops separated by activations
         layers: list[DenseLayer] = []
-        A: torch.Tensor | None = None  # accumulated affine map since the last activation (None = identity)
-        c: torch.Tensor | None = None
-        cur_size = self.n_inputs
-        for node, prev in zip(self.nodes[1:], self.nodes[:-1]):
-            op = node.op
-            if op.is_affine:
-                M = op.dense(prev.shape)
-                if M.shape[0] * (A.shape[1] if A is not None else M.shape[1]) > max_entries or M.numel() > max_entries:
-                    raise Unsupported(f"dense matrix of node {node.name!r} would have more than {max_entries:,} "
-                                      "entries (raise max_entries or use a method that works on the graph)")
-                const = op.constant_term(prev.shape)
-                const = torch.broadcast_to(const, node.shape).reshape(-1)
-                if A is None:
-                    A, c = M, const.clone()
-                else:
-                    A, c = M @ A, M @ c + const
-                cur_size = node.size
-            elif isinstance(op, Activation):
-                if A is None:
-                    A, c = torch.eye(cur_size, dtype=DTYPE), torch.zeros(cur_size, dtype=DTYPE)
-                layers.append(DenseLayer(A.numpy().copy(), c.numpy().copy(), op))
-                A, c = None, None
+        block: list[int] = []
+        block_in = 0  # index of the node feeding the current block
+        for i, node in enumerate(self.nodes[1:], start=1):
+            if node.op.is_affine:
+                block.append(i)
+            elif isinstance(node.op, Activation):
+                W, b = self._block_dense(block, block_in, max_entries)
+                layers.append(DenseLayer(W, b, node.op))
+                block, block_in = [], i
             else:
-                raise Unsupported(f"operation {op.kind} (node {node.name!r}) cannot be part of a dense chain")
-        if A is None:
-            A, c = torch.eye(cur_size, dtype=DTYPE), torch.zeros(cur_size, dtype=DTYPE)
-        layers.append(DenseLayer(A.numpy().copy(), c.numpy().copy(), None))
+                raise Unsupported(f"operation {node.op.kind} (node {node.name!r}) cannot be part of a dense chain")
+        W, b = self._block_dense(block, block_in, max_entries)
+        layers.append(DenseLayer(W, b, None))
         return layers
+
+    def _block_dense(self, block: list[int], block_in: int, max_entries: int, chunk: int = 2048):
+        """Dense matrix and offset of the composition of the affine nodes ``block`` (a chain starting
+        at node ``block_in``), built from the smaller side: forward passes of the input basis when
+        there are fewer inputs, adjoint passes of the output basis otherwise."""
+        in_shape = self.nodes[block_in].shape
+        n_in = self.nodes[block_in].size
+        if not block:
+            return np.eye(n_in), np.zeros(n_in)
+        out_node = self.nodes[block[-1]]
+        n_out = out_node.size
+        if n_out * n_in > max_entries:
+            raise Unsupported(f"the dense matrix of nodes {self.nodes[block[0]].name!r}..{out_node.name!r} would have "
+                              f"{n_out:,} x {n_in:,} entries, more than {max_entries:,} (raise max_entries or use a "
+                              "method that works on the graph)")
+        ops = [self.nodes[i].op for i in block]
+        shapes = [in_shape] + [self.nodes[i].shape for i in block]
+        with torch.no_grad():
+            z = torch.zeros((1,) + tuple(in_shape), dtype=DTYPE)
+            for op in ops:
+                z = op.forward(z)
+            offset = z.reshape(-1)
+            if len(ops) == 1 and isinstance(ops[0], Linear):
+                return ops[0].W.numpy().copy(), offset.numpy().copy()
+            W = torch.empty(n_out, n_in, dtype=DTYPE)
+            if n_in <= n_out:
+                for s in range(0, n_in, chunk):
+                    e = min(n_in, s + chunk)
+                    basis = torch.zeros(e - s, n_in, dtype=DTYPE)
+                    basis[torch.arange(e - s), torch.arange(s, e)] = 1.0
+                    y = basis.reshape((e - s,) + tuple(in_shape))
+                    for op in ops:
+                        y = op.linear(y)
+                    W[:, s:e] = y.reshape(e - s, n_out).T
+            else:
+                for s in range(0, n_out, chunk):
+                    e = min(n_out, s + chunk)
+                    basis = torch.zeros(e - s, n_out, dtype=DTYPE)
+                    basis[torch.arange(e - s), torch.arange(s, e)] = 1.0
+                    y = basis.reshape((e - s,) + tuple(shapes[-1]))
+                    for op, shp in zip(reversed(ops), reversed(shapes[:-1])):
+                        y = op.linear_t(y, shp)
+                    W[s:e, :] = y.reshape(e - s, n_in)
+        return W.numpy(), offset.numpy().copy()
 
 
 class GraphBuilder:
