@@ -47,7 +47,7 @@ def random_k_cluster(n_points: int = 300, dim: int = 2, n_leaders: int = 10, n_c
 
 def train_mlp(widths, X, y, epochs: int = 300, seed: int = 0, lr: float = 1e-2, name: str | None = None) -> Network:
     """Train a ReLU MLP with layer widths ``widths`` (input, hidden..., classes) by full-batch Adam on
-    cross-entropy for ``epochs`` steps (torch, float32, one thread of work; seeded), and return it as a
+    cross-entropy for ``epochs`` steps (torch, float32, seeded), and return it as a
     float64 `Network` built with `Network.sequential`. Cost: epochs x one pass over the data."""
     widths = [int(w) for w in widths]
     if len(widths) < 2:
