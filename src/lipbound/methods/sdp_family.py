@@ -13,6 +13,7 @@ upper bound on the global l2 Lipschitz constant (>= the LipSDP-Neuron optimum).
 from __future__ import annotations
 
 import math
+import os
 import time
 from contextlib import contextmanager
 
@@ -26,8 +27,8 @@ OPS = AFFINE_OPS | {"Activation"}
 COMMON_OPTIONS = {
     "full_check_max": "largest LMI size (n0 + hidden neurons) for the full eigenvalue check (default 1500)",
     "max_width": "refuse layers wider than this (default 5000; the dense matrices are n^2 floats)",
-    "blas_threads": "BLAS threads during the method (default 1: small matrices are slower with threads "
-                    "on a busy machine)",
+    "blas_threads": "BLAS threads during the method (default: 1 when every layer has < 400 neurons, "
+                    "since small matrices are slower with threads on a busy machine; else all cores)",
     "max_entries": "largest dense matrix of dense_chain() (default that of lipbound.network)",
 }
 
@@ -36,6 +37,18 @@ COMMON_OPTIONS = {
 # compilation and the solve take minutes to hours and cannot be interrupted.
 LIPSDP_MAX_NEURONS = 150
 ECLIPSE_MAX_WIDTH = 100
+
+
+def _threads(ctx, net=None):
+    """The BLAS thread count: the option, else 1 for small layers and all cores for wide ones."""
+    n = ctx.option("blas_threads", None)
+    if n is not None:
+        return int(n)
+    try:
+        widest = max(int(np.prod(node.shape)) for node in net.nodes)
+    except Exception:
+        widest = 0
+    return 1 if widest < 400 else (os.cpu_count() or 1)
 
 
 @contextmanager
@@ -100,7 +113,7 @@ def _finish(prep, cr: core.ChainResult, ctx, details: dict, status: str = "ok") 
 
 
 def _run_policy(net, ctx, make_policy, details=None, fallback=None):
-    with _blas_threads(ctx.option("blas_threads", 1)):
+    with _blas_threads(_threads(ctx, net)):
         prep = _prepare(net, ctx)
         triv = _trivial(prep)
         if triv is not None:
@@ -129,12 +142,14 @@ G1_GRID = (0.5, 0.6, 0.7, 0.8, 0.9)
 
 def _min_over(net, ctx, members: list, details: dict | None = None):
     """Run several policies (name, policy factory) and return the smallest certified value."""
-    with _blas_threads(ctx.option("blas_threads", 1)):
+    with _blas_threads(_threads(ctx, net)):
         prep = _prepare(net, ctx)
         triv = _trivial(prep)
         if triv is not None:
             return triv
         best, best_name, values, status, times = None, None, {}, "ok", {}
+        if callable(members):
+            members = members(prep)
         for name, make in members:
             if best is not None and ctx.out_of_time():
                 status = "time_limit"
@@ -216,8 +231,14 @@ def eclipse_g3_balance(net, ctx):
     return _run_policy(net, ctx, lambda prep: core.policy_g3("balance", it))
 
 
-def family_members(width: int | None = None, quick: bool = False) -> list:
-    """(name, policy factory) of every closed-form member, cheapest and most useful first."""
+CHEAP_FAMILY_WIDTH = 500
+
+
+def _family_members(which: str = "all") -> list:
+    """(name, policy factory) of the closed-form members, cheapest and most useful first; ``which="cheap"``
+    leaves out the G3 searches (an eigendecomposition per layer) and the Jacobi scaling."""
+    if which == "cheap":
+        return [m for m in _family_members("all") if not m[0].startswith("eclipse-g3") and "jacobi" not in m[0]]
     members = [("eclipse-fast", lambda prep: core.policy_g1(0.5)),
                ("eclipse-g2-balance", lambda prep: core.policy_g2("balance")),
                ("eclipse-g3", lambda prep: core.policy_g3(None)),
@@ -228,13 +249,25 @@ def family_members(width: int | None = None, quick: bool = False) -> list:
     return members
 
 
+def _which_members(ctx, prep) -> str:
+    which = str(ctx.option("members", "auto"))
+    if which not in ("auto", "all", "cheap"):
+        raise Unsupported(f"members={which!r}: use auto, all or cheap")
+    if which == "auto":
+        hidden = max((W.shape[0] for W in prep.Ws[:-1]), default=0)
+        which = "cheap" if hidden > CHEAP_FAMILY_WIDTH else "all"
+    return which
+
+
 @register_method("eclipse-family", description="minimum over every closed-form member (ECLipsE-Fast, G1 grid, "
-                 "G2 balance/Jacobi/Gershgorin, G3, G3-balance)", options=dict(COMMON_OPTIONS), **_REG)
+                 "G2 balance/Jacobi/Gershgorin, G3, G3-balance)",
+                 options={**COMMON_OPTIONS, "members": f"auto (default: all, or cheap when a layer has more than "
+                          f"{CHEAP_FAMILY_WIDTH} neurons), all, or cheap (no G3 searches, no Jacobi)"}, **_REG)
 def eclipse_family(net, ctx):
     """Certified upper bound on the global l2 Lipschitz constant: the minimum over the closed-form family.
     Never above ECLipsE-Fast (its first member). Cost: about ten closed-form passes, O(sum n_k^3) each;
     under a time limit the members not yet run are skipped (status time_limit)."""
-    return _min_over(net, ctx, family_members())
+    return _min_over(net, ctx, lambda prep: _family_members(_which_members(ctx, prep)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -254,7 +287,7 @@ def eclipse(net, ctx):
     from ._sdp_solvers import eclipse_stage_policy
 
     stats = {}
-    with _blas_threads(ctx.option("blas_threads", 1)):
+    with _blas_threads(_threads(ctx, net)):
         prep = _prepare(net, ctx)
         triv = _trivial(prep)
         if triv is not None:
@@ -280,7 +313,7 @@ def eclipse(net, ctx):
 def _lipsdp(net, ctx, layer: bool):
     from ._sdp_solvers import solve_lipsdp
 
-    with _blas_threads(ctx.option("blas_threads", 1)):
+    with _blas_threads(_threads(ctx, net)):
         prep = core.prepare(net, ctx, check_slopes=False)
         triv = _trivial(prep)
         if triv is not None:
@@ -374,6 +407,7 @@ def lipsdp_layer(net, ctx):
                           "budget": "seconds for the optimisation when there is no time limit (default 120)",
                           "max_iter": "L-BFGS iterations (default 2000)",
                           "start": "family (default: best closed-form member) or fast",
+                          "members": "closed-form members of the start (as eclipse-family)",
                           "rtol": "stop when the bound improved by less than this relative amount over 10 "
                                   "iterations (default 2e-5)"}, **_REG)
 def lipsdp_opt(net, ctx):
@@ -388,15 +422,15 @@ def lipsdp_opt(net, ctx):
     from ._sdp_opt import optimise
 
     old_threads = torch.get_num_threads()
-    torch.set_num_threads(int(ctx.option("blas_threads", 1)))
+    torch.set_num_threads(_threads(ctx, net))
     try:
-        with _blas_threads(ctx.option("blas_threads", 1)):
+        with _blas_threads(_threads(ctx, net)):
             prep = _prepare(net, ctx)
             triv = _trivial(prep)
             if triv is not None:
                 return triv
             start = str(ctx.option("start", "family"))
-            members = family_members() if start == "family" else family_members()[:1]
+            members = _family_members(_which_members(ctx, prep)) if start == "family" else _family_members()[:1]
             t0 = time.perf_counter()
             best, best_name, values = None, None, {}
             for name, make in members:
