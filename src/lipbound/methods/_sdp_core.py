@@ -195,7 +195,7 @@ def lam_max(A: np.ndarray, exact: bool = True) -> float:
     from scipy.sparse.linalg import eigsh
 
     try:
-        return float(eigsh(A, k=1, which="LA", tol=1e-7, return_eigenvectors=False, ncv=min(n, 24))[0])
+        return float(eigsh(A, k=1, which="LA", tol=1e-10, return_eigenvectors=False, ncv=min(n, 40))[0])
     except Exception:  # pragma: no cover - ARPACK failure
         return float(sla.eigh(A, eigvals_only=True, subset_by_index=[n - 1, n - 1], check_finite=False)[0])
 
