@@ -97,10 +97,14 @@ def fmt_t(r):
 def part_random(args):
     widths = [5, 10] if args.quick else [5, 10, 20, 40]
     depths = [2] if args.quick else [2, 3]
+    if args.widths:
+        widths = [int(x) for x in args.widths.split(",")]
+    if args.depths:
+        depths = [int(x) for x in args.depths.split(",")]
     rows = []
     for hidden in depths:
         for width in widths:
-            for band in (None, args.band):
+            for band in ((args.band,) if args.banded_only else (None, args.band)):
                 if band and band >= width:
                     continue
                 net = random_elu_net(width, hidden, band)
@@ -188,32 +192,37 @@ def main(argv=None):
     ap.add_argument("--mnist-methods", default="lipopt,shor-sdp", help="which of lipopt,shor-sdp to run on MNIST")
     ap.add_argument("--mnist-key", default="mnist", help="JSON key of the MNIST part (to keep several runs)")
     ap.add_argument("--skip-random", action="store_true")
+    ap.add_argument("--json", default=None, help="output file (default benchmarks/results/lipopt.json; merged)")
+    ap.add_argument("--widths", default=None, help="comma list of widths (default 5,10,20,40; quick 5,10)")
+    ap.add_argument("--depths", default=None, help="comma list of hidden-layer counts (default 2,3; quick 2)")
+    ap.add_argument("--banded-only", action="store_true")
+    ap.add_argument("--random-key", default="random", help="JSON key of the random-network part")
     args = ap.parse_args(argv)
     if args.mnist_outputs is None:
         args.mnist_outputs = "1" if args.quick else "1,6,8"
     torch.set_num_threads(1)
     out = {"config": vars(args), "machine_note": "2 shared cores; wall times inflated by other jobs"}
     if not args.skip_random:
-        out["random"] = part_random(args)
+        out[args.random_key] = part_random(args)
     if args.mnist_outputs != "none":
         out[args.mnist_key] = part_mnist(args)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "lipopt.json"
+    path = Path(args.json) if args.json else RESULTS / "lipopt.json"
     # merge with an earlier run of the other part (--skip-random / --mnist-outputs none)
     if path.exists():
         try:
             old = json.loads(path.read_text())
-            for key in [k for k in old if k == "random" or k.startswith("mnist")]:
+            for key in [k for k in old if k.startswith("random") or k.startswith("mnist")]:
                 if key not in out and key in old:
                     out[key] = old[key]
                     out.setdefault("config_" + key, old.get("config_" + key, old.get("config")))
         except (OSError, ValueError):
             pass
-    for key in [k for k in out if k == "random" or k.startswith("mnist")]:
+    for key in [k for k in out if k.startswith("random") or k.startswith("mnist")]:
         if "config_" + key not in out:
             out["config_" + key] = vars(args)
     path.write_text(json.dumps(out, indent=1, default=str))
-    print(f"\nwrote {path.relative_to(ROOT)}")
+    print(f"\nwrote {path}")
 
 
 if __name__ == "__main__":
