@@ -6,10 +6,9 @@
     report = lipbound.compare(net, norm="inf")   # every applicable method -> Report
 """
 
-# The subpackage `lipbound.methods` is imported first so that the name `lipbound.methods` is then
-# bound to the listing function `methods()` (importing the subpackage later would rebind it).
-from . import methods as _methods_package  # noqa: F401  (isort: skip)
-from .api import Bound, Report, bound, compare, methods
+# `lipbound.methods` is the subpackage of method modules; it is callable: lipbound.methods() lists them
+from . import methods
+from .api import Bound, Report, bound, compare
 from .errors import LipboundError, MethodFailed, Unsupported, UnsupportedOperator
 from .io import from_torch, load
 from .network import Network

@@ -16,6 +16,7 @@ lambda_min computed by a symmetric eigen-solver and lowered by a rounding-error 
 from __future__ import annotations
 
 import math
+import warnings
 import time
 
 import numpy as np
@@ -194,7 +195,9 @@ def shor_bound(poly: Poly, time_limit: float | None = None, eps: float = 1e-6, m
             kwargs["time_limit"] = max(1.0, float(time_limit))
     info["solver"] = solver
     try:
-        prob.solve(solver=solver, **kwargs)
+        with warnings.catch_warnings():  # 'inaccurate' is in the status; the value is re-certified
+            warnings.simplefilter('ignore', UserWarning)
+            prob.solve(solver=solver, **kwargs)
     except cp.error.SolverError as e:
         info["solver_error"] = str(e).splitlines()[0]
         return None, info

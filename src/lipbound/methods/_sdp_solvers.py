@@ -6,6 +6,7 @@ them into multipliers and certifies them with `_sdp_core.run_chain`.
 from __future__ import annotations
 
 import math
+import warnings
 import time
 
 import numpy as np
@@ -83,7 +84,9 @@ def solve_lipsdp(prep: Prepared, *, layer: bool = False, solver: str = "scs", ve
         opts["time_limit_secs"] = max(1.0, float(time_limit))
     t0 = time.perf_counter()
     try:
-        prob.solve(solver=sol, verbose=verbose, **opts)
+        with warnings.catch_warnings():  # 'inaccurate' is in the status; the value is re-certified
+            warnings.simplefilter('ignore', UserWarning)
+            prob.solve(solver=sol, verbose=verbose, **opts)
     except cp.error.SolverError as e:
         raise MethodFailed(f"{solver}: {e}".splitlines()[0]) from None
     info = {"solver": solver, "status": prob.status, "solve_time_s": time.perf_counter() - t0, "lmi_size": N}
@@ -147,7 +150,9 @@ def eclipse_stage_policy(solver: str = "auto", verbose: bool = False, stats: dic
             opts = dict(STAGE_SCS)
         t0 = time.perf_counter()
         try:
-            prob.solve(solver=sol, verbose=verbose, **opts)
+            with warnings.catch_warnings():  # 'inaccurate' is in the status; the value is re-certified
+                warnings.simplefilter('ignore', UserWarning)
+                prob.solve(solver=sol, verbose=verbose, **opts)
             ok = lam.value is not None and np.all(np.isfinite(lam.value)) and np.max(lam.value) > 0
         except cp.error.SolverError:
             ok = False
