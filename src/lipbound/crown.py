@@ -21,7 +21,6 @@ All computations are float64; bounds are certified up to float64 rounding.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch

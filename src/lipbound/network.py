@@ -19,7 +19,7 @@ Readers (`lipbound.io`) build networks; methods only ever read them.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -288,7 +288,7 @@ class Pad(AffineOp):
         idx = [slice(None)]
         pads = list(self.pads) + [0] * (2 * len(in_shape) - len(self.pads))
         for d in range(len(in_shape)):
-            lo, hi = pads[2 * (len(in_shape) - 1 - d)], pads[2 * (len(in_shape) - 1 - d) + 1]
+            lo = pads[2 * (len(in_shape) - 1 - d)]  # padding before dimension d
             idx.append(slice(lo, lo + in_shape[d]))
         return y[tuple(idx)]
 

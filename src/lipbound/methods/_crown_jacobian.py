@@ -26,7 +26,6 @@ its own output index and its own s bounds. float64 throughout.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import torch
 

@@ -23,20 +23,11 @@ from ._lipopt_core import (CoverageError, build_lp, clique_subsets, count_clique
                            count_products_dense, dense_subsets, gradient_polynomial, input_cliques, path_subsets,
                            solve_lp)
 
+from ..threads import blas_threads
+
 DENSE_CHAIN_OPS = AFFINE_OPS | {"Activation"}
 
 
-def _one_blas_thread():
-    """Single-threaded BLAS while a method runs: small eigen/mat-vec calls are many times slower with
-    threads on a busy 2-core machine (threadpoolctl is optional)."""
-    try:
-        from threadpoolctl import threadpool_limits
-
-        return threadpool_limits(1)
-    except Exception:  # noqa: BLE001
-        import contextlib
-
-        return contextlib.nullcontext()
 DEFAULT_MAX_COLUMNS = 3_000_000
 
 
@@ -91,7 +82,7 @@ def solve_scalar(pr, poly, cliques, k: int, sparse: bool, time_limit=None, solve
 def lipopt(net, ctx):
     """Certified upper bound (l_inf, or l_1 through the transposed chain) by the LiPopt LP hierarchy;
     see `_lipopt`. Cost: one HiGHS LP per output (l_inf) or per input (l_1)."""
-    with _one_blas_thread():
+    with blas_threads(1):
         return _lipopt(net, ctx)
 
 
@@ -214,7 +205,7 @@ DEFAULT_MAX_ORDER = 700
 def shor_sdp(net, ctx):
     """Certified upper bound on the l_inf Lipschitz constant from the Shor SDP (one or two hidden
     layers); see `_shor_sdp`. Cost: one SDP of order ~ 1 + #variables (+ lifted pairs) per output."""
-    with _one_blas_thread():
+    with blas_threads(1):
         return _shor_sdp(net, ctx)
 
 

@@ -26,10 +26,8 @@ s as a free variable in its range (no back-substitution into the forward graph).
 
 from __future__ import annotations
 
-import math
 import time
 
-import numpy as np
 import torch
 
 from ..crown import forward_bounds

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import os
 import time
-from contextlib import contextmanager
 
 import numpy as np
 
@@ -35,6 +34,8 @@ COMMON_OPTIONS = {
 # LipSDP through cvxpy: the largest LMI (n0 + hidden neurons) attempted by default. Measured on the 2-core
 # machine (see benchmarks/l2_sdp_family.py): SCS 3x50 (LMI 104) ~2 s; beyond a few hundred the
 # compilation and the solve take minutes to hours and cannot be interrupted.
+from ..threads import blas_threads
+
 LIPSDP_MAX_NEURONS = 150
 ECLIPSE_MAX_WIDTH = 100
 
@@ -49,17 +50,6 @@ def _threads(ctx, net=None):
     except Exception:
         widest = 0
     return 1 if widest < 400 else (os.cpu_count() or 1)
-
-
-@contextmanager
-def _blas_threads(n):
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - optional
-        yield
-        return
-    with threadpool_limits(limits=int(n), user_api="blas"):
-        yield
 
 
 def _prepare(net, ctx):
@@ -113,7 +103,7 @@ def _finish(prep, cr: core.ChainResult, ctx, details: dict, status: str = "ok") 
 
 
 def _run_policy(net, ctx, make_policy, details=None, fallback=None):
-    with _blas_threads(_threads(ctx, net)):
+    with blas_threads(_threads(ctx, net)):
         prep = _prepare(net, ctx)
         triv = _trivial(prep)
         if triv is not None:
@@ -142,7 +132,7 @@ G1_GRID = (0.5, 0.6, 0.7, 0.8, 0.9)
 
 def _min_over(net, ctx, members: list, details: dict | None = None):
     """Run several policies (name, policy factory) and return the smallest certified value."""
-    with _blas_threads(_threads(ctx, net)):
+    with blas_threads(_threads(ctx, net)):
         prep = _prepare(net, ctx)
         triv = _trivial(prep)
         if triv is not None:
@@ -287,7 +277,7 @@ def eclipse(net, ctx):
     from ._sdp_solvers import eclipse_stage_policy
 
     stats = {}
-    with _blas_threads(_threads(ctx, net)):
+    with blas_threads(_threads(ctx, net)):
         prep = _prepare(net, ctx)
         triv = _trivial(prep)
         if triv is not None:
@@ -313,7 +303,7 @@ def eclipse(net, ctx):
 def _lipsdp(net, ctx, layer: bool):
     from ._sdp_solvers import solve_lipsdp
 
-    with _blas_threads(_threads(ctx, net)):
+    with blas_threads(_threads(ctx, net)):
         prep = core.prepare(net, ctx, check_slopes=False)
         triv = _trivial(prep)
         if triv is not None:
@@ -424,7 +414,7 @@ def lipsdp_opt(net, ctx):
     old_threads = torch.get_num_threads()
     torch.set_num_threads(_threads(ctx, net))
     try:
-        with _blas_threads(_threads(ctx, net)):
+        with blas_threads(_threads(ctx, net)):
             prep = _prepare(net, ctx)
             triv = _trivial(prep)
             if triv is not None:
