@@ -31,6 +31,24 @@ DENSE_CHAIN_OPS = AFFINE_OPS | {"Activation"}
 DEFAULT_MAX_COLUMNS = 3_000_000
 
 
+DEFAULT_MAX_TERMS = 5_000_000
+
+
+def _max_path_count(chain, norm, output) -> float:
+    """The largest number of input-output paths through non-zero weights, per output (norm inf) or per
+    input (norm 1): an upper bound on the terms of each scalar gradient polynomial. Cost: sparse
+    products of the weight patterns."""
+    counts = np.ones(chain[0].W.shape[1])
+    for layer in chain:
+        counts = (layer.W != 0).astype(np.float64) @ counts  # paths from all inputs to each neuron
+    if norm == 1:  # per input: paths from that input to all outputs
+        back = np.ones(chain[-1].W.shape[0])
+        for layer in reversed(chain):
+            back = back @ (layer.W != 0).astype(np.float64)
+        return float(back.max())
+    return float(counts.max() if output is None else counts[output])
+
+
 def _prepare(prob, k: int, sparse: bool, products: str = "cliques"):
     """Prune, expand the polynomial, choose the product subsets. Returns (problem, poly, cliques, count)."""
     pr = prob.pruned()
@@ -78,7 +96,8 @@ def solve_scalar(pr, poly, cliques, k: int, sparse: bool, time_limit=None, solve
                          "contains the input) or paths (only the variable sets of the polynomial's monomials, "
                          "degree = depth only; much smaller, possibly looser)",
              "solver": "HiGHS algorithm: ipm (default, no crossover) or simplex",
-             "max_columns": f"size guard on the LP columns per scalar problem (default {DEFAULT_MAX_COLUMNS:,})"})
+             "max_columns": f"size guard on the LP columns per scalar problem (default {DEFAULT_MAX_COLUMNS:,})",
+             "max_terms": "size guard on the gradient polynomial's terms, checked before expanding it (global only)"})
 def lipopt(net, ctx):
     """Certified upper bound (l_inf, or l_1 through the transposed chain) by the LiPopt LP hierarchy;
     see `_lipopt`. Cost: one HiGHS LP per output (l_inf) or per input (l_1)."""
@@ -111,6 +130,14 @@ def _lipopt(net, ctx):
     if solver not in ("ipm", "simplex"):
         raise Unsupported(f"solver {solver!r}: use ipm or simplex")
     max_columns = ctx.option("max_columns", DEFAULT_MAX_COLUMNS, int)
+    max_terms = ctx.option("max_terms", DEFAULT_MAX_TERMS, int)
+    if ctx.region is None:
+        # cheap guard before the expansion: input-output paths through non-zero weights bound the number
+        # of terms of the gradient polynomial (a dense MNIST net has 5e7 per output)
+        n_paths = _max_path_count(chain, ctx.norm, ctx.output)
+        if n_paths > max_terms:
+            raise Unsupported(f"the gradient polynomial would have up to {n_paths:,.0f} terms (> max_terms="
+                              f"{max_terms:,}): LiPopt needs a sparse (e.g. pruned) or small network")
     a_list, w_list, range_info = hidden_ranges(chain, ctx.region)
     probs = scalar_problems(chain, a_list, w_list, ctx.norm, ctx.output)
     prepared = []
@@ -227,6 +254,9 @@ def _shor_sdp(net, ctx):
     sdp_solver = ctx.option("sdp_solver", "auto", str).upper()
     if sdp_solver not in ("AUTO", "SCS", "CLARABEL", "EIG"):
         raise Unsupported(f"sdp_solver {sdp_solver!r}: use auto, SCS, CLARABEL or EIG")
+    if ctx.region is None and _max_path_count(chain, INF, ctx.output) > DEFAULT_MAX_TERMS:
+        raise Unsupported(f"the gradient polynomial would have more than {DEFAULT_MAX_TERMS:,} terms: the Shor SDP "
+                          "of this network is far beyond max_order")
     a_list, w_list, _ = hidden_ranges(chain, ctx.region)
     probs = scalar_problems(chain, a_list, w_list, INF, ctx.output)
     prepared = []
