@@ -68,73 +68,22 @@ def _estimate_info(info):
 # --------------------------------------------------------------------------------------------------
 
 
-def _block_matrix(ops: list, chunk: int = 2048) -> torch.Tensor:
-    """Dense matrix of the composition of affine ops [(op, in_shape), ...] (without constants),
-    built from the smaller side: adjoint passes of output basis vectors when there are fewer outputs,
-    forward passes of input basis vectors otherwise."""
-    in_shape = ops[0][1]
-    out_shape = tuple(ops[-1][0].output_shape(ops[-1][1]))
-    n_in, n_out = int(np.prod(in_shape)), int(np.prod(out_shape))
-    rows = []
-    with torch.no_grad():
-        if n_out <= n_in:
-            for a in range(0, n_out, chunk):
-                b = min(n_out, a + chunk)
-                y = torch.zeros(b - a, n_out, dtype=DTYPE)
-                y[torch.arange(b - a), torch.arange(a, b)] = 1.0
-                y = y.reshape((b - a,) + out_shape)
-                for op, shp in reversed(ops):
-                    y = op.linear_t(y, shp)
-                rows.append(y.reshape(b - a, n_in))
-            return torch.cat(rows, 0)
-        for a in range(0, n_in, chunk):
-            b = min(n_in, a + chunk)
-            x = torch.zeros(b - a, n_in, dtype=DTYPE)
-            x[torch.arange(b - a), torch.arange(a, b)] = 1.0
-            x = x.reshape((b - a,) + tuple(in_shape))
-            for op, _ in ops:
-                x = op.linear(x)
-            rows.append(x.reshape(b - a, n_out))
-        return torch.cat(rows, 0).T.contiguous()
-
-
 def _chain(net: Network, max_entries: int = 60_000_000):
-    """The weight matrices of an affine / activation chain (consecutive affine ops folded, each block
-    materialised from its smaller side) and the activations' slope bounds beta."""
+    """The weight matrices of an affine / activation chain (`Network.dense_chain`, which folds each block
+    of consecutive affine ops from its smaller side) and the activations' slope bounds beta."""
     bad = sorted(k for k in net.op_kinds() if ":" not in k and k not in CHAIN_OPS)
     if bad:
         raise Unsupported(f"SeqLip needs an affine / activation chain; this network has {', '.join(bad)}")
     if not net.is_chain():
         raise Unsupported("SeqLip needs an affine / activation chain; this network has residual connections")
-    Ws, scales, block = [], [], []
-    cur_shape = net.input_shape
-    for node in net.nodes[1:]:
-        op = node.op
-        if op.is_affine:
-            block.append((op, cur_shape))
-        else:  # an Activation (the only other kind allowed above)
-            if op.name not in SEQLIP_ACTIVATIONS or op.alpha < 0:
-                raise Unsupported(f"SeqLip needs activation derivatives in [0, beta]; {op.describe()} has slopes "
-                                  f"in [{op.alpha:g}, {op.beta:g}]")
-            Ws.append(_fold(block, cur_shape, max_entries, node.name))
-            scales.append(op.beta)
-            block = []
-        cur_shape = node.shape
-    Ws.append(_fold(block, cur_shape, max_entries, "output"))
+    for op in net.activations():
+        if op.name not in SEQLIP_ACTIVATIONS or op.alpha < 0:
+            raise Unsupported(f"SeqLip needs activation derivatives in [0, beta]; {op.describe()} has slopes "
+                              f"in [{op.alpha:g}, {op.beta:g}]")
+    layers = net.dense_chain(max_entries)
+    Ws = [torch.as_tensor(layer.W, dtype=DTYPE) for layer in layers]
+    scales = [layer.activation.beta for layer in layers[:-1]]
     return Ws, scales
-
-
-def _fold(block, shape, max_entries, where):
-    if not block:
-        return torch.eye(int(np.prod(shape)), dtype=DTYPE)
-    n_in = int(np.prod(block[0][1]))
-    n_out = int(np.prod(shape))
-    if n_in * n_out > max_entries:
-        raise Unsupported(f"the affine block before {where!r} would be a dense {n_out} x {n_in} matrix "
-                          f"(more than {max_entries:,} entries)")
-    if len(block) == 1 and hasattr(block[0][0], "W"):
-        return block[0][0].W
-    return _block_matrix(block)
 
 
 def seqlip_factors(Ws: list, k: int | None = None):
