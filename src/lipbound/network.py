@@ -31,6 +31,19 @@ from .errors import LipboundError, Unsupported
 DTYPE = torch.float64
 
 
+def tensor_view(a: np.ndarray) -> torch.Tensor:
+    """A float64 torch tensor sharing memory with ``a`` (no copy when ``a`` is float64), also for the
+    read-only views that `Network.dense_chain` returns; the caller must not write into it."""
+    a = np.asarray(a, dtype=np.float64)
+    if a.flags.writeable:
+        return torch.from_numpy(a)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "non-writable array": the view is only read
+        return torch.from_numpy(a)
+
+
 def as_tensor(a) -> torch.Tensor:
     """A float64 torch tensor (copy of numpy input, or converted tensor)."""
     if isinstance(a, torch.Tensor):
@@ -619,7 +632,8 @@ class Network:
         """The network as a list of dense layers x -> act(W x + b), last layer without activation.
 
         Consecutive affine operations (Linear, Conv2d, BatchNorm/shift/scale, AvgPool, Pad, Flatten,
-        Reshape, Transpose) are folded into one dense matrix (float64 numpy). Raises `Unsupported`
+        Reshape, Transpose) are folded into one dense matrix (float64 numpy; a block that is a single Linear
+        op returns that op's own matrix as a READ-ONLY view, so copy before modifying). Raises `Unsupported`
         for residual connections, max pooling, or a matrix above ``max_entries`` entries.
         Cost: per block of consecutive affine ops, min(n_in, n_out) forward or adjoint passes."""
         if not self.is_chain():
@@ -667,7 +681,10 @@ class Network:
                 z = op.forward(z)
             offset = z.reshape(-1)
             if len(ops) == 1 and isinstance(ops[0], Linear):
-                return ops[0].W.numpy().copy(), offset.numpy().copy()
+                # the layer's own matrix, read-only: no copy (a large copy costs page faults, ~20 ms per 8 MB)
+                W = ops[0].W.numpy().view()
+                W.flags.writeable = False
+                return W, offset.numpy().copy()
             W = torch.empty(n_out, n_in, dtype=DTYPE)
             if n_in <= n_out:
                 for s in range(0, n_in, chunk):

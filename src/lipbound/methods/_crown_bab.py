@@ -37,6 +37,7 @@ import torch
 
 from ..crown import forward_bounds
 from ..errors import Unsupported
+from ..network import tensor_view
 from ..registry import MethodContext, MethodResult
 from ._crown_jacobian import JacobianGraph
 
@@ -71,7 +72,7 @@ class PatternLP:
         self.chain = net.dense_chain()
         if len(self.chain) - 1 != len(split_acts) or len(split_acts) != len(G.acts):
             raise Unsupported("pattern LP needs every activation to be splittable")
-        self.W = [torch.as_tensor(layer.W) for layer in self.chain]
+        self.W = [tensor_view(layer.W) for layer in self.chain]
         self.b = [torch.as_tensor(layer.b) for layer in self.chain]
         self.lo = torch.as_tensor(region.lower.reshape(-1))
         self.hi = torch.as_tensor(region.upper.reshape(-1))

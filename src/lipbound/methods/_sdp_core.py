@@ -14,13 +14,16 @@ b * prod(c_k) for the original one, and multipliers L_k(original) = L_k(normalis
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import scipy.linalg as sla
+import torch
 
 from ..errors import MethodFailed, Unsupported
+from ..network import tensor_view
 
 # relative margin added to every certified value (absorbs rounding in the last pivot)
 REL_MARGIN = 1e-9
@@ -32,11 +35,38 @@ class CertificateError(MethodFailed):
     """A pivot of the sequential decomposition is not positive definite in float64."""
 
 
+class ScaledWeights(Sequence):
+    """The normalised weights W_k / c_k as a lazy sequence: a matrix is divided (and cached) only when it is
+    read, so the torch recursion, which folds 1/c_k into its own products, never copies the network's
+    weights (a fresh 8 MB array costs ~20 ms of page faults on the sandboxed machines)."""
+
+    def __init__(self, raw: list, scales):
+        self.raw = list(raw)
+        self.scales = np.asarray(scales, dtype=np.float64)
+        self._cache: dict = {}
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = range(len(self))[i]
+        if i not in self._cache:
+            self._cache[i] = self.raw[i] / self.scales[i]
+        return self._cache[i]
+
+    @property
+    def shapes(self) -> list:
+        return [W.shape for W in self.raw]
+
+
 @dataclass
 class Prepared:
     """A dense chain ready for the LipSDP family.
 
-    Ws      -- normalised weights W_k / c_k, k = 1..L (the last possibly one row, ctx.output);
+    Ws      -- normalised weights W_k / c_k, k = 1..L (the last possibly one row, ctx.output): a list, or
+               a lazy `ScaledWeights` over the network's own matrices;
     scales  -- the c_k (> 0);
     alphas, betas -- slope bounds of the L-1 activations."""
 
@@ -52,6 +82,16 @@ class Prepared:
         return len(self.Ws)
 
     @property
+    def shapes(self) -> list:
+        return self.Ws.shapes if isinstance(self.Ws, ScaledWeights) else [W.shape for W in self.Ws]
+
+    def raw_and_inverse_scales(self) -> tuple[list, list]:
+        """(matrices, factors) with W_k(normalised) = factor_k * matrix_k, without copying."""
+        if isinstance(self.Ws, ScaledWeights):
+            return self.Ws.raw, [1.0 / float(c) for c in self.Ws.scales]
+        return list(self.Ws), [1.0] * len(self.Ws)
+
+    @property
     def ps(self) -> np.ndarray:
         return self.alphas * self.betas
 
@@ -65,11 +105,12 @@ class Prepared:
 
     @property
     def widths(self) -> list:
-        return [W.shape[1] for W in self.Ws] + [self.Ws[-1].shape[0]]
+        sh = self.shapes
+        return [q[1] for q in sh] + [sh[-1][0]]
 
     @property
     def n_hidden(self) -> int:
-        return int(sum(W.shape[0] for W in self.Ws[:-1]))
+        return int(sum(q[0] for q in self.shapes[:-1]))
 
     def unscale(self, value_hat: float) -> float:
         """The bound of the original chain from the bound of the normalised chain."""
@@ -86,20 +127,20 @@ class Prepared:
         return out
 
 
-def _norm_estimate(W: np.ndarray, iters: int = 8) -> float:
-    """A positive number close to ||W||_2 (exact SVD for small matrices, power iteration otherwise).
-    Only used for normalisation: any positive number is valid."""
+def _norm_estimate(W: np.ndarray, iters: int = 4) -> float:
+    """A positive number close to ||W||_2 (exact SVD for small matrices, a few power iterations otherwise,
+    which land within a small factor). Only used for normalisation: any positive number is valid."""
     if W.size <= 40_000:
         return float(np.linalg.norm(W, 2))
-    rng = np.random.default_rng(0)
-    v = rng.standard_normal(W.shape[1])
-    v /= np.linalg.norm(v)
+    Wt = tensor_view(W)
+    v = torch.randn(W.shape[1], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    v /= torch.linalg.vector_norm(v)
     s = 0.0
     for _ in range(iters):
-        u = W @ v
-        s = float(np.linalg.norm(u))
-        w = W.T @ u
-        nw = np.linalg.norm(w)
+        u = Wt @ v
+        s = float(torch.linalg.vector_norm(u))
+        w = Wt.T @ u
+        nw = float(torch.linalg.vector_norm(w))
         if nw == 0:
             break
         v = w / nw
@@ -136,7 +177,7 @@ def prepare(net, ctx, *, check_slopes: bool = True) -> Prepared:
         j = int(ctx.output)
         Ws[-1] = Ws[-1][j:j + 1, :]
     scales, zero = [], False
-    for i, W in enumerate(Ws):
+    for W in Ws:
         s = _norm_estimate(W)
         if not np.isfinite(s):
             raise MethodFailed("non-finite weights")
@@ -144,61 +185,107 @@ def prepare(net, ctx, *, check_slopes: bool = True) -> Prepared:
             zero = True
             s = 1.0
         scales.append(s)
-        Ws[i] = W / s  # a fresh normalised copy
-    return Prepared(Ws, np.asarray(scales), np.asarray(alphas, dtype=np.float64),
+    return Prepared(ScaledWeights(Ws, scales), np.asarray(scales), np.asarray(alphas, dtype=np.float64),
                     np.asarray(betas, dtype=np.float64), zero, names)
 
 
 # --------------------------------------------------------------------------------------------------
-# Linear algebra helpers
+# Linear algebra helpers (torch float64: its LAPACK/BLAS is several times faster than scipy's here)
 # --------------------------------------------------------------------------------------------------
 
+_DT = torch.float64
 
-def chol(M: np.ndarray) -> np.ndarray:
-    """Lower Cholesky factor of a symmetric matrix, CertificateError if not positive definite."""
-    try:
-        R = sla.cholesky(M, lower=True, check_finite=False)
-    except np.linalg.LinAlgError:
-        raise CertificateError("not positive definite") from None
-    d = np.diag(R)
-    if not np.all(np.isfinite(d)) or np.any(d <= 0):
+
+def _t(a) -> torch.Tensor:
+    """A float64 torch view of a numpy array (no copy when it is already float64)."""
+    if isinstance(a, torch.Tensor):
+        return a
+    return tensor_view(a)
+
+
+def chol(M) -> torch.Tensor:
+    """Lower Cholesky factor (float64 LAPACK potrf, lower triangle of M read); CertificateError if M is
+    not positive definite."""
+    R, info = torch.linalg.cholesky_ex(_t(M))
+    if int(info) != 0:
+        raise CertificateError("not positive definite")
+    d = torch.diagonal(R)
+    if not bool(torch.all(torch.isfinite(d))) or bool(torch.any(d <= 0)):
         raise CertificateError("not positive definite")
     return R
 
 
-def ctc(C: np.ndarray, scale: float = 1.0) -> np.ndarray:
-    """scale * C^T C, symmetric, by BLAS syrk (half the flops of a general product)."""
-    if C.shape[1] < 64:
+def gram(C: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """scale * C^T C, exactly symmetric. For wide C only the upper block triangle is multiplied (a blocked
+    syrk: 5/8 of the flops of a full product) and mirrored. Cost O(m n^2) for C of shape (m, n)."""
+    n = C.shape[1]
+    if n < 256:
         G = C.T @ C
         return (G + G.T) * (scale / 2)
-    U = sla.blas.dsyrk(scale, np.asfortranarray(C), trans=1, lower=0)
-    iu = np.tril_indices(U.shape[0], -1)
-    U[iu] = U.T[iu]
-    return U
+    b = 4
+    e = [i * n // b for i in range(b + 1)]
+    G = torch.empty((n, n), dtype=C.dtype)
+    for i in range(b):
+        torch.matmul(C[:, e[i]:e[i + 1]].T, C[:, e[i]:], out=G[e[i]:e[i + 1], e[i]:])
+    for i in range(b - 1):
+        G[e[i + 1]:, e[i]:e[i + 1]] = G[e[i]:e[i + 1], e[i + 1]:].T
+    if scale != 1.0:
+        G *= scale
+    return G
 
 
-def gram_t(R: np.ndarray | None, W: np.ndarray) -> np.ndarray:
-    """W M^{-1} W^T for M = R R^T (R None means M = I), symmetrised. Cost O(n^2 m + n m^2)."""
-    C = W.T if R is None else sla.solve_triangular(R, W.T, lower=True, check_finite=False)
-    return ctc(C)
+def gram_t(R: torch.Tensor | None, W: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """scale * W M^{-1} W^T for M = R R^T (R None means M = I), symmetric. Cost O(n^2 m + n m^2)."""
+    C = W.T if R is None else torch.linalg.solve_triangular(R, W.T, upper=False)
+    return gram(C, scale)
 
 
-def lam_max(A: np.ndarray, exact: bool = True) -> float:
-    """Largest eigenvalue of a symmetric matrix (exact LAPACK; Lanczos when ``exact`` is False and the
-    matrix is large, which may underestimate slightly: use only for multiplier choices)."""
+def lam_max(A, exact: bool = True) -> float:
+    """Largest eigenvalue of a symmetric matrix: exact (LAPACK) when ``exact`` or the matrix is small;
+    otherwise a Lanczos estimate (`lanczos_max`), which may sit slightly below: use it only for
+    multiplier choices, never for a certified value."""
+    A = _t(A)
     n = A.shape[0]
     if n == 1:
         return float(A[0, 0])
-    if exact or n <= 400:
-        return float(sla.eigh(A, eigvals_only=True, subset_by_index=[n - 1, n - 1], check_finite=False,
-                              driver="evr")[0])
-    from scipy.sparse.linalg import eigsh
+    if exact or n <= 300:
+        return float(torch.linalg.eigvalsh(A)[-1])
+    return lanczos_max(A)
 
-    try:
-        v0 = np.random.default_rng(12345).standard_normal(n)  # deterministic start: reproducible values
-        return float(eigsh(A, k=1, which="LA", tol=1e-10, return_eigenvectors=False, ncv=min(n, 40), v0=v0)[0])
-    except Exception:  # pragma: no cover - ARPACK failure
-        return float(sla.eigh(A, eigvals_only=True, subset_by_index=[n - 1, n - 1], check_finite=False)[0])
+
+def lanczos_max(A: torch.Tensor, max_steps: int = 80, rtol: float = 1e-7) -> float:
+    """Lanczos estimate of lambda_max of a symmetric matrix (full reorthogonalisation, deterministic start,
+    stopped when the top Ritz value moves by less than ``rtol``). A Ritz value never exceeds lambda_max,
+    so this is an underestimate. Cost: one mat-vec (memory-bound n^2 read) per step, at most max_steps."""
+    n = A.shape[0]
+    g = torch.Generator().manual_seed(12345)
+    q = torch.randn(n, dtype=A.dtype, generator=g)
+    q /= torch.linalg.vector_norm(q)
+    Q = torch.empty((min(max_steps, n) + 1, n), dtype=A.dtype)
+    Q[0] = q
+    alphas, betas = [], []
+    prev = None
+    theta = 0.0
+    for j in range(min(max_steps, n)):
+        w = A @ Q[j]
+        a = float(w @ Q[j])
+        alphas.append(a)
+        # full reorthogonalisation (twice is enough) against the basis so far
+        B = Q[: j + 1]
+        w -= B.T @ (B @ w)
+        w -= B.T @ (B @ w)
+        b = float(torch.linalg.vector_norm(w))
+        if j % 5 == 4 or b <= 1e-14 * max(abs(a), 1e-300) or j == min(max_steps, n) - 1:
+            T = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
+            theta = float(np.linalg.eigvalsh(T)[-1])
+            if prev is not None and abs(theta - prev) <= rtol * abs(theta):
+                break
+            prev = theta
+        if b <= 1e-14 * max(abs(a), 1e-300):
+            break
+        betas.append(b)
+        Q[j + 1] = w / b
+    return theta
 
 
 # --------------------------------------------------------------------------------------------------
@@ -208,8 +295,9 @@ def lam_max(A: np.ndarray, exact: bool = True) -> float:
 
 @dataclass
 class Stage:
-    """What a policy sees at hidden stage k (0-based): K = m^2 W_k M_{k-1}^{-1} W_k^T (p-term dropped),
-    the next weight W_{k+1} (W_L at the last hidden layer) and the index."""
+    """What a policy sees at hidden stage k (0-based): K = m^2 W_k M_{k-1}^{-1} W_k^T (p-term dropped,
+    normalised weights), the next weight W_{k+1} (W_L at the last hidden layer) UP TO A POSITIVE FACTOR
+    (the network's own matrix, not copied: every policy must be invariant to that factor) and the index."""
 
     k: int
     K: np.ndarray
@@ -229,9 +317,30 @@ class ChainResult:
     cut_at: int | None = None  # time limit: decomposition stopped after this stage
 
 
+def _pivot(lam: torch.Tensor, KX: torch.Tensor) -> torch.Tensor:
+    """M_k = diag(lam) - lam K lam (elementwise), a fresh matrix."""
+    Mk = KX * lam[:, None]
+    Mk *= lam[None, :]
+    Mk.neg_()
+    Mk.diagonal().add_(lam)
+    return Mk
+
+
+def _p_term_K(Mprev: torch.Tensor | None, W: torch.Tensor, f: float, lam: torch.Tensor, p: float,
+              m: float) -> torch.Tensor:
+    """m^2 V X^{-1} V^T with V = f W and X = M_{k-1} + p V^T diag(lam) V (the alpha*beta term of §2)."""
+    X = (p * f * f) * (W.T * lam[None, :]) @ W
+    if Mprev is None:
+        X.diagonal().add_(1.0)
+    else:
+        X += Mprev
+    RX = chol(X)
+    return gram_t(RX, W, (m * f) ** 2)
+
+
 def run_chain(prep: Prepared, policy: Policy, *, ctx=None, fallback: Policy | None = None,
               fixed: list | None = None) -> ChainResult:
-    """Run the exact block-LDL^T recursion of the rescaled LipSDP LMI in float64.
+    """Run the exact block-LDL^T recursion of the rescaled LipSDP LMI in float64 (torch LAPACK).
 
     At each hidden stage the multipliers come from ``policy`` (or from ``fixed``); the exact M_k (with
     the alpha*beta term) is formed and factorised by Cholesky; a stage whose M_k is not positive definite
@@ -240,84 +349,71 @@ def run_chain(prep: Prepared, policy: Policy, *, ctx=None, fallback: Policy | No
 
     If ``ctx`` runs out of time: with ``fallback`` the remaining stages use it; otherwise the chain is
     cut and the remaining layers are bounded by Frobenius norms (valid, looser).
-    Cost: O(sum n_k^3) plus the policy's cost."""
-    Ws, L = prep.Ws, prep.L
+    Cost: per layer one triangular solve, one Gram product and one Cholesky factorisation (O(n_k^3)),
+    plus the policy's cost."""
+    raw, inv = prep.raw_and_inverse_scales()
+    Ws, L = [_t(W) for W in raw], prep.L  # W_k(normalised) = inv[k] * Ws[k]
     ps, ms = prep.ps, prep.ms
     R = None  # Cholesky factor of M_{k-1}; None = identity
-    M = None
+    M = None  # M_{k-1}, kept only when an alpha*beta term needs it
     Ls, repaired = [], 0
     for k in range(L - 1):
         W = Ws[k]
-        m, p = ms[k], ps[k]
+        m, p = float(ms[k]), float(ps[k])
         if ctx is not None and fixed is None and ctx.out_of_time():
             if fallback is not None:
                 policy = fallback
             else:
-                return _cut(prep, R, k, Ls, repaired)
-        C = W.T if R is None else sla.solve_triangular(R, W.T, lower=True, check_finite=False)
-        K = ctc(C, m * m)
+                return _cut(prep, Ws, inv, R, k, Ls, repaired)
+        K = gram_t(R, W, (m * inv[k]) ** 2)
         if fixed is not None:
-            lam = np.asarray(fixed[k], dtype=np.float64).copy()
+            lam_np = np.asarray(fixed[k], dtype=np.float64).copy()
         else:
-            lam = np.asarray(policy(Stage(k, K, Ws[k + 1], k == L - 2)), dtype=np.float64)
-            if lam.ndim == 0:
-                lam = np.full(W.shape[0], float(lam))
-        if not np.all(np.isfinite(lam)):
+            lam_np = np.asarray(policy(Stage(k, K.numpy(), raw[k + 1], k == L - 2)), dtype=np.float64)
+            if lam_np.ndim == 0:
+                lam_np = np.full(W.shape[0], float(lam_np))
+        if not np.all(np.isfinite(lam_np)):
             raise MethodFailed(f"non-finite multipliers at layer {k + 1}")
-        top = float(np.max(lam)) if lam.size else 0.0
+        top = float(np.max(lam_np)) if lam_np.size else 0.0
         if top <= 0:
             raise MethodFailed(f"all multipliers of layer {k + 1} are zero")
-        lam = np.maximum(lam, FLOOR * top)
-        if p != 0.0:
-            Mprev = np.eye(W.shape[1]) if M is None else M
-            X = Mprev + p * (W.T * lam) @ W
-            RX = chol((X + X.T) / 2)
-            CX = sla.solve_triangular(RX, W.T, lower=True, check_finite=False)
-            KX = CX.T @ CX
-            KX = (KX + KX.T) * (m * m / 2)
-        else:
-            KX = K
-        Rk = None
+        lam = torch.from_numpy(np.maximum(lam_np, FLOOR * top))
+        KX = _p_term_K(M, W, inv[k], lam, p, m) if p != 0.0 else K
+        Rk = Mk = None
         for attempt in range(60):
-            Mk = np.diag(lam) - (lam[:, None] * KX) * lam[None, :]
-            Mk = (Mk + Mk.T) / 2
+            Mk = _pivot(lam, KX)
             try:
                 Rk = chol(Mk)
                 break
             except CertificateError:
                 if attempt == 0:
                     repaired += 1
-                    sq = np.sqrt(lam)
-                    mu = lam_max(sq[:, None] * KX * sq[None, :])
+                    sq = torch.sqrt(lam)
+                    mu = lam_max(KX * sq[:, None] * sq[None, :], exact=False)
                     t = min(0.999 / mu, 0.999) if mu > 0 else 0.5
                 else:
                     t = 0.5
                 lam = lam * t
                 if p != 0.0:  # the p-term depends on lam: recompute X
-                    X = Mprev + p * (W.T * lam) @ W
-                    RX = chol((X + X.T) / 2)
-                    CX = sla.solve_triangular(RX, W.T, lower=True, check_finite=False)
-                    KX = CX.T @ CX
-                    KX = (KX + KX.T) * (m * m / 2)
+                    KX = _p_term_K(M, W, inv[k], lam, p, m)
         if Rk is None:
             raise MethodFailed(f"could not make the pivot of layer {k + 1} positive definite")
-        Ls.append(lam)
-        M, R = Mk, Rk
-    G = gram_t(R, Ws[-1])
-    val = lam_max(G, exact=True)
-    if not (np.isfinite(val) and val >= 0):
+        Ls.append(lam.numpy())
+        R = Rk
+        M = Mk if k + 1 < L - 1 and float(ps[k + 1]) != 0.0 else None
+    val = lam_max(gram_t(R, Ws[-1], inv[-1] ** 2), exact=True)
+    if not (math.isfinite(val) and val >= 0):
         raise MethodFailed("non-finite final eigenvalue")
-    raw = math.sqrt(max(val, 0.0))
-    return ChainResult(raw * (1 + REL_MARGIN), Ls, raw, repaired)
+    value = math.sqrt(max(val, 0.0))
+    return ChainResult(value * (1 + REL_MARGIN), Ls, value, repaired)
 
 
-def _cut(prep: Prepared, R, k: int, Ls: list, repaired: int) -> ChainResult:
+def _cut(prep: Prepared, Ws: list, inv: list, R, k: int, Ls: list, repaired: int) -> ChainResult:
     """Time limit at hidden stage k: bound x0 -> z^{k+1} by the decomposition so far, the rest by
     Frobenius norms (>= spectral) and the activations' largest |slope|."""
-    G = gram_t(R, prep.Ws[k])
-    raw = math.sqrt(max(lam_max(G, exact=True), 0.0))
+    raw = math.sqrt(max(lam_max(gram_t(R, Ws[k], inv[k] ** 2), exact=True), 0.0))
     for j in range(k, prep.L - 1):
-        raw *= max(abs(prep.alphas[j]), abs(prep.betas[j])) * float(np.linalg.norm(prep.Ws[j + 1]))
+        raw *= max(abs(prep.alphas[j]), abs(prep.betas[j])) * inv[j + 1] * float(torch.linalg.matrix_norm(Ws[j + 1]))
     return ChainResult(raw * (1 + REL_MARGIN), Ls, raw, repaired, cut_at=k)
 
 

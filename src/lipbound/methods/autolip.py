@@ -22,7 +22,7 @@ import torch
 
 from .. import opnorms
 from ..errors import Unsupported
-from ..network import DTYPE, Network
+from ..network import DTYPE, Network, tensor_view
 from ..registry import ALL_ACTIVATIONS, ALL_OPS, MethodResult, register_method
 from .naive import lipschitz_product
 
@@ -81,7 +81,7 @@ def _chain(net: Network, max_entries: int = 60_000_000):
             raise Unsupported(f"SeqLip needs activation derivatives in [0, beta]; {op.describe()} has slopes "
                               f"in [{op.alpha:g}, {op.beta:g}]")
     layers = net.dense_chain(max_entries)
-    Ws = [torch.as_tensor(layer.W, dtype=DTYPE) for layer in layers]
+    Ws = [tensor_view(layer.W) for layer in layers]
     scales = [layer.activation.beta for layer in layers[:-1]]
     return Ws, scales
 

@@ -13,7 +13,6 @@ upper bound on the global l2 Lipschitz constant (>= the LipSDP-Neuron optimum).
 from __future__ import annotations
 
 import math
-import os
 import time
 
 import numpy as np
@@ -26,22 +25,23 @@ OPS = AFFINE_OPS | {"Activation"}
 COMMON_OPTIONS = {
     "full_check_max": "largest LMI size (n0 + hidden neurons) for the full eigenvalue check (default 1500)",
     "max_width": "refuse layers wider than this (default 5000; the dense matrices are n^2 floats)",
-    "blas_threads": "BLAS threads during the method (default: 1 when every layer has < 400 neurons, "
-                    "since small matrices are slower with threads on a busy machine; else all cores)",
+    "blas_threads": "BLAS/torch threads during the method (default: 1 when every layer has < 400 neurons, "
+                    "since small matrices are slower with threads; else the cores that other processes leave "
+                    "free, measured over 0.1 s)",
     "max_entries": "largest dense matrix of dense_chain() (default that of lipbound.network)",
 }
 
 # LipSDP through cvxpy: the largest LMI (n0 + hidden neurons) attempted by default. Measured on the 2-core
 # machine (see benchmarks/l2_sdp_family.py): SCS 3x50 (LMI 104) ~2 s; beyond a few hundred the
 # compilation and the solve take minutes to hours and cannot be interrupted.
-from ..threads import blas_threads
+from ..threads import blas_threads, free_cores
 
 LIPSDP_MAX_NEURONS = 150
 ECLIPSE_MAX_WIDTH = 100
 
 
 def _threads(ctx, net=None):
-    """The BLAS thread count: the option, else 1 for small layers and all cores for wide ones."""
+    """The BLAS thread count: the option, else 1 for small layers and the free cores for wide ones."""
     n = ctx.option("blas_threads", None)
     if n is not None:
         return int(n)
@@ -49,7 +49,7 @@ def _threads(ctx, net=None):
         widest = max(int(np.prod(node.shape)) for node in net.nodes)
     except Exception:
         widest = 0
-    return 1 if widest < 400 else (os.cpu_count() or 1)
+    return 1 if widest < 400 else free_cores()
 
 
 def _prepare(net, ctx):
