@@ -226,9 +226,9 @@ CHEAP_FAMILY_WIDTH = 500
 
 def _family_members(which: str = "all") -> list:
     """(name, policy factory) of the closed-form members, cheapest and most useful first; ``which="cheap"``
-    leaves out the G3 searches (an eigendecomposition per layer) and the Jacobi scaling."""
+    leaves out the G3 searches (an eigendecomposition and ~24 eigenvalue problems per layer)."""
     if which == "cheap":
-        return [m for m in _family_members("all") if not m[0].startswith("eclipse-g3") and "jacobi" not in m[0]]
+        return [m for m in _family_members("all") if not m[0].startswith("eclipse-g3")]
     members = [("eclipse-fast", lambda prep: core.policy_g1(0.5)),
                ("eclipse-g2-balance", lambda prep: core.policy_g2("balance")),
                ("eclipse-g3", lambda prep: core.policy_g3(None)),
@@ -244,7 +244,7 @@ def _which_members(ctx, prep) -> str:
     if which not in ("auto", "all", "cheap"):
         raise Unsupported(f"members={which!r}: use auto, all or cheap")
     if which == "auto":
-        hidden = max((W.shape[0] for W in prep.Ws[:-1]), default=0)
+        hidden = max(prep.widths[1:-1], default=0)
         which = "cheap" if hidden > CHEAP_FAMILY_WIDTH else "all"
     return which
 
@@ -252,7 +252,7 @@ def _which_members(ctx, prep) -> str:
 @register_method("eclipse-family", description="minimum over every closed-form member (ECLipsE-Fast, G1 grid, "
                  "G2 balance/Jacobi/Gershgorin, G3, G3-balance)",
                  options={**COMMON_OPTIONS, "members": f"auto (default: all, or cheap when a layer has more than "
-                          f"{CHEAP_FAMILY_WIDTH} neurons), all, or cheap (no G3 searches, no Jacobi)"}, **_REG)
+                          f"{CHEAP_FAMILY_WIDTH} neurons), all, or cheap (no G3 searches)"}, **_REG)
 def eclipse_family(net, ctx):
     """Certified upper bound on the global l2 Lipschitz constant: the minimum over the closed-form family.
     Never above ECLipsE-Fast (its first member). Cost: about ten closed-form passes, O(sum n_k^3) each;
@@ -283,7 +283,7 @@ def eclipse(net, ctx):
         if triv is not None:
             return triv
         mw = int(ctx.option("max_stage_width", ECLIPSE_MAX_WIDTH))
-        widest = max(W.shape[0] for W in prep.Ws[:-1])
+        widest = max(prep.widths[1:-1])
         if widest > mw:
             raise Unsupported(f"a hidden layer has {widest} neurons (> max_stage_width={mw}): the per-layer SDP "
                               "is too slow through cvxpy and cannot be interrupted (option max_stage_width)")
@@ -317,7 +317,7 @@ def _lipsdp(net, ctx, layer: bool):
             raise Unsupported("split must be >= 1")
         chunks = [(0, L)] if split is None else [(i, min(i + size, L)) for i in range(0, L, size)]
         for a, b in chunks:
-            N = prep.Ws[a].shape[1] + sum(W.shape[0] for W in prep.Ws[a:b - 1])
+            N = prep.widths[a] + sum(prep.widths[a + 1:b])
             if N > max_neurons:
                 raise Unsupported(f"the LipSDP LMI would have size {N} (> max_neurons={max_neurons}): cvxpy with "
                                   f"{solver} needs minutes to hours and much memory there and cannot be "
