@@ -162,7 +162,8 @@ def test_multipliers_satisfy_full_lmi(case):
 
 
 def test_recorded_eclipse_vs_fast_and_opt_gap(case, record_property):
-    """Expected but not a theorem: eclipse <= eclipse-fast; lipsdp-opt within 0.5% of lipsdp-neuron."""
+    """lipsdp-opt within 0.5% of lipsdp-neuron (Clarabel, an independent solver) on every net of ``case``,
+    leaky ReLU included; expected but not a theorem (recorded, xfail): eclipse <= eclipse-fast."""
     name, net, r, low = case
     v = {m: b.value for m, b in r.items()}
     ratio = v["lipsdp-opt"] / v["lipsdp-neuron"]
@@ -170,13 +171,36 @@ def test_recorded_eclipse_vs_fast_and_opt_gap(case, record_property):
     record_property("opt_over_neuron", ratio)
     print(f"{name}: eclipse/fast = {v['eclipse'] / v['eclipse-fast']:.6f}, opt/neuron = {ratio:.6f}, "
           f"opt time {r['lipsdp-opt'].time_s:.1f} s, neuron time {r['lipsdp-neuron'].time_s:.1f} s")
-    problems = []
+    assert ratio <= 1.005, f"lipsdp-opt is {100 * (ratio - 1):.2f}% above lipsdp-neuron"
     if v["eclipse"] > v["eclipse-fast"] * (1 + 1e-9):
-        problems.append(f"eclipse {v['eclipse']:.6g} > eclipse-fast {v['eclipse-fast']:.6g}")
-    if ratio > 1.005:
-        problems.append(f"lipsdp-opt is {100 * (ratio - 1):.2f}% above lipsdp-neuron")
-    if problems:
-        pytest.xfail("; ".join(problems))
+        pytest.xfail(f"eclipse {v['eclipse']:.6g} > eclipse-fast {v['eclipse-fast']:.6g}")
+
+
+OPT_NETS = {
+    "rand-5x20": lambda: eclipse_network(5, 20, "rand"),
+    "randn-5x20": lambda: eclipse_network(5, 20, "randn"),
+    "randn-3x12-3out": lambda: eclipse_network(3, 12, "randn", seed=4, n_out=3),
+    "randn-5x20-leaky": lambda: eclipse_network(5, 20, "randn", activation="leaky_relu", param=0.1),
+}
+
+
+@pytest.mark.parametrize("name", list(OPT_NETS))
+def test_opt_reaches_lipsdp_neuron(name):
+    """lipsdp-opt (barrier path following) against LipSDP-Neuron solved by Clarabel (independent interior
+    point solver): certified, never below the optimum (up to Clarabel's accuracy) and within 0.2% of it
+    (the issue asks for 0.5%); multi-output and leaky ReLU (alpha*beta > 0) nets included."""
+    net = OPT_NETS[name]()
+    sdp = lipbound.bound(net, "lipsdp-neuron", solver="clarabel")
+    opt = lipbound.bound(net, "lipsdp-opt", budget=20.0)
+    assert sdp.status == "ok" and opt.status == "ok", (sdp.reason, opt.reason)
+    ratio = opt.value / sdp.value
+    print(f"{name}: opt/neuron = {ratio:.6f}, opt {opt.time_s:.2f} s, neuron {sdp.time_s:.2f} s")
+    assert 1 - 1e-5 <= ratio <= 1.002, ratio
+    assert opt.value <= opt.details["start_value"]
+    assert full_lmi_max_eig(net, opt.details["multipliers"], opt.value) <= 1e-8
+    if "leaky" in name:  # the PD-by-construction phase alone stays several % above (p-term dropped)
+        both = lipbound.bound(net, "lipsdp-opt", budget=20.0, phases="both")
+        assert both.status == "ok" and both.value / sdp.value <= 1.002
 
 
 def test_scs_default_certified():
