@@ -162,28 +162,32 @@ def targets(args, rows, tl):
     # 1. closed forms at 100 layers x 1000 neurons
     for kind in args.kinds:
         net = eclipse_network(100, 1000, kind)
-        row = bench_net(f"{kind}-100x1000", net, ["eclipse-fast", "eclipse-family"], tl, {}, rows)
+        row = bench_net(f"{kind}-100x1000", net, ["eclipse-fast", "eclipse-family"], tl, args.options, rows)
         out[f"{kind}-100x1000"] = {m: (r["value"], r["time_s"], r["cpu_s"]) for m, r in row["results"].items()}
+        fam = row["results"]["eclipse-family"]["details"]
+        out[f"{kind}-100x1000"]["family_members"] = {
+            k: (fam.get("members", {}).get(k), v.get("wall_s")) for k, v in fam.get("member_times", {}).items()}
         del net
     # 2. ACAS Xu: lipsdp-opt under 10 s vs ECLipsE-Fast
     acas = shared_net("ACASXU_run2a_1_1_batch_2000.onnx")
     if acas is not None:
         row = bench_net("ACASXU_run2a_1_1 (opt 10s)", acas, ["eclipse-fast", "eclipse-family", "lipsdp-opt"],
-                        10.0, {}, rows)
+                        10.0, args.options, rows)
         fast, opt = row["results"]["eclipse-fast"]["value"], row["results"]["lipsdp-opt"]["value"]
         out["acas_opt_10s"] = {"fast": fast, "opt": opt, "factor": fast / opt,
                                "opt_time_s": row["results"]["lipsdp-opt"]["time_s"]}
     # 3. MNIST 256x2 under 60 s
     mn = shared_net("mnist-net_256x2.onnx")
     if mn is not None:
-        row = bench_net("mnist-net_256x2 (opt 60s)", mn, ["eclipse-fast", "eclipse-family", "lipsdp-opt"], 60.0, {}, rows)
+        row = bench_net("mnist-net_256x2 (opt 60s)", mn, ["eclipse-fast", "eclipse-family", "lipsdp-opt"], 60.0,
+                        args.options, rows)
         out["mnist_opt_60s"] = {m: (r["value"], r["time_s"]) for m, r in row["results"].items()}
     # 4. 50 x 300 under 5 minutes: tighter than every closed-form member
     closed = ["eclipse-fast", "eclipse-g1", "eclipse-g2-balance", "eclipse-g2-jacobi", "eclipse-g2-gershgorin",
               "eclipse-g3", "eclipse-g3-balance", "eclipse-family"]
     for kind in args.kinds:
         net = eclipse_network(50, 300, kind)
-        row = bench_net(f"{kind}-50x300 (opt 300s)", net, closed + ["lipsdp-opt"], 300.0, {}, rows)
+        row = bench_net(f"{kind}-50x300 (opt 300s)", net, closed + ["lipsdp-opt"], 300.0, args.options, rows)
         best_closed = min(row["results"][m]["value"] for m in closed if row["results"][m]["value"] is not None)
         o = row["results"]["lipsdp-opt"]
         out[f"{kind}-50x300"] = {"best_closed": best_closed, "opt": o["value"], "opt_time_s": o["time_s"],
@@ -193,7 +197,8 @@ def targets(args, rows, tl):
         for L, n in ((2, 20), (5, 20), (10, 20), (3, 50)):
             net = eclipse_network(L, n, kind)
             row = bench_net(f"{kind}-{L}x{n} (opt vs sdp)", net, ["lipsdp-neuron", "lipsdp-opt"], tl,
-                            {"lipsdp-neuron": {"max_neurons": 10 ** 6}}, rows)
+                            {**args.options, "lipsdp-neuron": {**args.options.get("lipsdp-neuron", {}),
+                                                               "max_neurons": 10 ** 6}}, rows)
             a, b = row["results"]["lipsdp-neuron"], row["results"]["lipsdp-opt"]
             out[f"{kind}-{L}x{n}-opt-vs-sdp"] = {
                 "neuron": a["value"], "neuron_solver_value": a["details"].get("solver_value"), "neuron_time_s": a["time_s"],
@@ -211,6 +216,9 @@ def main(argv=None):
     ap.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     ap.add_argument("--kinds", default="rand,randn", help="weight generators: rand (U[0,1)), randn (Gaussian)")
     ap.add_argument("--sdp-max", type=int, default=None, help="max_neurons for lipsdp-neuron/-layer")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="BLAS/torch threads for every method (default: the method's own choice, which for layers "
+                         "of 400+ neurons is the cores other processes leave free)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "l2_sdp_family.json"))
     args = ap.parse_args(argv)
     args.kinds = [k for k in args.kinds.split(",") if k]
@@ -225,6 +233,14 @@ def main(argv=None):
     options = {}
     if args.sdp_max is not None:
         options = {"lipsdp-neuron": {"max_neurons": args.sdp_max}, "lipsdp-layer": {"max_neurons": args.sdp_max}}
+    if args.threads is not None:
+        for m in methods + ["eclipse-fast", "eclipse-family", "lipsdp-opt", "lipsdp-neuron"]:
+            if m != "naive-svd":
+                options.setdefault(m, {})["blas_threads"] = args.threads
+    args.options = options
+    from lipbound.threads import free_cores
+
+    machine = {"cpus": os.cpu_count(), "load_avg_start": os.getloadavg(), "free_cores_start": free_cores(0.5)}
     rows, extra = [], {}
     t0 = time.perf_counter()
     if args.targets:
@@ -257,7 +273,7 @@ def main(argv=None):
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"args": vars(args), "total_s": time.perf_counter() - t0, "rows": rows, **extra,
-                   "machine": {"cpus": os.cpu_count(), "load_avg_end": os.getloadavg()}}, f, indent=1, default=str)
+                   "machine": {**machine, "load_avg_end": os.getloadavg()}}, f, indent=1, default=str)
     print(f"\nwrote {args.out}")
 
 
