@@ -27,7 +27,9 @@ central path t = nu/eps, eps = 1, 1/10, ..., down to the requested accuracy, min
 variables v with L = L_start * exp(v) (a diagonal rescaling; measured to converge several times faster
 than the linear variable).  Every evaluation that passes its Cholesky factorisations is a certified
 feasible point; the exact value log g_max of the best one is kept (anytime).  Multiple outputs (g_max of
-multiplicity > 1 at the optimum) need no special care: psi_t is smooth.
+multiplicity > 1 at the optimum) need no special care: psi_t is smooth.  The gradient comes from a
+hand-written reverse pass (``BarrierObjective.value_and_grad``, 2-3x faster than autograd on small nets;
+the autograd version ``__call__`` is kept as its reference).
 """
 
 from __future__ import annotations
@@ -132,14 +134,16 @@ class Objective:
         return Ls, torch.log(val)
 
 
-def _lbfgs(fg, x, *, deadline: float, max_iter: int, stop, history: int = 20, hist: dict | None = None):
+def _lbfgs(fg, x, *, deadline: float, max_iter: int, stop, history: int = 20, hist: dict | None = None,
+           memory: tuple | None = None):
     """Minimise with L-BFGS (two-loop recursion) and a backtracking Armijo line search; ``fg(x)`` returns
     (f, grad) or (None, None) for an infeasible point (a failed Cholesky), which counts as a failed step.
-    ``stop(trace)`` (list of accepted f values) ends the run.  Returns (x, f, iterations)."""
+    ``stop(trace)`` (list of accepted f values) ends the run.  ``memory`` = (S, Y) lists of curvature
+    pairs to start from (updated in place).  Returns (x, f, iterations)."""
     f, g = fg(x)
     if f is None:
         return x, None, 0
-    S, Y = [], []
+    S, Y = memory if memory is not None else ([], [])
     trace = [f]
     step0 = 1.0 / max(float(np.linalg.norm(g)), 1e-12)
     it = 0
@@ -160,7 +164,8 @@ def _lbfgs(fg, x, *, deadline: float, max_iter: int, stop, history: int = 20, hi
         d = -q
         gd = g @ d
         if not gd < 0:
-            S, Y = [], []
+            S.clear()
+            Y.clear()
             d = -g * step0
             gd = g @ d
         t = 1.0
@@ -176,7 +181,8 @@ def _lbfgs(fg, x, *, deadline: float, max_iter: int, stop, history: int = 20, hi
                 break
         if not accepted:
             if S:  # retry once from steepest descent
-                S, Y = [], []
+                S.clear()
+                Y.clear()
                 continue
             break
         s_, y_ = xn - x, gn - g
@@ -318,6 +324,94 @@ class BarrierObjective:
         return psi, float(lg.detach())
 
 
+    def value_and_grad(self, v: np.ndarray, t: float):
+        """(psi_t, exact log g_max, d psi_t / d v) with a hand-written reverse pass (no autograd graph:
+        2-3 times faster on small nets; checked against ``__call__`` + autograd in the tests)."""
+        with torch.no_grad():
+            vt = torch.from_numpy(np.asarray(v, dtype=np.float64))
+            tape = []
+            R = None
+            M = None
+            B = 0.0
+            pos = 0
+            for k, n in enumerate(self.sizes):
+                W, WT, m, p = self.Ws[k], self.WTs[k], self.ms[k], self.ps[k]
+                lam = self.L0[k] * torch.exp(vt[pos:pos + n])
+                pos += n
+                if p != 0.0:
+                    Mp = torch.eye(W.shape[1], dtype=DT) if M is None else M
+                    X = Mp + p * (WT * lam) @ W
+                    RX = self._chol((X + X.T) / 2)
+                    B += 2 * float(torch.log(torch.diagonal(RX)).sum())
+                    C = torch.linalg.solve_triangular(RX, WT, upper=False)
+                    const = False
+                elif R is None:
+                    RX, C, const = None, WT, True
+                else:
+                    RX = R
+                    B += 2 * float(torch.log(torch.diagonal(R)).sum())
+                    C = torch.linalg.solve_triangular(R, WT, upper=False)
+                    const = False
+                K = C.T @ C
+                M = torch.diag(lam) - (m * m) * (lam[:, None] * K * lam[None, :])
+                M = (M + M.T) / 2
+                R = self._chol(M)
+                tape.append((lam, RX, C, K, const))
+            B += 2 * float(torch.log(torch.diagonal(R)).sum())
+            C = torch.linalg.solve_triangular(R, self.WTs[-1], upper=False)
+            G = C.T @ C
+            G = (G + G.T) / 2
+            if G.shape[0] == 1:
+                gam = G[0].clone()
+                V = None
+            else:
+                gam, V = torch.linalg.eigh(G)
+            gmax = float(gam[-1])
+            if not (math.isfinite(gmax) and gmax > 0):
+                raise _Infeasible()
+            r = np.clip(gam.numpy() / gmax, 0.0, 1.0)
+            s = _inner_s(r, t)
+            lg = math.log(gmax)
+            psi = lg - math.log(s) - float(np.sum(np.log1p(-s * r))) / t - B / t
+            if not math.isfinite(psi):
+                raise _Infeasible()
+            # reverse pass
+            if V is None:
+                Gbar = torch.full((1, 1), 1.0 / gmax, dtype=DT)
+            else:
+                dg = (s / (t * gmax)) / (1.0 - s * r)
+                dg[-1] = 1.0 / gmax - float(np.sum(r[:-1] * dg[:-1]))
+                Gbar = (V * torch.from_numpy(dg)[None, :]) @ V.T
+
+            def sandwich(Rf, Z):
+                """-(Rf^-T (Z + I/t) Rf^-1) for a lower Cholesky factor Rf and symmetric Z."""
+                Z = Z + torch.eye(Z.shape[0], dtype=DT) / t
+                Y = torch.linalg.solve_triangular(Rf.T, Z, upper=True)
+                Y = torch.linalg.solve_triangular(Rf.T, Y.T.contiguous(), upper=True)
+                return -(Y + Y.T) / 2
+
+            Mbar = sandwich(R, C @ Gbar @ C.T)
+            grads = [None] * len(self.sizes)
+            for k in range(len(self.sizes) - 1, -1, -1):
+                lam, RX, C, K, const = tape[k]
+                m, p = self.ms[k], self.ps[k]
+                lbar = torch.diagonal(Mbar) - 2 * (m * m) * ((Mbar * K) @ lam)
+                if const:
+                    grads[k] = lbar * lam
+                    break
+                Kbar = -(m * m) * (lam[:, None] * Mbar * lam[None, :])
+                Xbar = sandwich(RX, C @ Kbar @ C.T)
+                W = self.Ws[k]
+                if p != 0.0:
+                    lbar = lbar + p * ((W @ Xbar) * W).sum(dim=1)
+                grads[k] = lbar * lam
+                if k == 0:
+                    break
+                Mbar = Xbar
+            g = torch.cat(grads).numpy().copy()
+        return psi, lg, g
+
+
 def _inner_s(r: np.ndarray, t: float) -> float:
     """The s in (0, 1) minimising -log s - (1/t) sum log(1 - s r_i) (r_i in [0, 1], max r = 1)."""
     if r.size == 1:
@@ -337,7 +431,8 @@ def _inner_s(r: np.ndarray, t: float) -> float:
 
 
 def polish(prep: Prepared, Ls0: list, *, time_budget: float, eps_final: float = 4e-5, eps_start: float = 1.0,
-           max_iter: int = 5000, stage_rtol: float = 1e-3, patience: int = 10, progress=None):
+           max_iter: int = 5000, stage_rtol: float = 1e-3, patience: int = 10, progress=None,
+           keep_memory: bool = False, autograd: bool = False):
     """Phase 2: follow the central path of the log-det barrier of the rescaled LipSDP-Neuron LMI from the
     feasible multipliers Ls0 (module docstring): t = nu/eps with eps = eps_start, eps_start/10, ...,
     eps_final; at each t L-BFGS in v = log(L/Ls0) until psi_t improves by less than stage_rtol*eps over
@@ -353,18 +448,19 @@ def polish(prep: Prepared, Ls0: list, *, time_budget: float, eps_final: float = 
     state = {"t": 1.0}
 
     def fg(xv):
-        xt = torch.tensor(xv, dtype=DT, requires_grad=True)
         try:
-            psi, lg = obj(xt, state["t"])
+            if autograd:
+                xt = torch.tensor(xv, dtype=DT, requires_grad=True)
+                psi, lg = obj(xt, state["t"])
+                (g,) = torch.autograd.grad(psi, xt)
+                psi, g = float(psi.detach()), g.numpy().copy()
+            else:
+                psi, lg, g = obj.value_and_grad(xv, state["t"])
         except _Infeasible:
             hist["infeasible_evaluations"] += 1
             return None, None
         hist["evaluations"] += 1
-        if not (math.isfinite(lg) and bool(torch.isfinite(psi))):
-            hist["infeasible_evaluations"] += 1
-            return None, None
-        (g,) = torch.autograd.grad(psi, xt)
-        if not bool(torch.isfinite(g).all()):
+        if not (math.isfinite(lg) and math.isfinite(psi) and np.all(np.isfinite(g))):
             hist["infeasible_evaluations"] += 1
             return None, None
         if lg < best["log"]:
@@ -372,18 +468,22 @@ def polish(prep: Prepared, Ls0: list, *, time_budget: float, eps_final: float = 
             best["v"] = xv.copy()
             if progress is not None:
                 progress(lg)
-        return float(psi.detach()), g.numpy().copy()
+        return psi, g
 
     x = np.zeros(nv)
     eps = max(eps_start, eps_final)
+    memory = ([], [])
     while True:
+        if not keep_memory:
+            memory = ([], [])
         state["t"] = obj.nu / eps
         tol = stage_rtol * eps
 
         def stop(trace):
             return len(trace) > patience and trace[-1 - patience] - trace[-1] < tol
 
-        x, f, it = _lbfgs(fg, x, deadline=deadline, max_iter=max_iter - hist["iterations"], stop=stop, hist=hist)
+        x, f, it = _lbfgs(fg, x, deadline=deadline, max_iter=max_iter - hist["iterations"], stop=stop, hist=hist,
+                          memory=memory)
         hist["stages"].append({"eps": eps, "iterations": it, "best_log": best["log"],
                                "time_s": time.perf_counter() - t_start})
         if f is None or eps <= eps_final or time.perf_counter() >= deadline or hist["iterations"] >= max_iter:

@@ -505,6 +505,17 @@ def lipsdp_opt(net, ctx):
                     status = "time_limit"
             details["optimised_value"] = prep.unscale(final.value_hat)
             details["optimisation_time_s"] = time.perf_counter() - t_opt
+            # summary under the key of earlier versions (JSON contract), the phases' histories inside
+            phase_hists = {k: details[k] for k in ("direct", "barrier") if k in details}
+            details["optimisation"] = {
+                **{k: sum(h.get(k, 0) for h in phase_hists.values())
+                   for k in ("iterations", "evaluations", "infeasible_evaluations")},
+                "time_s": details["optimisation_time_s"], "phases": phases,
+                "best_log": min([h.get("best_log", math.inf) for h in phase_hists.values()] + [math.inf]),
+                **phase_hists}
+            failed = [details[k] for k in ("direct_check_failed", "barrier_check_failed") if k in details]
+            if failed:
+                details["optimised_check_failed"] = "; ".join(failed)
             return _finish(prep, final, ctx, details, status)
     finally:
         torch.set_num_threads(old_threads)
