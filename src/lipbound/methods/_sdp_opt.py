@@ -413,20 +413,27 @@ class BarrierObjective:
 
 
 def _inner_s(r: np.ndarray, t: float) -> float:
-    """The s in (0, 1) minimising -log s - (1/t) sum log(1 - s r_i) (r_i in [0, 1], max r = 1)."""
+    """The s in (0, 1) minimising -log s - (1/t) sum log(1 - s r_i) (r_i in [0, 1], max r = 1): the root of
+    the increasing h(s) = -1/s + (1/t) sum r_i/(1 - s r_i), which lies in (0, t/(1+t)]; safeguarded Newton."""
+    s0 = t / (1.0 + t)
     if r.size == 1:
-        return t / (1.0 + t)
-    lo, hi = 0.0, 1.0
-    s = t / (1.0 + t)
-    for _ in range(200):
-        h = -1.0 / s + float(np.sum(r / (1.0 - s * r))) / t
+        return s0
+    lo, hi = 0.0, s0
+    s = s0
+    for _ in range(100):
+        q = r / (1.0 - s * r)
+        h = -1.0 / s + float(np.sum(q)) / t
         if h > 0:
             hi = s
         else:
             lo = s
-        if hi - lo <= 1e-15 * hi:
-            break
-        s = 0.5 * (lo + hi)
+        dh = 1.0 / (s * s) + float(np.sum(q * q)) / t
+        sn = s - h / dh
+        if not lo < sn < hi:
+            sn = 0.5 * (lo + hi)
+        if abs(sn - s) <= 1e-15 * s or hi - lo <= 1e-15 * hi:
+            return sn
+        s = sn
     return s
 
 
