@@ -445,7 +445,10 @@ def polish(prep: Prepared, Ls0: list, *, time_budget: float, eps_final: float = 
     eps_final; at each t L-BFGS in v = log(L/Ls0) until psi_t improves by less than stage_rtol*eps over
     ``patience`` iterations.  Within ``time_budget`` seconds and ``max_iter`` iterations in total.
 
-    Returns (best multipliers as a numpy list, or None if nothing beat Ls0's own value; history dict)."""
+    ``keep_memory`` carries the L-BFGS pairs across stages; ``autograd`` uses torch autograd instead of the
+    hand-written reverse pass (slower; for checking).
+    Returns (the multipliers of the best evaluated point, as a numpy list -- Ls0 itself if nothing beat it,
+    None if Ls0 fails its float64 factorisations; history dict)."""
     obj = BarrierObjective(prep, Ls0)
     t_start = time.perf_counter()
     deadline = t_start + time_budget
