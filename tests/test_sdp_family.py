@@ -203,6 +203,20 @@ def test_opt_reaches_lipsdp_neuron(name):
         assert both.status == "ok" and both.value / sdp.value <= 1.002
 
 
+def test_opt_budget_and_time_limit_are_anytime():
+    """Stopped early by its budget or by the time limit, lipsdp-opt says so (status time_limit, stopped_by)
+    and still returns a certified bound no worse than its closed-form start."""
+    net = eclipse_network(10, 20, "randn")
+    for kw, why in ((dict(budget=0.05), "budget"), (dict(time_limit=0.4), "time limit")):
+        b = lipbound.bound(net, "lipsdp-opt", **kw)
+        assert b.status == "time_limit" and b.details["stopped_by"] == why, (kw, b.status, b.details.get("stopped_by"))
+        assert b.value <= b.details["start_value"] * (1 + 1e-12)
+        assert full_lmi_max_eig(net, b.details["multipliers"], b.value) <= 1e-8
+    done = lipbound.bound(net, "lipsdp-opt", time_limit=60)
+    assert done.status == "ok" and "stopped_by" not in done.details
+    assert done.value <= b.value * (1 + 1e-9)
+
+
 @pytest.mark.parametrize("kw", [dict(layers=3, width=12, kind="randn", seed=4, n_out=3),
                                 dict(layers=4, width=10, kind="randn", seed=4, n_out=4, activation="leaky_relu",
                                      param=0.1),

@@ -401,7 +401,8 @@ OPT_DIRECT_FIRST = 200
                  "jointly (log-det barrier path following by L-BFGS, torch float64 autograd) from the best closed "
                  "form; every iterate Cholesky-checked, the best certified",
                  options={**COMMON_OPTIONS,
-                          "budget": "seconds for the optimisation when there is no time limit (default 120)",
+                          "budget": "seconds for the optimisation (default: 120 without a time limit, the time "
+                                    "left with one); running out gives status time_limit with the best bound",
                           "max_iter": "L-BFGS iterations in total (default 5000)",
                           "start": "family (default: best closed-form member) or fast",
                           "members": "closed-form members of the start (as eclipse-family)",
@@ -426,9 +427,10 @@ def lipsdp_opt(net, ctx):
     from ._sdp_opt import optimise, polish
 
     old_threads = torch.get_num_threads()
-    torch.set_num_threads(_threads(ctx, net))
+    n_threads = _threads(ctx, net)
+    torch.set_num_threads(n_threads)
     try:
-        with blas_threads(_threads(ctx, net)):
+        with blas_threads(n_threads):
             prep = _prepare(net, ctx)
             triv = _trivial(prep)
             if triv is not None:
@@ -457,8 +459,12 @@ def lipsdp_opt(net, ctx):
                 raise MethodFailed("no closed-form start point")
             t_start = time.perf_counter() - t0
             left = ctx.time_left()
-            budget = float(ctx.option("budget", 120.0))
-            budget = min(budget, left - 0.05 * (ctx.time_limit or 0) - 0.5) if math.isfinite(left) else budget
+            # the budget applies when there is no time limit; with one, the time left (minus a margin for the
+            # final certificate) unless a budget is also given explicitly
+            budget = float(ctx.option("budget", math.inf if math.isfinite(left) else 120.0))
+            by_time_limit = math.isfinite(left) and left - 0.05 * (ctx.time_limit or 0) - 0.5 <= budget
+            if math.isfinite(left):
+                budget = min(budget, left - 0.05 * (ctx.time_limit or 0) - 0.5)
             details = {"start_member": best_name, "start_value": prep.unscale(best.value_hat),
                        "start_members": values, "start_time_s": t_start, "phases": phases}
             max_iter = int(ctx.option("max_iter", 5000))
@@ -482,6 +488,7 @@ def lipsdp_opt(net, ctx):
             t_opt = time.perf_counter()
             if budget <= 0:
                 status = "time_limit"
+                details["stopped_by"] = "time limit" if by_time_limit else "budget"
             else:
                 hit_limit = False
                 if phases in ("direct", "both"):
@@ -501,8 +508,9 @@ def lipsdp_opt(net, ctx):
                         hit_limit = hist.get("time_s", 0) >= remaining * 0.98
                     else:
                         hit_limit = True
-                if hit_limit and math.isfinite(left):
+                if hit_limit:  # stopped by the time limit or the budget before the path's end
                     status = "time_limit"
+                    details["stopped_by"] = "time limit" if by_time_limit else "budget"
             details["optimised_value"] = prep.unscale(final.value_hat)
             details["optimisation_time_s"] = time.perf_counter() - t_opt
             # summary under the key of earlier versions (JSON contract), the phases' histories inside
