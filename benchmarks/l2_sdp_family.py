@@ -87,7 +87,8 @@ def _summary(b, cpu):
 def run_method(net, method, time_limit, options=None):
     options = dict(options or {})
     if method in SOLVER_METHODS:
-        ctx = mp.get_context("fork")
+        # spawn, not fork: a child forked after torch's OpenMP pool has run (2 threads on a wide net) hangs
+        ctx = mp.get_context("spawn")
         q = ctx.Queue()
         p = ctx.Process(target=_child, args=(net, method, options, q))
         t0 = time.perf_counter()
@@ -219,6 +220,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None,
                     help="BLAS/torch threads for every method (default: the method's own choice, which for layers "
                          "of 400+ neurons is the cores other processes leave free)")
+    ap.add_argument("--only", default=None, help="only the networks whose name contains this string")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "l2_sdp_family.json"))
     args = ap.parse_args(argv)
     args.kinds = [k for k in args.kinds.split(",") if k]
@@ -258,6 +260,9 @@ def main(argv=None):
         else:
             nets = list(random_nets((2, 5, 10, 20), (20, 60, 100), args.kinds))
             real = ["ACASXU_run2a_1_1_batch_2000.onnx", "mnist-net_256x2.onnx"]
+        if args.only:
+            nets = [(n, mk) for n, mk in nets if args.only in n]
+            real = [n for n in real if args.only in n]
         for name, make in nets:
             bench_net(name, make(), methods, args.time_limit, options, rows)
         for name in real:
