@@ -68,14 +68,16 @@ class Prepared:
     Ws      -- normalised weights W_k / c_k, k = 1..L (the last possibly one row, ctx.output): a list, or
                a lazy `ScaledWeights` over the network's own matrices;
     scales  -- the c_k (> 0);
-    alphas, betas -- slope bounds of the L-1 activations."""
+    alphas, betas -- slope bounds of the L-1 activations: per layer a float (global bounds, the same for
+               every neuron) or an array with one entry per neuron (local bounds on a box region)."""
 
     Ws: list
     scales: np.ndarray
-    alphas: np.ndarray
-    betas: np.ndarray
+    alphas: list
+    betas: list
     zero: bool = False  # some W_k == 0: the network is constant
     names: list = field(default_factory=list)
+    unstable: list | None = None  # local: per hidden layer, the neurons whose slope interval is not a point
 
     @property
     def L(self) -> int:
@@ -92,12 +94,18 @@ class Prepared:
         return list(self.Ws), [1.0] * len(self.Ws)
 
     @property
-    def ps(self) -> np.ndarray:
-        return self.alphas * self.betas
+    def ps(self) -> list:
+        """alpha * beta per layer (float or per-neuron array)."""
+        return [a * b for a, b in zip(self.alphas, self.betas)]
 
     @property
-    def ms(self) -> np.ndarray:
-        return (self.alphas + self.betas) / 2
+    def ms(self) -> list:
+        """(alpha + beta) / 2 per layer (float or per-neuron array)."""
+        return [(a + b) / 2 for a, b in zip(self.alphas, self.betas)]
+
+    def slope_max(self, k: int) -> float:
+        """The largest |slope| of hidden layer k (a Lipschitz constant of its activations)."""
+        return float(max(np.max(np.abs(self.alphas[k])), np.max(np.abs(self.betas[k]))))
 
     @property
     def log_scale(self) -> float:
@@ -149,8 +157,31 @@ def _norm_estimate(W: np.ndarray, iters: int = 4) -> float:
     return s
 
 
+def local_slopes(net, region) -> list:
+    """Per-neuron slope bounds [alpha_j, beta_j] of every activation over a box region: the range of the
+    activation's derivative on certified (CROWN) bounds of its pre-activation. For two inputs of the box
+    the secant slope of each neuron lies in that range (mean value theorem), so LipSDP's quadratic
+    constraints with these slopes hold on the box and the bound is a local Lipschitz constant there.
+    Returns a list of (alpha, beta, unstable count) per activation in graph order. Cost: one CROWN pass."""
+    from ..crown import derivative_range, preactivation_bounds
+    from ..network import Activation
+
+    acts = [n.op for n in net.nodes if isinstance(n.op, Activation)]
+    try:
+        bounds = preactivation_bounds(net, region)
+    except Unsupported as e:
+        raise Unsupported(f"local bounds need certified pre-activation bounds: {e}") from None
+    out = []
+    for op, (lo, hi) in zip(acts, bounds):
+        a, b = derivative_range(op, lo.reshape(-1), hi.reshape(-1))
+        a, b = a.numpy().astype(np.float64), b.numpy().astype(np.float64)
+        out.append((a, b, int(np.sum(a != b))))
+    return out
+
+
 def prepare(net, ctx, *, check_slopes: bool = True) -> Prepared:
-    """The dense chain of ``net`` (normalised), with the output row selected when ctx.output is set.
+    """The dense chain of ``net`` (normalised), with the output row selected when ctx.output is set; on a
+    box region (ctx.region) with per-neuron slope bounds from `local_slopes`.
 
     Raises Unsupported for residual / max-pool networks and for dense matrices that are too large."""
     max_entries = ctx.option("max_entries", None)
@@ -176,6 +207,15 @@ def prepare(net, ctx, *, check_slopes: bool = True) -> Prepared:
     if ctx.output is not None:
         j = int(ctx.output)
         Ws[-1] = Ws[-1][j:j + 1, :]
+    unstable = None
+    if ctx.region is not None:
+        local = local_slopes(net, ctx.region)
+        if len(local) != len(alphas) or any(len(a) != W.shape[0] for (a, _, _), W in zip(local, Ws)):
+            raise Unsupported("the activations of the dense chain do not match the graph's (cannot place the "
+                              "local slope bounds)")
+        alphas = [a for a, _, _ in local]
+        betas = [b for _, b, _ in local]
+        unstable = [u for _, _, u in local]
     scales, zero = [], False
     for W in Ws:
         s = _norm_estimate(W)
@@ -185,8 +225,9 @@ def prepare(net, ctx, *, check_slopes: bool = True) -> Prepared:
             zero = True
             s = 1.0
         scales.append(s)
-    return Prepared(ScaledWeights(Ws, scales), np.asarray(scales), np.asarray(alphas, dtype=np.float64),
-                    np.asarray(betas, dtype=np.float64), zero, names)
+    if unstable is None:
+        alphas, betas = np.asarray(alphas, dtype=np.float64), np.asarray(betas, dtype=np.float64)
+    return Prepared(ScaledWeights(Ws, scales), np.asarray(scales), alphas, betas, zero, names, unstable)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -326,16 +367,33 @@ def _pivot(lam: torch.Tensor, KX: torch.Tensor) -> torch.Tensor:
     return Mk
 
 
-def _p_term_K(Mprev: torch.Tensor | None, W: torch.Tensor, f: float, lam: torch.Tensor, p: float,
-              m: float) -> torch.Tensor:
-    """m^2 V X^{-1} V^T with V = f W and X = M_{k-1} + p V^T diag(lam) V (the alpha*beta term of §2)."""
-    X = (p * f * f) * (W.T * lam[None, :]) @ W
+def _has_p(p) -> bool:
+    """Whether a layer's alpha*beta (float or per-neuron array) is anywhere non-zero."""
+    return bool(np.any(np.asarray(p) != 0.0))
+
+
+def _scaled_gram(R, W: torch.Tensor, f: float, m) -> torch.Tensor:
+    """D_m V M^{-1} V^T D_m with V = f W (m a float, or a per-neuron array: D_m = diag(m))."""
+    if np.ndim(m) == 0:
+        return gram_t(R, W, (float(m) * f) ** 2)
+    G = gram_t(R, W, f * f)
+    mt = torch.from_numpy(np.asarray(m, dtype=np.float64))
+    G *= mt[:, None]
+    G *= mt[None, :]
+    return G
+
+
+def _p_term_K(Mprev: torch.Tensor | None, W: torch.Tensor, f: float, lam: torch.Tensor, p, m) -> torch.Tensor:
+    """D_m V X^{-1} V^T D_m with V = f W and X = M_{k-1} + V^T diag(p lam) V (the alpha*beta term of §2,
+    reference §6 for per-neuron slopes)."""
+    plam = lam * (float(p) if np.ndim(p) == 0 else torch.from_numpy(np.asarray(p, dtype=np.float64)))
+    X = (f * f) * (W.T * plam[None, :]) @ W
     if Mprev is None:
         X.diagonal().add_(1.0)
     else:
         X += Mprev
     RX = chol(X)
-    return gram_t(RX, W, (m * f) ** 2)
+    return _scaled_gram(RX, W, f, m)
 
 
 def run_chain(prep: Prepared, policy: Policy, *, ctx=None, fallback: Policy | None = None,
@@ -359,13 +417,13 @@ def run_chain(prep: Prepared, policy: Policy, *, ctx=None, fallback: Policy | No
     Ls, repaired = [], 0
     for k in range(L - 1):
         W = Ws[k]
-        m, p = float(ms[k]), float(ps[k])
+        m, p = ms[k], ps[k]
         if ctx is not None and fixed is None and ctx.out_of_time():
             if fallback is not None:
                 policy = fallback
             else:
                 return _cut(prep, Ws, inv, R, k, Ls, repaired)
-        K = gram_t(R, W, (m * inv[k]) ** 2)
+        K = _scaled_gram(R, W, inv[k], m)
         if fixed is not None:
             lam_np = np.asarray(fixed[k], dtype=np.float64).copy()
         else:
@@ -378,7 +436,7 @@ def run_chain(prep: Prepared, policy: Policy, *, ctx=None, fallback: Policy | No
         if top <= 0:
             raise MethodFailed(f"all multipliers of layer {k + 1} are zero")
         lam = torch.from_numpy(np.maximum(lam_np, FLOOR * top))
-        KX = _p_term_K(M, W, inv[k], lam, p, m) if p != 0.0 else K
+        KX = _p_term_K(M, W, inv[k], lam, p, m) if _has_p(p) else K
         Rk = Mk = None
         for attempt in range(60):
             Mk = _pivot(lam, KX)
@@ -394,13 +452,13 @@ def run_chain(prep: Prepared, policy: Policy, *, ctx=None, fallback: Policy | No
                 else:
                     t = 0.5
                 lam = lam * t
-                if p != 0.0:  # the p-term depends on lam: recompute X
+                if _has_p(p):  # the p-term depends on lam: recompute X
                     KX = _p_term_K(M, W, inv[k], lam, p, m)
         if Rk is None:
             raise MethodFailed(f"could not make the pivot of layer {k + 1} positive definite")
         Ls.append(lam.numpy())
         R = Rk
-        M = Mk if k + 1 < L - 1 and float(ps[k + 1]) != 0.0 else None
+        M = Mk if k + 1 < L - 1 and _has_p(ps[k + 1]) else None
     val = lam_max(gram_t(R, Ws[-1], inv[-1] ** 2), exact=True)
     if not (math.isfinite(val) and val >= 0):
         raise MethodFailed("non-finite final eigenvalue")
@@ -413,7 +471,7 @@ def _cut(prep: Prepared, Ws: list, inv: list, R, k: int, Ls: list, repaired: int
     Frobenius norms (>= spectral) and the activations' largest |slope|."""
     raw = math.sqrt(max(lam_max(gram_t(R, Ws[k], inv[k] ** 2), exact=True), 0.0))
     for j in range(k, prep.L - 1):
-        raw *= max(abs(prep.alphas[j]), abs(prep.betas[j])) * inv[j + 1] * float(torch.linalg.matrix_norm(Ws[j + 1]))
+        raw *= prep.slope_max(j) * inv[j + 1] * float(torch.linalg.matrix_norm(Ws[j + 1]))
     return ChainResult(raw * (1 + REL_MARGIN), Ls, raw, repaired, cut_at=k)
 
 
@@ -550,9 +608,9 @@ def full_lmi_min_eig(prep: Prepared, Ls: list, value_hat: float) -> float:
         p, m = prep.ps[k - 1], prep.ms[k - 1]
         i0, i1, j0, j1 = offs[k - 1], offs[k], offs[k], offs[k + 1]
         A[j0:j1, j0:j1] += np.diag(lam)
-        if p != 0:
-            A[i0:i1, i0:i1] += p * (W.T * lam) @ W
-        blk = -m * (W.T * lam[None, :])
+        if _has_p(p):
+            A[i0:i1, i0:i1] += (W.T * (p * lam)) @ W
+        blk = -(W.T * (m * lam)[None, :])
         A[i0:i1, j0:j1] += blk
         A[j0:j1, i0:i1] += blk.T
     A[offs[L - 1]:offs[L], offs[L - 1]:offs[L]] -= F * Ws[-1].T @ Ws[-1]

@@ -348,7 +348,7 @@ def _lipsdp(net, ctx, layer: bool):
                 if len(chunks) == 1:
                     full_Ls = (sub, cr)
             if b < L:  # an activation on the cut: its largest |slope|
-                f = max(abs(prep.alphas[b - 1]), abs(prep.betas[b - 1]))
+                f = prep.slope_max(b - 1)
                 log_total += math.log(f) if f > 0 else -math.inf
                 raw_log += math.log(f) if f > 0 else -math.inf
         details["solver_value"] = math.exp(raw_log + prep.log_scale)
