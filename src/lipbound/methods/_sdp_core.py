@@ -78,6 +78,30 @@ class Prepared:
     zero: bool = False  # some W_k == 0: the network is constant
     names: list = field(default_factory=list)
     unstable: list | None = None  # local: per hidden layer, the neurons whose slope interval is not a point
+    slope_model: str = "global"  # global, relaxed or local (see `with_slopes`)
+    slope_bounds: dict | None = None  # box region: {"global": (alphas, betas), "local": (alphas, betas)}
+
+    def with_slopes(self, model: str) -> "Prepared":
+        """The same chain with another slope model (box regions only):
+        global  -- the activations' own slope bounds (valid everywhere);
+        local   -- per neuron the derivative range on the box ([1, 1] for an active ReLU, [0, 0] dead);
+        relaxed -- [global alpha, local beta]: alpha*beta = 0 for ReLU, so the closed forms (built for
+                   [0, beta]) apply unchanged, while dead neurons and smaller local slopes still count.
+        All three are valid on the box (each interval contains the neuron's secant slopes there)."""
+        from dataclasses import replace
+
+        if model == self.slope_model:
+            return self
+        if self.slope_bounds is None:
+            raise Unsupported(f"slope model {model!r} needs a box region")
+        if model in ("global", "local"):
+            a, b = self.slope_bounds[model]
+        elif model == "relaxed":
+            (ga, _), (la, lb) = self.slope_bounds["global"], self.slope_bounds["local"]
+            a, b = [np.minimum(x, g) for x, g in zip(la, ga)], lb
+        else:
+            raise Unsupported(f"slopes={model!r}: use auto, relaxed, local or global")
+        return replace(self, alphas=a, betas=b, slope_model=model)
 
     @property
     def L(self) -> int:
@@ -207,14 +231,14 @@ def prepare(net, ctx, *, check_slopes: bool = True) -> Prepared:
     if ctx.output is not None:
         j = int(ctx.output)
         Ws[-1] = Ws[-1][j:j + 1, :]
-    unstable = None
+    alphas, betas = np.asarray(alphas, dtype=np.float64), np.asarray(betas, dtype=np.float64)
+    unstable = bounds = None
     if ctx.region is not None:
         local = local_slopes(net, ctx.region)
         if len(local) != len(alphas) or any(len(a) != W.shape[0] for (a, _, _), W in zip(local, Ws)):
             raise Unsupported("the activations of the dense chain do not match the graph's (cannot place the "
                               "local slope bounds)")
-        alphas = [a for a, _, _ in local]
-        betas = [b for _, b, _ in local]
+        bounds = {"global": (alphas, betas), "local": ([a for a, _, _ in local], [b for _, b, _ in local])}
         unstable = [u for _, _, u in local]
     scales, zero = [], False
     for W in Ws:
@@ -225,9 +249,9 @@ def prepare(net, ctx, *, check_slopes: bool = True) -> Prepared:
             zero = True
             s = 1.0
         scales.append(s)
-    if unstable is None:
-        alphas, betas = np.asarray(alphas, dtype=np.float64), np.asarray(betas, dtype=np.float64)
-    return Prepared(ScaledWeights(Ws, scales), np.asarray(scales), alphas, betas, zero, names, unstable)
+    prep = Prepared(ScaledWeights(Ws, scales), np.asarray(scales), alphas, betas, zero, names, unstable, "global",
+                    bounds)
+    return prep if bounds is None else prep.with_slopes("relaxed")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -29,6 +29,9 @@ COMMON_OPTIONS = {
                     "since small matrices are slower with threads; else the cores that other processes leave "
                     "free, measured over 0.1 s)",
     "max_entries": "largest dense matrix of dense_chain() (default that of lipbound.network)",
+    "slopes": "box regions: auto (default: the smaller of the relaxed local and the global bound), relaxed "
+              "([global alpha, local beta] per neuron), local (each neuron's derivative range on the box) or "
+              "global",
 }
 
 # LipSDP through cvxpy: the largest LMI (n0 + hidden neurons) attempted by default. Measured on the 2-core
@@ -76,6 +79,9 @@ def _finish(prep, cr: core.ChainResult, ctx, details: dict, status: str = "ok") 
     """Certified result: value of the original chain, multipliers, optional full-LMI eigenvalue check."""
     value = prep.unscale(cr.value_hat)
     details = dict(details)
+    if prep.unstable is not None:
+        details["local_slopes"] = {"source": "derivative ranges on CROWN pre-activation bounds of the box",
+                                   "unstable_per_layer": list(prep.unstable), "model": prep.slope_model}
     details["value_normalised"] = cr.value_hat
     details["log_weight_scale"] = prep.log_scale
     details["certificate"] = "cholesky"
@@ -102,14 +108,20 @@ def _finish(prep, cr: core.ChainResult, ctx, details: dict, status: str = "ok") 
     return MethodResult(value, status=status, details=details)
 
 
-def _run_policy(net, ctx, make_policy, details=None, fallback=None):
-    with blas_threads(_threads(ctx, net)):
-        prep = _prepare(net, ctx)
-        triv = _trivial(prep)
-        if triv is not None:
-            return triv
-        cr = core.run_chain(prep, make_policy(prep), ctx=ctx, fallback=fallback)
-        return _finish(prep, cr, ctx, details or {})
+def _slope_models(prep, ctx) -> list:
+    """The Prepared chains to try: one for a global bound; on a box, per the ``slopes`` option, the
+    relaxed local model and the global one (auto: the smaller bound wins, so a local bound is never above
+    the global one of the same method), or a single model."""
+    if prep.slope_bounds is None:
+        return [prep]
+    which = str(ctx.option("slopes", "auto"))
+    names = ["relaxed", "global"] if which == "auto" else [which]
+    return [prep.with_slopes(n) for n in names]
+
+
+def _run_policy(net, ctx, make_policy, details=None):
+    """One closed-form policy (on a box: for each slope model, the smallest value kept)."""
+    return _min_over(net, ctx, [(ctx.method or "policy", make_policy)], details, member_details=False)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -117,10 +129,13 @@ def _run_policy(net, ctx, make_policy, details=None, fallback=None):
 # --------------------------------------------------------------------------------------------------
 
 _REG = dict(kind="upper", norms=(2,), regions=("global",), ops=OPS, activations=ALL_ACTIVATIONS, family="sdp_family")
+# the methods that run the exact decomposition with their own multipliers also bound a box region: there
+# every neuron gets the slope range of its activation on certified pre-activation bounds (local_slopes)
+_REG_BOX = {**_REG, "regions": ("global", "box")}
 
 
 @register_method("eclipse-fast", description="ECLipsE-Fast: closed-form LipSDP-Neuron feasible point, "
-                 "L_k = I / (2 lambda_max(K_k)) (no solver)", options=dict(COMMON_OPTIONS), **_REG)
+                 "L_k = I / (2 lambda_max(K_k)) (no solver)", options=dict(COMMON_OPTIONS), **_REG_BOX)
 def eclipse_fast(net, ctx):
     """Certified upper bound on the global l2 Lipschitz constant (ECLipsE-Fast, Xu & Sivaranjani 2024).
     Cost: O(sum n_k^3) (one Cholesky, one triangular solve and one Gram product per layer)."""
@@ -130,45 +145,50 @@ def eclipse_fast(net, ctx):
 G1_GRID = (0.5, 0.6, 0.7, 0.8, 0.9)
 
 
-def _min_over(net, ctx, members: list, details: dict | None = None):
-    """Run several policies (name, policy factory) and return the smallest certified value."""
+def _min_over(net, ctx, members: list, details: dict | None = None, member_details: bool = True):
+    """Run several policies (name, policy factory), on every slope model of a box region, and return the
+    smallest certified value."""
     with blas_threads(_threads(ctx, net)):
-        prep = _prepare(net, ctx)
-        triv = _trivial(prep)
+        prep0 = _prepare(net, ctx)
+        triv = _trivial(prep0)
         if triv is not None:
             return triv
-        best, best_name, values, status, times = None, None, {}, "ok", {}
+        models = _slope_models(prep0, ctx)
+        best, best_name, best_prep, values, status, times = None, None, None, {}, "ok", {}
         if callable(members):
-            members = members(prep)
-        for name, make in members:
-            if best is not None and ctx.out_of_time():
-                status = "time_limit"
-                break
-            t0, c0 = time.perf_counter(), time.process_time()
-            try:
-                cr = core.run_chain(prep, make(prep), ctx=ctx)
-            except MethodFailed as e:
-                values[name] = f"failed: {e}"
-                continue
-            finally:
-                times[name] = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
-            values[name] = prep.unscale(cr.value_hat)
-            if cr.cut_at is not None and best is not None:
-                continue
-            if best is None or cr.value_hat < best.value_hat or (best.cut_at is not None and cr.cut_at is None):
-                best, best_name = cr, name
+            members = members(prep0)
+        for prep in models:
+            for name, make in members:
+                if best is not None and ctx.out_of_time():
+                    status = "time_limit"
+                    break
+                key = name if len(models) == 1 else f"{name} [{prep.slope_model} slopes]"
+                t0, c0 = time.perf_counter(), time.process_time()
+                try:
+                    cr = core.run_chain(prep, make(prep), ctx=ctx)
+                except MethodFailed as e:
+                    values[key] = f"failed: {e}"
+                    continue
+                finally:
+                    times[key] = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
+                values[key] = prep.unscale(cr.value_hat)
+                if cr.cut_at is not None and best is not None:
+                    continue
+                if best is None or cr.value_hat < best.value_hat or (best.cut_at is not None and cr.cut_at is None):
+                    best, best_name, best_prep = cr, key, prep
         if best is None:
             raise MethodFailed("no member of the family produced a certified value")
         d = dict(details or {})
-        d["members"] = values
-        d["member_times"] = times
-        d["best_member"] = best_name
-        return _finish(prep, best, ctx, d, status)
+        if member_details or len(values) > 1:
+            d["members"] = values
+            d["member_times"] = times
+            d["best_member"] = best_name
+        return _finish(best_prep, best, ctx, d, status)
 
 
 @register_method("eclipse-g1", description="closed-form family G1: L_k = c I / lambda_max(K_k), min over a grid "
                  "of step sizes c (c = 1/2 is ECLipsE-Fast)",
-                 options={**COMMON_OPTIONS, "c": "one step size in (0,1), or a list (default 0.5..0.9)"}, **_REG)
+                 options={**COMMON_OPTIONS, "c": "one step size in (0,1), or a list (default 0.5..0.9)"}, **_REG_BOX)
 def eclipse_g1(net, ctx):
     """Certified upper bound on the global l2 Lipschitz constant: the minimum over step sizes c of the G1
     closed form (reconstruction of Syed & Hu 2025). Cost: O(sum n_k^3) per step size."""
@@ -198,12 +218,12 @@ for _kind, _desc in (("balance", "p_j = sqrt(||W_{k+1}[:,j]||^2 / K_jj)"), ("jac
                      ("gershgorin", "p_j = 1 / sum_l |K_jl|")):
     register_method(f"eclipse-g2-{_kind}", description=f"closed-form family G2: diagonal scaling {_desc}, "
                     "L_k = c P / lambda_max(P^1/2 K P^1/2)", options={**COMMON_OPTIONS, "c": "step in (0,1), default 0.5"},
-                    **_REG)(_g2_method(_kind))
+                    **_REG_BOX)(_g2_method(_kind))
 
 
 @register_method("eclipse-g3", description="closed-form family G3: per layer the scalar multiplier minimising the "
                  "next layer's lambda_max (golden-section search, one eigendecomposition per layer)",
-                 options={**COMMON_OPTIONS, "iters": "golden-section steps per layer (default 24)"}, **_REG)
+                 options={**COMMON_OPTIONS, "iters": "golden-section steps per layer (default 24)"}, **_REG_BOX)
 def eclipse_g3(net, ctx):
     """Certified upper bound on the global l2 Lipschitz constant: greedy scalar multipliers (G3). Cost:
     O(sum n_k^3) with one eigendecomposition per layer plus ~iters small eigenvalue problems."""
@@ -213,7 +233,7 @@ def eclipse_g3(net, ctx):
 
 @register_method("eclipse-g3-balance", description="G3 search in the balance-scaled coordinates of G2 "
                  "(L_k = s P_balance, s chosen greedily)",
-                 options={**COMMON_OPTIONS, "iters": "golden-section steps per layer (default 24)"}, **_REG)
+                 options={**COMMON_OPTIONS, "iters": "golden-section steps per layer (default 24)"}, **_REG_BOX)
 def eclipse_g3_balance(net, ctx):
     """Certified upper bound on the global l2 Lipschitz constant: G3's greedy scalar search along the G2
     balance scaling. Cost: as eclipse-g3."""
@@ -252,7 +272,7 @@ def _which_members(ctx, prep) -> str:
 @register_method("eclipse-family", description="minimum over every closed-form member (ECLipsE-Fast, G1 grid, "
                  "G2 balance/Jacobi/Gershgorin, G3, G3-balance)",
                  options={**COMMON_OPTIONS, "members": f"auto (default: all, or cheap when a layer has more than "
-                          f"{CHEAP_FAMILY_WIDTH} neurons), all, or cheap (no G3 searches)"}, **_REG)
+                          f"{CHEAP_FAMILY_WIDTH} neurons), all, or cheap (no G3 searches)"}, **_REG_BOX)
 def eclipse_family(net, ctx):
     """Certified upper bound on the global l2 Lipschitz constant: the minimum over the closed-form family.
     Never above ECLipsE-Fast (its first member). Cost: about ten closed-form passes, O(sum n_k^3) each;
@@ -270,7 +290,7 @@ def eclipse_family(net, ctx):
                  options={**COMMON_OPTIONS, "solver": "auto (default: clarabel for per-layer LMIs up to size 60, else scs with eps 1e-5 "
                                     "and 5000 iterations), scs or clarabel",
                           "max_stage_width": f"refuse hidden layers wider than this (default {ECLIPSE_MAX_WIDTH})",
-                          "verbose": "solver output"}, **_REG)
+                          "verbose": "solver output"}, **_REG_BOX)
 def eclipse(net, ctx):
     """Certified upper bound on the global l2 Lipschitz constant (ECLipsE, Xu & Sivaranjani 2024).
     Cost: L-1 SDPs of size about 2 n_k with n_k + 1 variables (interior point: O(n_k^6) worst case)."""
@@ -278,7 +298,7 @@ def eclipse(net, ctx):
 
     stats = {}
     with blas_threads(_threads(ctx, net)):
-        prep = _prepare(net, ctx)
+        prep = _slope_models(_prepare(net, ctx), ctx)[0]
         triv = _trivial(prep)
         if triv is not None:
             return triv
