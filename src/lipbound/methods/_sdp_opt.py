@@ -30,6 +30,16 @@ feasible point; the exact value log g_max of the best one is kept (anytime).  Mu
 multiplicity > 1 at the optimum) need no special care: psi_t is smooth.  The gradient comes from a
 hand-written reverse pass (``BarrierObjective.value_and_grad``, 2-3x faster than autograd on small nets;
 the autograd version ``__call__`` is kept as its reference).
+
+Per-neuron slopes (local bounds, reference §6).  ``prep.alphas[k]`` / ``prep.betas[k]`` may be per-neuron
+arrays; then p_k = alpha*beta and m_k = (alpha+beta)/2 are vectors (`slopes`), X_{k-1} = M_{k-1} +
+W_k^T diag(p_k L_k) W_k (used when any p_kj != 0), M_k = diag(L_k) - diag(m_k L_k) W_k X_{k-1}^{-1} W_k^T
+diag(m_k L_k), and phase 1's K_k = diag(m_k) W_k M_{k-1}^{-1} W_k^T diag(m_k).  Layer-wide slopes (and
+per-neuron ones that are all equal) run exactly the scalar computation.  A neuron with alpha_j = beta_j (a
+stable or dead ReLU) makes psi_t unbounded below in its multiplier, and a multiplier ~1e17 made float64
+Cholesky factorisations pass on a matrix that is not PD in exact arithmetic; the barrier fixes such
+multipliers at FROZEN_FACTOR times their start value instead of optimising them.  Phase 1 drops the p-term,
+which for alpha_j = beta_j drops all of the neuron's benefit: it is poor on local slopes (use the barrier).
 """
 
 from __future__ import annotations
@@ -49,22 +59,93 @@ class _Infeasible(Exception):
     pass
 
 
+# per-neuron slopes that are all equal are treated as the layer-wide float (exactly the scalar computation)
+COLLAPSE_UNIFORM = True
+
+
+def slopes(prep: Prepared, collapse: bool | None = None) -> tuple[list, list, list]:
+    """Per hidden layer k: p_k = alpha*beta, m_k = (alpha+beta)/2 and whether the layer has a p-term.
+
+    ``prep.alphas[k]`` / ``prep.betas[k]`` are each a float (layer-wide slopes) or a 1-D array of length n_k
+    (per-neuron slopes, reference §6); p_k and m_k are then floats (layer-wide slopes, or per-neuron values
+    that are all equal when ``collapse`` (default COLLAPSE_UNIFORM): then the computation is exactly the
+    layer-wide one) or float64 arrays.  Works with a numpy array of floats as ``prep.alphas`` too.  A layer
+    has the p-term (pivot X_{k-1} = M_{k-1} + W_k^T diag(p_k L_k) W_k) when any p_kj != 0."""
+    if collapse is None:
+        collapse = COLLAPSE_UNIFORM
+    ps, ms, hasp = [], [], []
+    for a, b in zip(prep.alphas, prep.betas):
+        if np.ndim(a) == 0 and np.ndim(b) == 0:
+            a, b = float(a), float(b)
+            p, m = a * b, (a + b) / 2
+        else:
+            a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+            p, m = a * b, (a + b) / 2
+            if collapse and p.size and np.all(p == p.flat[0]):
+                p = float(p.flat[0])
+            if collapse and m.size and np.all(m == m.flat[0]):
+                m = float(m.flat[0])
+        ps.append(p)
+        ms.append(m)
+        hasp.append(bool(np.any(np.asarray(p) != 0.0)))
+    return ps, ms, hasp
+
+
+# In the barrier (phase 2), a neuron with alpha_j = beta_j (per-neuron slopes: stable or dead ReLU) has
+# psi_t unbounded below in its multiplier (its QC term lam_j (x_j - alpha_j z_j)^2 is PSD, so log det A grows
+# without bound and the LipSDP value improves monotonically as lam_j -> inf; the optimum is not attained).
+# Its multiplier is therefore not optimised but fixed at FROZEN_FACTOR times its start value: large enough to
+# lose only ~1/FROZEN_FACTOR of the neuron's linearity, small enough that M_jj = lam_j / (1 + p_j lam_j s_j)
+# (a difference of numbers ~lam_j) keeps its float64 accuracy.
+FROZEN_FACTOR = 1e6
+
+
+def frozen_neurons(prep: Prepared) -> list:
+    """Per hidden layer: None, or (per-neuron slopes with some alpha_j == beta_j) the boolean mask of those
+    neurons, whose multipliers the barrier does not optimise (see FROZEN_FACTOR)."""
+    out = []
+    for a, b in zip(prep.alphas, prep.betas):
+        if np.ndim(a) == 0 and np.ndim(b) == 0:
+            out.append(None)
+            continue
+        eq = np.asarray(a, dtype=np.float64) == np.asarray(b, dtype=np.float64)
+        out.append(np.array(eq, dtype=bool) if np.any(eq) else None)
+    return out
+
+
+def _tslopes(prep: Prepared) -> tuple[list, list, list]:
+    """`slopes` with the per-neuron arrays as float64 torch tensors (floats stay floats)."""
+    ps, ms, hasp = slopes(prep)
+    conv = lambda q: q if isinstance(q, float) else torch.from_numpy(np.ascontiguousarray(q))  # noqa: E731
+    return [conv(p) for p in ps], [conv(m) for m in ms], hasp
+
+
+def _couple(K, m):
+    """diag(m) K diag(m) (m a float or a vector)."""
+    if isinstance(m, float):
+        return K * (m * m)
+    return m[:, None] * K * m[None, :]
+
+
 def init_params(prep: Prepared, Ls: list):
     """(theta, eta) reproducing given feasible multipliers exactly (p-term dropped in K; multipliers that
-    are feasible only with the alpha*beta term are shrunk until they are feasible without it)."""
+    are feasible only with the alpha*beta term are shrunk until they are feasible without it).  Layer-wide
+    or per-neuron slopes (`slopes`)."""
     thetas, etas = [], []
     M = None
     import scipy.linalg as sla
 
+    _, ms, _ = slopes(prep)
     for k in range(prep.L - 1):
         W = prep.Ws[k]
-        m = prep.ms[k]
+        m = ms[k]
         if M is None:
-            K = (W @ W.T) * m * m
+            K = W @ W.T
         else:
             R = sla.cholesky(M, lower=True)
             C = sla.solve_triangular(R, W.T, lower=True)
-            K = (C.T @ C) * m * m
+            K = C.T @ C
+        K = K * m * m if isinstance(m, float) else m[:, None] * K * m[None, :]
         K = (K + K.T) / 2
         lam = np.asarray(Ls[k], dtype=np.float64)
         sq = np.sqrt(lam)
@@ -87,8 +168,7 @@ class Objective:
 
     def __init__(self, prep: Prepared):
         self.Ws = [torch.as_tensor(W, dtype=DT) for W in prep.Ws]
-        self.ms = [float(m) for m in prep.ms]
-        self.ps = [float(p) for p in prep.ps]
+        self.ps, self.ms, self.hasp = _tslopes(prep)
         self.L = prep.L
 
     def multipliers(self, thetas, etas):
@@ -103,21 +183,21 @@ class Objective:
                 C = W.T
             else:
                 C = torch.linalg.solve_triangular(R, W.T, upper=False)
-            K = (C.T @ C) * (m * m)
+            K = _couple(C.T @ C, m)
             K = (K + K.T) / 2
             P = torch.exp(thetas[k] - thetas[k].max().detach())
             sq = torch.sqrt(P)
             A = sq[:, None] * K * sq[None, :]
             mu = torch.linalg.eigvalsh((A + A.T) / 2)[-1]
             lam = torch.sigmoid(etas[k]) * P / mu
-            if self.ps[k] != 0.0:
+            if self.hasp[k]:  # p a float or a vector (p * (W^T * lam) = W^T diag(p lam))
                 Mprev = torch.eye(W.shape[1], dtype=DT) if R is None else R @ R.T
                 X = Mprev + self.ps[k] * (W.T * lam) @ W
                 RX, info = torch.linalg.cholesky_ex((X + X.T) / 2)
                 if int(info) != 0:
                     raise _Infeasible()
                 CX = torch.linalg.solve_triangular(RX, W.T, upper=False)
-                KX = (CX.T @ CX) * (m * m)
+                KX = _couple(CX.T @ CX, m)
                 KX = (KX + KX.T) / 2
             else:
                 KX = K
@@ -259,23 +339,46 @@ def optimise(prep: Prepared, Ls0: list, *, time_budget: float, max_iter: int = 2
 
 class BarrierObjective:
     """psi_t of the module docstring as a function of v (L_k = L0_k * exp(v_k)), with the exact recursion
-    (alpha*beta term included); raises _Infeasible when a Cholesky factorisation fails."""
+    (alpha*beta term included, layer-wide or per-neuron slopes); raises _Infeasible when a Cholesky
+    factorisation fails.  Neurons with alpha_j = beta_j have no variable (``sizes`` counts the variables
+    per layer, ``widths`` the neurons): their multiplier is FROZEN_FACTOR * L0_j."""
 
     def __init__(self, prep: Prepared, L0: list):
         self.Ws = [torch.as_tensor(W, dtype=DT) for W in prep.Ws]
         self.WTs = [W.T.contiguous() for W in self.Ws]
-        self.ms = [float(m) for m in prep.ms]
-        self.ps = [float(p) for p in prep.ps]
-        self.L0 = [torch.as_tensor(np.asarray(l, dtype=np.float64), dtype=DT) for l in L0]
-        self.sizes = [len(l) for l in L0]
-        self.nu = prep.Ws[0].shape[1] + sum(self.sizes) + 1
+        self.ps, self.ms, self.hasp = _tslopes(prep)
+        self.L0, self.free = [], []  # free: None (every multiplier optimised) or the indices of the optimised
+        for l, fz in zip(L0, frozen_neurons(prep)):
+            l0 = torch.as_tensor(np.asarray(l, dtype=np.float64), dtype=DT)
+            if fz is None:
+                self.free.append(None)
+            else:  # alpha_j == beta_j: fixed multiplier (FROZEN_FACTOR)
+                l0 = l0.clone()
+                l0[torch.from_numpy(fz)] *= FROZEN_FACTOR
+                self.free.append(torch.from_numpy(np.flatnonzero(~fz)))
+            self.L0.append(l0)
+        self.widths = [len(l) for l in L0]
+        self.sizes = [n if f is None else len(f) for n, f in zip(self.widths, self.free)]  # variables per layer
+        self.nu = prep.Ws[0].shape[1] + sum(self.widths) + 1
 
     def multipliers(self, v: np.ndarray) -> list:
         out, pos = [], 0
-        for l0, n in zip(self.L0, self.sizes):
-            out.append(l0.numpy() * np.exp(v[pos:pos + n]))
+        for l0, n, f in zip(self.L0, self.sizes, self.free):
+            if f is None:
+                out.append(l0.numpy() * np.exp(v[pos:pos + n]))
+            else:
+                lam = l0.numpy().copy()
+                lam[f.numpy()] *= np.exp(v[pos:pos + n])
+                out.append(lam)
             pos += n
         return out
+
+    def _lam(self, k: int, vk):
+        """L_k from its variables (a torch slice)."""
+        f = self.free[k]
+        if f is None:
+            return self.L0[k] * torch.exp(vk)
+        return self.L0[k] * torch.exp(torch.zeros(self.widths[k], dtype=DT).index_copy(0, f, vk))
 
     @staticmethod
     def _chol(A):
@@ -292,9 +395,9 @@ class BarrierObjective:
         pos = 0
         for k, n in enumerate(self.sizes):
             W, WT, m, p = self.Ws[k], self.WTs[k], self.ms[k], self.ps[k]
-            lam = self.L0[k] * torch.exp(v[pos:pos + n])
+            lam = self._lam(k, v[pos:pos + n])
             pos += n
-            if p != 0.0:  # pivot X_{k-1} = M_{k-1} + p W_k^T L_k W_k
+            if self.hasp[k]:  # pivot X_{k-1} = M_{k-1} + W_k^T diag(p L_k) W_k (p a float or a vector)
                 Mp = torch.eye(W.shape[1], dtype=DT) if M is None else M
                 X = Mp + p * (WT * lam) @ W
                 RX = self._chol((X + X.T) / 2)
@@ -306,7 +409,11 @@ class BarrierObjective:
                 B = B + 2 * torch.log(torch.diagonal(R)).sum()
                 C = torch.linalg.solve_triangular(R, WT, upper=False)
             K = C.T @ C
-            M = torch.diag(lam) - (m * m) * (lam[:, None] * K * lam[None, :])
+            if isinstance(m, float):
+                M = torch.diag(lam) - (m * m) * (lam[:, None] * K * lam[None, :])
+            else:
+                lm = lam * m
+                M = torch.diag(lam) - lm[:, None] * K * lm[None, :]
             M = (M + M.T) / 2
             R = self._chol(M)
         B = B + 2 * torch.log(torch.diagonal(R)).sum()
@@ -336,9 +443,9 @@ class BarrierObjective:
             pos = 0
             for k, n in enumerate(self.sizes):
                 W, WT, m, p = self.Ws[k], self.WTs[k], self.ms[k], self.ps[k]
-                lam = self.L0[k] * torch.exp(vt[pos:pos + n])
+                lam = self._lam(k, vt[pos:pos + n])
                 pos += n
-                if p != 0.0:
+                if self.hasp[k]:
                     Mp = torch.eye(W.shape[1], dtype=DT) if M is None else M
                     X = Mp + p * (WT * lam) @ W
                     RX = self._chol((X + X.T) / 2)
@@ -353,7 +460,11 @@ class BarrierObjective:
                     C = torch.linalg.solve_triangular(R, WT, upper=False)
                     const = False
                 K = C.T @ C
-                M = torch.diag(lam) - (m * m) * (lam[:, None] * K * lam[None, :])
+                if isinstance(m, float):
+                    M = torch.diag(lam) - (m * m) * (lam[:, None] * K * lam[None, :])
+                else:
+                    lm = lam * m
+                    M = torch.diag(lam) - lm[:, None] * K * lm[None, :]
                 M = (M + M.T) / 2
                 R = self._chol(M)
                 tape.append((lam, RX, C, K, const))
@@ -395,16 +506,23 @@ class BarrierObjective:
             for k in range(len(self.sizes) - 1, -1, -1):
                 lam, RX, C, K, const = tape[k]
                 m, p = self.ms[k], self.ps[k]
-                lbar = torch.diagonal(Mbar) - 2 * (m * m) * ((Mbar * K) @ lam)
+                if isinstance(m, float):
+                    lbar = torch.diagonal(Mbar) - 2 * (m * m) * ((Mbar * K) @ lam)
+                else:  # M = diag(lam) - diag(m lam) K diag(m lam)
+                    lm = lam * m
+                    lbar = torch.diagonal(Mbar) - 2 * m * ((Mbar * K) @ lm)
                 if const:
-                    grads[k] = lbar * lam
+                    grads[k] = lbar * lam if self.free[k] is None else (lbar * lam)[self.free[k]]
                     break
-                Kbar = -(m * m) * (lam[:, None] * Mbar * lam[None, :])
+                if isinstance(m, float):
+                    Kbar = -(m * m) * (lam[:, None] * Mbar * lam[None, :])
+                else:
+                    Kbar = -(lm[:, None] * Mbar * lm[None, :])
                 Xbar = sandwich(RX, C @ Kbar @ C.T)
                 W = self.Ws[k]
-                if p != 0.0:
+                if self.hasp[k]:  # p a float or a vector: d/dlam of tr(Xbar W^T diag(p lam) W)
                     lbar = lbar + p * ((W @ Xbar) * W).sum(dim=1)
-                grads[k] = lbar * lam
+                grads[k] = lbar * lam if self.free[k] is None else (lbar * lam)[self.free[k]]
                 if k == 0:
                     break
                 Mbar = Xbar
@@ -447,6 +565,8 @@ def polish(prep: Prepared, Ls0: list, *, time_budget: float, eps_final: float = 
 
     ``keep_memory`` carries the L-BFGS pairs across stages; ``autograd`` uses torch autograd instead of the
     hand-written reverse pass (slower; for checking).
+    Per-neuron slopes: the multipliers of neurons with alpha_j = beta_j are not optimised but returned as
+    FROZEN_FACTOR * Ls0 (see the module docstring).
     Returns (the multipliers of the best evaluated point, as a numpy list -- Ls0 itself if nothing beat it,
     None if Ls0 fails its float64 factorisations; history dict)."""
     obj = BarrierObjective(prep, Ls0)
