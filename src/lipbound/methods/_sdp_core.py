@@ -382,12 +382,24 @@ class ChainResult:
     cut_at: int | None = None  # time limit: decomposition stopped after this stage
 
 
+# rounding margin of a pivot, relative to the size of the terms whose difference it is
+PIVOT_MARGIN = 4 * np.finfo(np.float64).eps
+
+
 def _pivot(lam: torch.Tensor, KX: torch.Tensor) -> torch.Tensor:
-    """M_k = diag(lam) - lam K lam (elementwise), a fresh matrix."""
+    """M_k = diag(lam) - lam K lam (elementwise) minus a rounding margin delta I, a fresh matrix.
+
+    Why the margin: M_k is a difference of terms that can be far larger than M_k itself (huge multipliers
+    on nearly linear neurons), and a float64 Cholesky then succeeds on cancellation noise. delta =
+    4 n^2 u max_j (lam_j + lam_j^2 K_jj) bounds the rounding of the entries (n u each) summed over a row
+    (n), so M_k - delta I is below the exact M_k; using it in the rest of the recursion only makes the
+    next pivots smaller and the final value larger (a valid, conservative certificate)."""
     Mk = KX * lam[:, None]
     Mk *= lam[None, :]
+    n = lam.shape[0]
+    delta = PIVOT_MARGIN * n * n * float(torch.max(lam + torch.diagonal(Mk).abs()))
     Mk.neg_()
-    Mk.diagonal().add_(lam)
+    Mk.diagonal().add_(lam - delta)
     return Mk
 
 
