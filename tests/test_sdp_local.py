@@ -129,3 +129,25 @@ def test_local_unsupported_activation_says_why():
     b = lipbound.bound(net, "eclipse-fast", center=np.zeros(net.n_inputs), eps=0.1)
     assert b.status == "unsupported" and "pre-activation" in b.reason
     assert lipbound.bound(net, "eclipse-fast").status == "ok"
+
+
+@pytest.mark.parametrize("act,kw,eps", [CASES[0], CASES[2], CASES[3]])
+def test_lipsdp_opt_local(act, kw, eps):
+    """lipsdp-opt on a box: above the sampled lower bound, not above the local closed-form family, and its
+    multipliers certify the LMI assembled with the slopes of the model that won."""
+    net = eclipse_network(activation=act, **kw)
+    center = np.random.default_rng(kw["seed"]).standard_normal(net.n_inputs)
+    region = Region.box(center, eps)
+    low = sampled_local_lower(net, region)
+    opt = lipbound.bound(net, "lipsdp-opt", center=center, eps=eps, budget=10.0)
+    fam = lipbound.bound(net, "eclipse-family", center=center, eps=eps)
+    assert opt.status == "ok", opt.reason
+    assert low <= opt.value <= fam.value * (1 + 1e-9), (low, opt.value, fam.value)
+    model = (opt.details.get("local_slopes") or {}).get("model", "global")
+    local = core.local_slopes(net, region)
+    ga = [float(n.op.alpha) for n in net.nodes if n.op.kind == "Activation"]
+    gb = [float(n.op.beta) for n in net.nodes if n.op.kind == "Activation"]
+    al, be = {"global": (ga, gb), "local": ([a for a, _, _ in local], [b for _, b, _ in local]),
+              "relaxed": ([np.minimum(a, g) for (a, _, _), g in zip(local, ga)], [b for _, b, _ in local])}[model]
+    assert full_lmi_max_eig(net, opt.details["multipliers"], opt.value, al, be) <= 1e-8
+    assert full_lmi_max_eig(net, opt.details["multipliers"], 0.999 * opt.value, al, be) > 0

@@ -382,24 +382,26 @@ class ChainResult:
     cut_at: int | None = None  # time limit: decomposition stopped after this stage
 
 
-# rounding margin of a pivot, relative to the size of the terms whose difference it is
+# rounding margin of a pivot, per row, relative to the size of the terms whose difference it is
 PIVOT_MARGIN = 4 * np.finfo(np.float64).eps
 
 
-def _pivot(lam: torch.Tensor, KX: torch.Tensor) -> torch.Tensor:
-    """M_k = diag(lam) - lam K lam (elementwise) minus a rounding margin delta I, a fresh matrix.
+def _pivot(lam: torch.Tensor, KX: torch.Tensor, n_inner: int) -> torch.Tensor:
+    """M_k = diag(lam) - lam K lam (elementwise) minus a diagonal rounding margin, a fresh matrix.
 
     Why the margin: M_k is a difference of terms that can be far larger than M_k itself (huge multipliers
-    on nearly linear neurons), and a float64 Cholesky then succeeds on cancellation noise. delta =
-    4 n^2 u max_j (lam_j + lam_j^2 K_jj) bounds the rounding of the entries (n u each) summed over a row
-    (n), so M_k - delta I is below the exact M_k; using it in the rest of the recursion only makes the
-    next pivots smaller and the final value larger (a valid, conservative certificate)."""
+    on nearly linear neurons), and a float64 Cholesky then succeeds on cancellation noise. An entry of
+    lam K lam carries a rounding error up to g v_j v_l with v_j = lam_j sqrt(K_jj) and g = 4 (n_inner + n) u
+    (K's entries are inner products of length ~n_inner); the diagonal r_j = g (lam_j + v_j sum_l v_l)
+    dominates each row of that error (Gershgorin), so M_k - diag(r) lies below the exact M_k. Using it in
+    the rest of the recursion only makes the next pivots smaller and the final value larger: a valid,
+    conservative certificate, and rows with tiny multipliers get tiny margins."""
     Mk = KX * lam[:, None]
     Mk *= lam[None, :]
-    n = lam.shape[0]
-    delta = PIVOT_MARGIN * n * n * float(torch.max(lam + torch.diagonal(Mk).abs()))
     Mk.neg_()
-    Mk.diagonal().add_(lam - delta)
+    v = torch.sqrt(torch.clamp(torch.diagonal(KX), min=0.0)) * lam
+    g = PIVOT_MARGIN * (n_inner + lam.shape[0])
+    Mk.diagonal().add_(lam - g * (lam + v * v.sum()))
     return Mk
 
 
@@ -475,7 +477,7 @@ def run_chain(prep: Prepared, policy: Policy, *, ctx=None, fallback: Policy | No
         KX = _p_term_K(M, W, inv[k], lam, p, m) if _has_p(p) else K
         Rk = Mk = None
         for attempt in range(60):
-            Mk = _pivot(lam, KX)
+            Mk = _pivot(lam, KX, W.shape[1])
             try:
                 Rk = chol(Mk)
                 break
@@ -543,7 +545,9 @@ def _diag_choice(st: Stage, kind: str) -> np.ndarray:
         col = np.where(col > 0, col, np.max(col) * 1e-6 if np.max(col) > 0 else 1.0)
         P = np.sqrt(col / dpos)
     elif kind == "gershgorin":
-        P = 1.0 / np.maximum(np.sum(np.abs(st.K), axis=1), 1e-300)
+        rs = np.sum(np.abs(st.K), axis=1)
+        # a zero row (a neuron dead on a box region: no coupling) must not take the whole scale
+        P = np.where(rs > 0, 1.0 / np.where(rs > 0, rs, 1.0), (1.0 / rs[rs > 0]).max() if np.any(rs > 0) else 1.0)
     else:
         raise ValueError(kind)
     P = P / np.max(P)

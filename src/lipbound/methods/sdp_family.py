@@ -29,7 +29,8 @@ COMMON_OPTIONS = {
                     "since small matrices are slower with threads; else the cores that other processes leave "
                     "free, measured over 0.1 s)",
     "max_entries": "largest dense matrix of dense_chain() (default that of lipbound.network)",
-    "slopes": "box regions: auto (default: the smaller of the relaxed local and the global bound), relaxed "
+    "slopes": "box regions: auto (default: the smaller of the relaxed local and the global bound; for "
+              "lipsdp-opt of the local and the relaxed one), relaxed "
               "([global alpha, local beta] per neuron), local (each neuron's derivative range on the box) or "
               "global",
 }
@@ -432,52 +433,33 @@ OPT_DIRECT_FIRST = 200
                                     f"(default: barrier up to {OPT_DIRECT_FIRST} hidden neurons, else both)",
                           "rtol": "target relative accuracy of the bound: the barrier path ends at "
                                   "eps = 2 rtol in log F (default 2e-5); direct phase: stop when the bound "
-                                  "improved by less than this over 10 iterations"}, **_REG)
+                                  "improved by less than this over 10 iterations"}, **_REG_BOX)
 def lipsdp_opt(net, ctx):
-    """Certified upper bound on the global l2 Lipschitz constant: the multipliers of the exact LipSDP-Neuron
-    decomposition optimised jointly, started from the best closed-form member, by following the central
-    path of the log-det barrier of the (rescaled) LipSDP-Neuron LMI, which is convex in the multipliers
-    (alpha*beta term included, so leaky ReLU too); its limit is the LipSDP-Neuron optimum (measured within
-    ~1e-4 of Clarabel). Anytime: every evaluated point passes its Cholesky factorisations and the best one
-    is kept; at the time limit the best so far is returned (status time_limit). The final multipliers are
-    re-certified by the float64 numpy decomposition.
+    """Certified upper bound on the l2 Lipschitz constant (global, or local on a box with per-neuron slopes):
+    the multipliers of the exact LipSDP-Neuron decomposition optimised jointly, started from the best
+    closed-form member, by following the central path of the log-det barrier of the (rescaled) LipSDP-Neuron
+    LMI, which is convex in the multipliers (alpha*beta term included, so leaky ReLU too); its limit is the
+    LipSDP-Neuron optimum (measured within ~1e-4 of Clarabel). On a box, the local slope model (each
+    neuron's derivative range) and the relaxed one each get a share of the time, and the smaller certified
+    value wins. Anytime: every evaluated point passes its Cholesky factorisations and the best one is kept;
+    at the time limit the best so far is returned (status time_limit). The final multipliers are
+    re-certified by the float64 decomposition.
     Cost per iteration: forward + backward through O(L) Cholesky factorisations (O(sum n_k^3))."""
     import torch
-
-    from ._sdp_opt import optimise, polish
 
     old_threads = torch.get_num_threads()
     n_threads = _threads(ctx, net)
     torch.set_num_threads(n_threads)
     try:
         with blas_threads(n_threads):
-            prep = _prepare(net, ctx)
-            triv = _trivial(prep)
+            prep0 = _prepare(net, ctx)
+            triv = _trivial(prep0)
             if triv is not None:
                 return triv
             phases = str(ctx.option("phases", "auto"))
             if phases not in ("auto", "barrier", "direct", "both"):
                 raise Unsupported(f"phases={phases!r}: use auto, barrier, direct or both")
-            if phases == "auto":
-                phases = "barrier" if prep.n_hidden <= OPT_DIRECT_FIRST else "both"
-            start = str(ctx.option("start", "family"))
-            members = _family_members(_which_members(ctx, prep)) if start == "family" else _family_members()[:1]
-            t0 = time.perf_counter()
-            best, best_name, values = None, None, {}
-            for name, make in members:
-                if best is not None and ctx.time_left() < 0.5 * (ctx.time_limit or math.inf):
-                    break
-                try:
-                    cr = core.run_chain(prep, make(prep), ctx=ctx)
-                except MethodFailed as e:
-                    values[name] = f"failed: {e}"
-                    continue
-                values[name] = prep.unscale(cr.value_hat)
-                if cr.cut_at is None and (best is None or cr.value_hat < best.value_hat):
-                    best, best_name = cr, name
-            if best is None:
-                raise MethodFailed("no closed-form start point")
-            t_start = time.perf_counter() - t0
+            t_begin = time.perf_counter()
             left = ctx.time_left()
             # the budget applies when there is no time limit; with one, the time left (minus a margin for the
             # final certificate) unless a budget is also given explicitly
@@ -485,65 +467,129 @@ def lipsdp_opt(net, ctx):
             by_time_limit = math.isfinite(left) and left - 0.05 * (ctx.time_limit or 0) - 0.5 <= budget
             if math.isfinite(left):
                 budget = min(budget, left - 0.05 * (ctx.time_limit or 0) - 0.5)
-            details = {"start_member": best_name, "start_value": prep.unscale(best.value_hat),
-                       "start_members": values, "start_time_s": t_start, "phases": phases}
-            max_iter = int(ctx.option("max_iter", 5000))
-            rtol = float(ctx.option("rtol", 2e-5))
-            status = "ok"
-            final = best
-
-            def certify(Ls, key):
-                nonlocal final
-                if Ls is None:
-                    return
-                try:
-                    cr = core.run_chain(prep, None, fixed=Ls)
-                except (MethodFailed, core.CertificateError) as e:
-                    details[key + "_check_failed"] = str(e)
-                    return
-                details[key + "_value"] = prep.unscale(cr.value_hat)
-                if cr.value_hat < final.value_hat:
-                    final = cr
-
-            t_opt = time.perf_counter()
-            if budget <= 0:
-                status = "time_limit"
-                details["stopped_by"] = "time limit" if by_time_limit else "budget"
+            if prep0.slope_bounds is None:
+                models = [prep0]
             else:
-                hit_limit = False
-                if phases in ("direct", "both"):
-                    share = budget if phases == "direct" else 0.5 * budget
-                    Ls_opt, hist = optimise(prep, final.Ls, time_budget=share, max_iter=max_iter,
-                                            rtol=2 * (rtol if phases == "direct" else max(rtol, 5e-4)))
-                    details["direct"] = hist
-                    certify(Ls_opt, "direct")
-                    hit_limit = hist.get("time_s", 0) >= share * 0.98
-                if phases in ("barrier", "both"):
-                    remaining = budget - (time.perf_counter() - t_opt)
-                    if remaining > 0:
-                        Ls_opt, hist = polish(prep, final.Ls, time_budget=remaining, eps_final=2 * rtol,
-                                              max_iter=max_iter)
-                        details["barrier"] = hist
-                        certify(Ls_opt, "barrier")
-                        hit_limit = hist.get("time_s", 0) >= remaining * 0.98
-                    else:
-                        hit_limit = True
-                if hit_limit:  # stopped by the time limit or the budget before the path's end
+                which = str(ctx.option("slopes", "auto"))
+                models = [prep0.with_slopes(w) for w in (["local", "relaxed"] if which == "auto" else [which])]
+            runs = []
+            if prep0.slope_bounds is not None and str(ctx.option("slopes", "auto")) == "auto":
+                # the global closed forms as a floor: a local bound is never above the global family's
+                g = prep0.with_slopes("global")
+                for name, make in _family_members(_which_members(ctx, g)):
+                    try:
+                        cr = core.run_chain(g, make(g), ctx=ctx)
+                    except MethodFailed:
+                        continue
+                    if cr.cut_at is None and (not runs or cr.value_hat < runs[0][1].value_hat):
+                        runs = [(g, cr, {"start_member": name, "note": "global closed form (no optimisation)"}, "ok")]
+            floor = list(runs)
+            for i, prep in enumerate(models):
+                share = (budget - (time.perf_counter() - t_begin)) / (len(models) - i)
+                if len(runs) > len(floor) and share <= 0:
+                    break
+                runs.append(_opt_one(prep, ctx, phases, share, by_time_limit))
+            prep, final, details, status = min(runs, key=lambda r: r[1].value_hat)
+            if len(runs) > 1:
+                details["slope_models"] = {("global closed form" if any(r is f for f in floor) else r[0].slope_model):
+                                           r[0].unscale(r[1].value_hat) for r in runs}
+                if len(runs) - len(floor) < len(models) or any(r[3] != "ok" for r in runs):
                     status = "time_limit"
-                    details["stopped_by"] = "time limit" if by_time_limit else "budget"
-            details["optimised_value"] = prep.unscale(final.value_hat)
-            details["optimisation_time_s"] = time.perf_counter() - t_opt
-            # summary under the key of earlier versions (JSON contract), the phases' histories inside
-            phase_hists = {k: details[k] for k in ("direct", "barrier") if k in details}
-            details["optimisation"] = {
-                **{k: sum(h.get(k, 0) for h in phase_hists.values())
-                   for k in ("iterations", "evaluations", "infeasible_evaluations")},
-                "time_s": details["optimisation_time_s"], "phases": phases,
-                "best_log": min([h.get("best_log", math.inf) for h in phase_hists.values()] + [math.inf]),
-                **phase_hists}
-            failed = [details[k] for k in ("direct_check_failed", "barrier_check_failed") if k in details]
-            if failed:
-                details["optimised_check_failed"] = "; ".join(failed)
             return _finish(prep, final, ctx, details, status)
     finally:
         torch.set_num_threads(old_threads)
+
+
+def _opt_one(prep, ctx, phases: str, budget: float, by_time_limit: bool):
+    """lipsdp-opt on one slope model within ``budget`` seconds (closed-form start included):
+    (prep, best ChainResult, details, status)."""
+    from ._sdp_opt import optimise, polish
+
+    if phases == "auto":  # phase 1 drops the alpha*beta term, which is all a local linear neuron offers
+        phases = "barrier" if prep.n_hidden <= OPT_DIRECT_FIRST or prep.slope_model == "local" else "both"
+    start = str(ctx.option("start", "family"))
+    members = _family_members(_which_members(ctx, prep)) if start == "family" else _family_members()[:1]
+    t0 = time.perf_counter()
+    best, best_name, values = None, None, {}
+    for name, make in members:
+        if best is not None and (ctx.time_left() < 0.5 * (ctx.time_limit or math.inf)
+                                 or time.perf_counter() - t0 > 0.25 * budget):
+            break
+        try:
+            cr = core.run_chain(prep, make(prep), ctx=ctx)
+        except MethodFailed as e:
+            values[name] = f"failed: {e}"
+            continue
+        values[name] = prep.unscale(cr.value_hat)
+        if cr.cut_at is None and (best is None or cr.value_hat < best.value_hat):
+            best, best_name = cr, name
+    if best is None:
+        raise MethodFailed("no closed-form start point")
+    t_start = time.perf_counter() - t0
+    budget = budget - t_start
+    details = {"start_member": best_name, "start_value": prep.unscale(best.value_hat),
+               "start_members": values, "start_time_s": t_start, "phases": phases}
+    max_iter = int(ctx.option("max_iter", 5000))
+    rtol = float(ctx.option("rtol", 2e-5))
+    status = "ok"
+    final = best
+
+    def certify(Ls, key):
+        nonlocal final
+        if Ls is None:
+            return
+        try:
+            cr = core.run_chain(prep, None, fixed=Ls)
+        except (MethodFailed, core.CertificateError) as e:
+            details[key + "_check_failed"] = str(e)
+            return
+        details[key + "_value"] = prep.unscale(cr.value_hat)
+        if cr.value_hat < final.value_hat:
+            final = cr
+
+    t_opt = time.perf_counter()
+    if budget <= 0:
+        status = "time_limit"
+        details["stopped_by"] = "time limit" if by_time_limit else "budget"
+    else:
+        hit_limit = False
+        if phases in ("direct", "both"):
+            share = budget if phases == "direct" else 0.5 * budget
+            try:
+                Ls_opt, hist = optimise(prep, final.Ls, time_budget=share, max_iter=max_iter,
+                                        rtol=2 * (rtol if phases == "direct" else max(rtol, 5e-4)))
+            except (RuntimeError, ValueError, np.linalg.LinAlgError) as e:  # numerical failure: keep the best
+                Ls_opt, hist = None, {"failed": f"{type(e).__name__}: {e}"[:300]}
+            details["direct"] = hist
+            certify(Ls_opt, "direct")
+            hit_limit = hist.get("time_s", 0) >= share * 0.98
+        if phases in ("barrier", "both"):
+            remaining = budget - (time.perf_counter() - t_opt)
+            if remaining > 0:
+                try:
+                    Ls_opt, hist = polish(prep, final.Ls, time_budget=remaining, eps_final=2 * rtol,
+                                          max_iter=max_iter)
+                except (RuntimeError, ValueError, np.linalg.LinAlgError) as e:
+                    Ls_opt, hist = None, {"failed": f"{type(e).__name__}: {e}"[:300]}
+                details["barrier"] = hist
+                certify(Ls_opt, "barrier")
+                hit_limit = hist.get("time_s", 0) >= remaining * 0.98
+            else:
+                hit_limit = True
+        if hit_limit:  # stopped by the time limit or the budget before the path's end
+            status = "time_limit"
+            details["stopped_by"] = "time limit" if by_time_limit else "budget"
+    details["optimised_value"] = prep.unscale(final.value_hat)
+    details["optimisation_time_s"] = time.perf_counter() - t_opt
+    # summary under the key of earlier versions (JSON contract), the phases' histories inside
+    phase_hists = {k: details[k] for k in ("direct", "barrier") if k in details}
+    details["optimisation"] = {
+        **{k: sum(h.get(k, 0) for h in phase_hists.values())
+           for k in ("iterations", "evaluations", "infeasible_evaluations")},
+        "time_s": details["optimisation_time_s"], "phases": phases,
+        "best_log": min([h.get("best_log", math.inf) for h in phase_hists.values()] + [math.inf]),
+        **phase_hists}
+    failed = [details[k] for k in ("direct_check_failed", "barrier_check_failed") if k in details]
+    if failed:
+        details["optimised_check_failed"] = "; ".join(failed)
+    return prep, final, details, status
