@@ -26,6 +26,20 @@ def shared_networks(shared_dir) -> Path:
     return shared_dir
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One BLAS and torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    the LipSDP-family tests run many small matrices, which are much slower with threads on 2 busy cores."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+    torch.set_num_threads(old)
+
+
 def pytest_configure(config):
     # the suite runs many tiny tensor ops: one intra-op thread avoids oversubscribing the 2 CI cores
     import torch

@@ -14,6 +14,8 @@ from lipbound.errors import LipboundError
 from lipbound.methods._sdp_nets import eclipse_network
 from lipbound.network import Activation, Linear, Network
 
+from _sdp_checks import assert_barrier_gradient_matches_autograd, lipsdp_neuron_max_eig, split_multipliers
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "networks"
 
 CLOSED = ["eclipse-fast", "eclipse-g1", "eclipse-g2-balance", "eclipse-g2-jacobi", "eclipse-g2-gershgorin",
@@ -24,21 +26,7 @@ OPTIONS = {"lipsdp-neuron": {"solver": "clarabel"}, "lipsdp-layer": {"solver": "
            "lipsdp-opt": {"budget": 10.0}}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small matrices on a busy 2-core machine: one BLAS / torch thread is much faster."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover
-        yield
-    else:
-        with threadpool_limits(limits=1, user_api="blas"):
-            yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: small matrices, one BLAS / torch thread
 
 
 def _load(name):
@@ -84,30 +72,8 @@ def full_lmi_max_eig(net, T: np.ndarray, value: float, output=None) -> float:
     if output is not None:
         Ws[-1] = Ws[-1][output:output + 1]
     acts = [l.activation for l in ch[:-1]]
-    sizes = [Ws[0].shape[1]] + [W.shape[0] for W in Ws[:-1]]
-    offs = np.cumsum([0] + sizes)
-    N = offs[-1]
-    rho = value ** 2
-    Ts, pos = [], 0
-    for n in sizes[1:]:
-        Ts.append(np.asarray(T[pos:pos + n]))
-        pos += n
-    assert pos == len(T)
-    Q = np.zeros((N, N))
-    Q[:sizes[0], :sizes[0]] -= rho * np.eye(sizes[0])
-    for k in range(1, len(Ws)):
-        W, t, a, b = Ws[k - 1], Ts[k - 1], acts[k - 1].alpha, acts[k - 1].beta
-        P = slice(offs[k - 1], offs[k])
-        C = slice(offs[k], offs[k + 1])
-        Q[P, P] -= 2 * a * b * W.T @ np.diag(t) @ W
-        Q[C, C] -= 2 * np.diag(t)
-        Q[P, C] += (a + b) * W.T @ np.diag(t)
-        Q[C, P] += (a + b) * np.diag(t) @ W
-    last = slice(offs[-2], offs[-1])
-    Q[last, last] += Ws[-1].T @ Ws[-1]
-    d = 1 / np.sqrt(np.maximum(np.abs(np.diag(Q)), 1e-300))
-    Q = d[:, None] * Q * d[None, :]
-    return float(np.linalg.eigvalsh((Q + Q.T) / 2)[-1])
+    return lipsdp_neuron_max_eig(Ws, split_multipliers(Ws, T), value, [a.alpha for a in acts],
+                                 [a.beta for a in acts])
 
 
 def run_all(net, methods=ALL, **extra):
@@ -224,10 +190,8 @@ def test_opt_budget_and_time_limit_are_anytime():
 def test_barrier_gradient_matches_autograd(kw):
     """The hand-written reverse pass of the barrier objective equals torch autograd through the same
     forward recursion (value, exact log lambda_max and gradient), for two path parameters."""
-    import torch
-
     from lipbound.methods import _sdp_core as core
-    from lipbound.methods._sdp_opt import DT, BarrierObjective
+    from lipbound.methods._sdp_opt import BarrierObjective
     from lipbound.registry import MethodContext
 
     net = eclipse_network(**kw)
@@ -235,14 +199,7 @@ def test_barrier_gradient_matches_autograd(kw):
     start = core.run_chain(prep, core.policy_g1(0.5))
     obj = BarrierObjective(prep, start.Ls)
     x = 0.05 * np.random.default_rng(0).standard_normal(sum(obj.sizes))
-    for t in (3.0, 1e4):
-        xt = torch.tensor(x, dtype=DT, requires_grad=True)
-        psi, lg = obj(xt, t)
-        (g,) = torch.autograd.grad(psi, xt)
-        psi2, lg2, g2 = obj.value_and_grad(x, t)
-        assert abs(float(psi.detach()) - psi2) <= 1e-10 * max(1.0, abs(psi2))
-        assert abs(lg - lg2) <= 1e-12 * max(1.0, abs(lg))
-        assert np.abs(g.numpy() - g2).max() <= 1e-9 * np.abs(g2).max()
+    assert_barrier_gradient_matches_autograd(obj, x)
 
 
 def test_scs_default_certified():

@@ -14,6 +14,8 @@ from lipbound.methods import _sdp_core as core
 from lipbound.methods._sdp_nets import eclipse_network
 from lipbound.registry import Region
 
+from _sdp_checks import lipsdp_neuron_max_eig, split_multipliers
+
 LOCAL = ["eclipse-fast", "eclipse-g2-balance", "eclipse-g3-balance", "eclipse-family"]
 
 
@@ -28,29 +30,10 @@ def sampled_local_lower(net, region, n=4000, seed=0) -> float:
 
 
 def full_lmi_max_eig(net, T, value, alphas, betas) -> float:
-    """The LipSDP-Neuron matrix of reference §1 written out with PER-NEURON slopes (alpha_j, beta_j), in the
-    original weights, with multipliers T and rho = value^2; its largest eigenvalue after Jacobi scaling."""
+    """The LipSDP-Neuron matrix of reference §1 with PER-NEURON slopes, in the original weights, with the
+    method's multipliers T and rho = value^2 (tests/_sdp_checks.py); its largest eigenvalue."""
     Ws = [l.W for l in net.dense_chain()]
-    sizes = [Ws[0].shape[1]] + [W.shape[0] for W in Ws[:-1]]
-    offs = np.cumsum([0] + sizes)
-    Q = np.zeros((offs[-1], offs[-1]))
-    Q[: sizes[0], : sizes[0]] -= value ** 2 * np.eye(sizes[0])
-    pos = 0
-    for k in range(1, len(Ws)):
-        W, n = Ws[k - 1], sizes[k]
-        t = np.asarray(T[pos:pos + n])
-        a, b = np.broadcast_to(alphas[k - 1], (n,)), np.broadcast_to(betas[k - 1], (n,))
-        pos += n
-        P, C = slice(offs[k - 1], offs[k]), slice(offs[k], offs[k + 1])
-        Q[P, P] -= 2 * W.T @ np.diag(a * b * t) @ W
-        Q[C, C] -= 2 * np.diag(t)
-        Q[P, C] += W.T @ np.diag((a + b) * t)
-        Q[C, P] += np.diag((a + b) * t) @ W
-    last = slice(offs[-2], offs[-1])
-    Q[last, last] += Ws[-1].T @ Ws[-1]
-    d = 1 / np.sqrt(np.maximum(np.abs(np.diag(Q)), 1e-300))
-    Q = d[:, None] * Q * d[None, :]
-    return float(np.linalg.eigvalsh((Q + Q.T) / 2)[-1])
+    return lipsdp_neuron_max_eig(Ws, split_multipliers(Ws, T), value, alphas, betas)
 
 
 CASES = [

@@ -11,25 +11,14 @@ from lipbound.methods import _sdp_core as core
 from lipbound.methods._sdp_nets import eclipse_network
 from lipbound.registry import MethodContext
 
+from _sdp_checks import assert_barrier_gradient_matches_autograd, lipsdp_neuron_max_eig
+
 # slope intervals of the kinds a local analysis produces: stable active ReLU, dead ReLU, unstable ReLU,
 # unstable leaky ReLU(0.1), a smooth activation on a bounded interval
 KINDS = [(1.0, 1.0), (0.0, 0.0), (0.0, 1.0), (0.1, 1.0), (0.2, 0.8)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover
-        yield
-    else:
-        with threadpool_limits(limits=1, user_api="blas"):
-            yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one BLAS / torch thread
 
 
 def _base(**kw):
@@ -78,31 +67,8 @@ def _g1_start(Ws, alphas, betas, c=0.5):
 
 
 def _lmi_max_eig(Ws, alphas, betas, Ls, value):
-    """Reference §1 (block-tridiagonal form) with T_k = diag(t_k), t_k = rho L_k / 2 and per-neuron slopes:
-    (k-1,k-1) -= 2 W_k^T diag(alpha beta t_k) W_k, (k,k) -= 2 diag(t_k), (k-1,k) += W_k^T diag((alpha+beta) t_k),
-    (0,0) -= rho I, last += W_L^T W_L.  Largest eigenvalue after Jacobi scaling (<= ~0: certified)."""
-    sizes = [Ws[0].shape[1]] + [W.shape[0] for W in Ws[:-1]]
-    offs = np.cumsum([0] + sizes)
-    N = offs[-1]
-    rho = value ** 2
-    Q = np.zeros((N, N))
-    Q[:sizes[0], :sizes[0]] -= rho * np.eye(sizes[0])
-    for k in range(1, len(Ws)):
-        W = Ws[k - 1]
-        a = np.broadcast_to(np.asarray(alphas[k - 1], dtype=float), (W.shape[0],))
-        b = np.broadcast_to(np.asarray(betas[k - 1], dtype=float), (W.shape[0],))
-        t = rho * np.asarray(Ls[k - 1]) / 2
-        P = slice(offs[k - 1], offs[k])
-        C = slice(offs[k], offs[k + 1])
-        Q[P, P] -= 2 * W.T @ np.diag(a * b * t) @ W
-        Q[C, C] -= 2 * np.diag(t)
-        Q[P, C] += W.T @ np.diag((a + b) * t)
-        Q[C, P] += np.diag((a + b) * t) @ W
-    last = slice(offs[-2], offs[-1])
-    Q[last, last] += Ws[-1].T @ Ws[-1]
-    d = 1 / np.sqrt(np.maximum(np.abs(np.diag(Q)), 1e-300))
-    Q = d[:, None] * Q * d[None, :]
-    return float(np.linalg.eigvalsh((Q + Q.T) / 2)[-1])
+    """Reference §1 with T_k = rho L_k / 2 and per-neuron slopes (tests/_sdp_checks.py)."""
+    return lipsdp_neuron_max_eig(Ws, [value ** 2 * np.asarray(L) / 2 for L in Ls], value, alphas, betas)
 
 
 NETS = [dict(layers=3, width=12, kind="randn", seed=4, n_out=3),
@@ -114,9 +80,7 @@ NETS = [dict(layers=3, width=12, kind="randn", seed=4, n_out=3),
 def test_local_barrier_gradient_matches_autograd(kw):
     """Per-neuron slopes (all kinds mixed in one layer; one layer with p = 0 everywhere but per-neuron m):
     the hand-written reverse pass equals autograd through ``__call__`` (value, log g_max, gradient)."""
-    import torch
-
-    from lipbound.methods._sdp_opt import DT, BarrierObjective
+    from lipbound.methods._sdp_opt import BarrierObjective
 
     base = _base(**kw)
     alphas, betas = _mixed_slopes(base, 0, layer_kinds={1: [(0.0, 1.0), (0.0, 0.0), (0.0, 0.5)]})
@@ -125,15 +89,10 @@ def test_local_barrier_gradient_matches_autograd(kw):
     obj = BarrierObjective(prep, _g1_start(Ws, alphas, betas))
     assert obj.hasp[0] and not obj.hasp[1]
     x = 0.05 * np.random.default_rng(0).standard_normal(sum(obj.sizes))
+    assert_barrier_gradient_matches_autograd(obj, x)
     for t in (3.0, 1e4):
-        xt = torch.tensor(x, dtype=DT, requires_grad=True)
-        psi, lg = obj(xt, t)
-        (g,) = torch.autograd.grad(psi, xt)
-        psi2, lg2, g2 = obj.value_and_grad(x, t)
-        assert abs(float(psi.detach()) - psi2) <= 1e-10 * max(1.0, abs(psi2))
-        assert abs(lg - lg2) <= 1e-12 * max(1.0, abs(lg))
-        assert np.abs(g.numpy() - g2).max() <= 1e-9 * np.abs(g2).max()
         # the gradient is that of psi_t (central difference on a few coordinates): both could share a bug
+        g2 = obj.value_and_grad(x, t)[2]
         for i in (0, len(x) // 2, len(x) - 1):
             e = np.zeros_like(x)
             e[i] = 1e-5
