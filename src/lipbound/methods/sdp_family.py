@@ -445,59 +445,51 @@ def lipsdp_opt(net, ctx):
     at the time limit the best so far is returned (status time_limit). The final multipliers are
     re-certified by the float64 decomposition.
     Cost per iteration: forward + backward through O(L) Cholesky factorisations (O(sum n_k^3))."""
-    import torch
-
-    old_threads = torch.get_num_threads()
-    n_threads = _threads(ctx, net)
-    torch.set_num_threads(n_threads)
-    try:
-        with blas_threads(n_threads):
-            prep0 = _prepare(net, ctx)
-            triv = _trivial(prep0)
-            if triv is not None:
-                return triv
-            phases = str(ctx.option("phases", "auto"))
-            if phases not in ("auto", "barrier", "direct", "both"):
-                raise Unsupported(f"phases={phases!r}: use auto, barrier, direct or both")
-            t_begin = time.perf_counter()
-            left = ctx.time_left()
-            # the budget applies when there is no time limit; with one, the time left (minus a margin for the
-            # final certificate) unless a budget is also given explicitly
-            budget = float(ctx.option("budget", math.inf if math.isfinite(left) else 120.0))
-            by_time_limit = math.isfinite(left) and left - 0.05 * (ctx.time_limit or 0) - 0.5 <= budget
-            if math.isfinite(left):
-                budget = min(budget, left - 0.05 * (ctx.time_limit or 0) - 0.5)
-            if prep0.slope_bounds is None:
-                models = [prep0]
-            else:
-                which = str(ctx.option("slopes", "auto"))
-                models = [prep0.with_slopes(w) for w in (["local", "relaxed"] if which == "auto" else [which])]
-            runs = []
-            if prep0.slope_bounds is not None and str(ctx.option("slopes", "auto")) == "auto":
-                # the global closed forms as a floor: a local bound is never above the global family's
-                g = prep0.with_slopes("global")
-                for name, make in _family_members(_which_members(ctx, g)):
-                    try:
-                        cr = core.run_chain(g, make(g), ctx=ctx)
-                    except MethodFailed:
-                        continue
-                    if cr.cut_at is None and (not runs or cr.value_hat < runs[0][1].value_hat):
-                        runs = [(g, cr, {"start_member": name, "note": "global closed form (no optimisation)"}, "ok")]
-            floor = list(runs)
-            for i, prep in enumerate(models):
-                share = (budget - (time.perf_counter() - t_begin)) / (len(models) - i)
-                if len(runs) > len(floor) and share <= 0:
-                    break
-                runs.append(_opt_one(prep, ctx, phases, share, by_time_limit))
-            prep, final, details, status = min(runs, key=lambda r: r[1].value_hat)
-            if len(runs) > 1:
-                details["slope_models"] = {("global closed form" if any(r is f for f in floor) else r[0].slope_model):
-                                           r[0].unscale(r[1].value_hat) for r in runs}
-                if len(runs) - len(floor) < len(models) or any(r[3] != "ok" for r in runs):
-                    status = "time_limit"
-            return _finish(prep, final, ctx, details, status)
-    finally:
-        torch.set_num_threads(old_threads)
+    with blas_threads(_threads(ctx, net)):  # sets torch's threads too
+        prep0 = _prepare(net, ctx)
+        triv = _trivial(prep0)
+        if triv is not None:
+            return triv
+        phases = str(ctx.option("phases", "auto"))
+        if phases not in ("auto", "barrier", "direct", "both"):
+            raise Unsupported(f"phases={phases!r}: use auto, barrier, direct or both")
+        t_begin = time.perf_counter()
+        left = ctx.time_left()
+        # the budget applies when there is no time limit; with one, the time left (minus a margin for the
+        # final certificate) unless a budget is also given explicitly
+        budget = float(ctx.option("budget", math.inf if math.isfinite(left) else 120.0))
+        by_time_limit = math.isfinite(left) and left - 0.05 * (ctx.time_limit or 0) - 0.5 <= budget
+        if math.isfinite(left):
+            budget = min(budget, left - 0.05 * (ctx.time_limit or 0) - 0.5)
+        if prep0.slope_bounds is None:
+            models = [prep0]
+        else:
+            which = str(ctx.option("slopes", "auto"))
+            models = [prep0.with_slopes(w) for w in (["local", "relaxed"] if which == "auto" else [which])]
+        runs = []
+        if prep0.slope_bounds is not None and str(ctx.option("slopes", "auto")) == "auto":
+            # the global closed forms as a floor: a local bound is never above the global family's
+            g = prep0.with_slopes("global")
+            for name, make in _family_members(_which_members(ctx, g)):
+                try:
+                    cr = core.run_chain(g, make(g), ctx=ctx)
+                except MethodFailed:
+                    continue
+                if cr.cut_at is None and (not runs or cr.value_hat < runs[0][1].value_hat):
+                    runs = [(g, cr, {"start_member": name, "note": "global closed form (no optimisation)"}, "ok")]
+        floor = list(runs)
+        for i, prep in enumerate(models):
+            share = (budget - (time.perf_counter() - t_begin)) / (len(models) - i)
+            if len(runs) > len(floor) and share <= 0:
+                break
+            runs.append(_opt_one(prep, ctx, phases, share, by_time_limit))
+        prep, final, details, status = min(runs, key=lambda r: r[1].value_hat)
+        if len(runs) > 1:
+            details["slope_models"] = {("global closed form" if any(r is f for f in floor) else r[0].slope_model):
+                                       r[0].unscale(r[1].value_hat) for r in runs}
+            if len(runs) - len(floor) < len(models) or any(r[3] != "ok" for r in runs):
+                status = "time_limit"
+        return _finish(prep, final, ctx, details, status)
 
 
 def _opt_one(prep, ctx, phases: str, budget: float, by_time_limit: bool):
