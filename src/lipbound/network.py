@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import activations as _activations
 from .errors import LipboundError, Unsupported
 
 DTYPE = torch.float64
@@ -348,81 +349,49 @@ class Transpose(AffineOp):
         return y.permute(0, *[int(p) + 1 for p in inv])
 
 
-ACTIVATION_KINDS = ("relu", "leaky_relu", "tanh", "sigmoid", "elu", "softplus")
+#: the activation names, from the one table (`lipbound.activations`)
+ACTIVATION_KINDS = tuple(_activations.ACTIVATIONS)
 
 
 @dataclass(eq=False)
 class Activation(Op):
-    """Elementwise activation. ``alpha <= f'(t) <= beta`` for all t (the slope bounds of LipSDP etc.).
+    """Elementwise activation: the op of the graph, whose facts live in its table entry ``fn``
+    (`lipbound.activations`: forward, derivative, slope bounds ``alpha <= f' <= beta``, derivative
+    ranges, relaxations, kinks...).
 
-    ``name``: relu, leaky_relu (param = negative slope), tanh, sigmoid, elu (param = alpha),
-    softplus (param = beta)."""
+    ``name``: a key of `lipbound.activations.ACTIVATIONS`; ``param``: None (the defaults), a number, or
+    a tuple for several parameters (``hardtanh``: (min_val, max_val)). After construction ``param`` holds
+    the normalised value (0.0 for parameter-free activations)."""
 
     name: str
-    param: float = 0.0
+    param: float | tuple | None = None
     kind = "Activation"
 
     def __post_init__(self):
-        if self.name not in ACTIVATION_KINDS:
-            raise LipboundError(f"unknown activation {self.name!r}; known: {', '.join(ACTIVATION_KINDS)}")
-        self.param = float(self.param)
-        if self.name == "elu" and self.param < 0:
-            raise LipboundError("ELU with a negative alpha is not slope-restricted the usual way")
+        self.fn = _activations.make(self.name, self.param)
+        self.param = self.fn.param
 
     @property
     def alpha(self) -> float:
-        if self.name == "leaky_relu":
-            return min(self.param, 1.0)
-        return 0.0
+        return self.fn.alpha
 
     @property
     def beta(self) -> float:
-        if self.name == "leaky_relu":
-            return max(self.param, 1.0)
-        if self.name == "sigmoid":
-            return 0.25
-        if self.name == "elu":
-            return max(1.0, self.param)
-        return 1.0
+        return self.fn.beta
 
     @property
     def is_piecewise_linear(self) -> bool:
-        return self.name in ("relu", "leaky_relu")
+        return self.fn.piecewise_linear
 
     def forward(self, x):
-        n = self.name
-        if n == "relu":
-            return torch.relu(x)
-        if n == "leaky_relu":
-            return F.leaky_relu(x, self.param)
-        if n == "tanh":
-            return torch.tanh(x)
-        if n == "sigmoid":
-            return torch.sigmoid(x)
-        if n == "elu":
-            return F.elu(x, self.param)
-        return F.softplus(x, beta=self.param)
+        return self.fn.forward(x)
 
     def derivative(self, x: torch.Tensor) -> torch.Tensor:
-        """f'(x) elementwise (at a ReLU kink, 0: the convention of torch's autograd)."""
-        n = self.name
-        if n == "relu":
-            return (x > 0).to(x.dtype)
-        if n == "leaky_relu":
-            return torch.where(x > 0, torch.ones_like(x), torch.full_like(x, self.param))
-        if n == "tanh":
-            return 1 - torch.tanh(x) ** 2
-        if n == "sigmoid":
-            s = torch.sigmoid(x)
-            return s * (1 - s)
-        if n == "elu":
-            return torch.where(x > 0, torch.ones_like(x), self.param * torch.exp(torch.clamp(x, max=0)))
-        return torch.sigmoid(self.param * x)
+        """f'(x) elementwise (at a kink, torch autograd's convention)."""
+        return self.fn.derivative(x)
 
     def describe(self):
-        if self.name in ("leaky_relu", "elu", "softplus"):
-            return f"{self.name}({self.param:g})"
-        return self.name
+        return self.fn.describe()
 
 
 @dataclass(eq=False)
