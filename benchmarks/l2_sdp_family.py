@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "src"))
 import torch  # noqa: E402
 
 import lipbound  # noqa: E402
-from lipbound.methods._sdp_nets import eclipse_network  # noqa: E402
+from lipbound.synthetic import eclipse_network  # noqa: E402
 
 SOLVER_METHODS = {"lipsdp-neuron", "lipsdp-layer", "eclipse"}
 DEFAULT_METHODS = ["naive-svd", "eclipse-fast", "eclipse-g1", "eclipse-g2-balance", "eclipse-g2-jacobi", "eclipse-g3",

@@ -47,7 +47,7 @@ def assert_barrier_gradient_matches_autograd(obj, x, ts=(3.0, 1e4)):
     """The hand-written reverse pass of a BarrierObjective equals autograd through its __call__."""
     import torch
 
-    from lipbound.methods._sdp_opt import DT
+    from lipbound.methods.sdp.barrier import DT
 
     for t in ts:
         xt = torch.tensor(x, dtype=DT, requires_grad=True)

@@ -15,7 +15,7 @@ import torch
 
 import lipbound
 from lipbound.data import random_k_cluster, train_mlp
-from lipbound.methods import _mip_core as core
+from lipbound.methods.exact import mip_core as core
 from lipbound.network import Activation, Linear, Network
 from lipbound.norms import operator_norm
 from lipbound.registry import Region
@@ -190,7 +190,7 @@ def test_affine_network_is_exact():
 
 
 def test_jacobian_bound_dominates_every_completion():
-    from lipbound.methods._mip_enum import jacobian_bound
+    from lipbound.methods.exact.enumerate import jacobian_bound
 
     net = rand_net([3, 9, 8, 3], 11)
     layers = core.relu_chain(net)

@@ -18,9 +18,9 @@ from scipy.optimize import linprog
 
 import lipbound
 from lipbound.network import Activation, Linear, Network
-from lipbound.methods._lipopt_chain import hidden_ranges, scalar_problems
-from lipbound.methods._lipopt_core import (CoverageError, ScalarProblem, build_lp, clique_subsets, dense_subsets,
-                                           gradient_polynomial, input_cliques, solve_lp)
+from lipbound.methods.lipopt.chain import hidden_ranges, scalar_problems
+from lipbound.methods.lipopt.core import (CoverageError, ScalarProblem, build_lp, clique_subsets, dense_subsets,
+                                          gradient_polynomial, input_cliques, solve_lp)
 
 NETWORKS = Path(__file__).resolve().parents[1].parent / "shared" / "networks"
 RTOL = 1e-7
@@ -244,7 +244,7 @@ def test_certification_of_a_perturbed_point():
     sol = solve_lp(lp)
     vmax = prob.vertex_max()
     assert sol.value >= vmax - 1e-12
-    from lipbound.methods._lipopt_core import certify
+    from lipbound.methods.lipopt.core import certify
 
     rng = np.random.default_rng(0)
     import highspy  # noqa: F401  (the solve above used it)

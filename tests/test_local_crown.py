@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 import lipbound
 from lipbound.crown import preactivation_bounds
 from lipbound.intervals import preactivation_intervals
-from lipbound.methods._crown_jacobian import JacobianGraph, product_lines
+from lipbound.methods.jacobian.graph import JacobianGraph, product_lines
 from lipbound.network import Activation, Add, Conv2d, ElementwiseAffine, GraphBuilder, Linear, Reshape
 from lipbound.registry import Region
 

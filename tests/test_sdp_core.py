@@ -1,6 +1,6 @@
-"""The linear algebra under the LipSDP family (lipbound.methods._sdp_core): the torch recursion against
-an independent numpy implementation of ECLipsE-Fast, the Lanczos estimate against LAPACK, the blocked
-Gram product, the lazy weight normalisation, and the thread helpers."""
+"""The linear algebra under the LipSDP family (lipbound.methods.sdp.prepare and sdp.certificate): the
+torch recursion against an independent numpy implementation of ECLipsE-Fast, the Lanczos estimate against
+LAPACK, the blocked Gram product, the lazy weight normalisation, and the thread helpers."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ import pytest
 import torch
 
 import lipbound
-from lipbound.methods import _sdp_core as core
-from lipbound.methods._sdp_nets import eclipse_network, eclipse_weights
+from lipbound.methods.sdp.certificate import full_lmi_min_eig, run_chain
+from lipbound.methods.sdp.closed_forms import policy_g1
+from lipbound.methods.sdp.prepare import Prepared, ScaledWeights, gram, lam_max, lanczos_max, prepare
+from lipbound.synthetic import eclipse_network, eclipse_weights
 from lipbound.network import Activation, Linear, Network
 from lipbound.registry import MethodContext
 from lipbound.threads import blas_threads, free_cores
@@ -59,18 +61,18 @@ def test_lanczos_underestimates_and_converges():
             K = (U * w) @ U.T
         K = (K + K.T) / 2
         exact = np.linalg.eigvalsh(K)[-1]
-        est = core.lanczos_max(torch.from_numpy(K))
+        est = lanczos_max(torch.from_numpy(K))
         assert est <= exact * (1 + 1e-12)
         assert est >= exact * (1 - 1e-5)
         # lam_max(exact=True) is LAPACK's
-        assert core.lam_max(K, exact=True) == pytest.approx(exact, rel=1e-12)
+        assert lam_max(K, exact=True) == pytest.approx(exact, rel=1e-12)
 
 
 @pytest.mark.parametrize("n", [50, 257, 700])
 def test_blocked_gram(n):
     rng = np.random.default_rng(n)
     C = torch.from_numpy(rng.standard_normal((n + 3, n)))
-    G = core.gram(C, 0.25)
+    G = gram(C, 0.25)
     ref = 0.25 * C.numpy().T @ C.numpy()
     assert torch.equal(G, G.T)
     assert np.max(np.abs(G.numpy() - ref)) <= 1e-12 * np.max(np.abs(ref))
@@ -80,16 +82,16 @@ def test_lazy_normalisation_and_plain_list_agree():
     """run_chain folds 1/c_k into its products and never materialises the normalised copies; a Prepared
     holding explicit normalised copies gives the same certified value."""
     net = eclipse_network(4, 40, "randn", seed=3, activation="leaky_relu", param=0.1)  # alpha*beta term too
-    prep = core.prepare(net, MethodContext())
-    assert isinstance(prep.Ws, core.ScaledWeights)
-    cr = core.run_chain(prep, core.policy_g1(0.5))
+    prep = prepare(net, MethodContext())
+    assert isinstance(prep.Ws, ScaledWeights)
+    cr = run_chain(prep, policy_g1(0.5))
     assert prep.Ws._cache == {}  # nothing was copied
-    plain = core.Prepared([W / s for W, s in zip(prep.Ws.raw, prep.scales)], prep.scales, prep.alphas,
+    plain = Prepared([W / s for W, s in zip(prep.Ws.raw, prep.scales)], prep.scales, prep.alphas,
                           prep.betas)
-    cr2 = core.run_chain(plain, core.policy_g1(0.5))
+    cr2 = run_chain(plain, policy_g1(0.5))
     assert cr.value_hat == pytest.approx(cr2.value_hat, rel=1e-10)
     # the multipliers certify the independently assembled LMI
-    assert core.full_lmi_min_eig(prep, cr.Ls, cr.value_hat) >= -1e-9
+    assert full_lmi_min_eig(prep, cr.Ls, cr.value_hat) >= -1e-9
     # lazily normalised matrices are the normalised ones
     assert np.allclose(prep.Ws[1], prep.Ws.raw[1] / prep.scales[1])
     assert prep.widths == [4, 40, 40, 40, 1] and prep.n_hidden == 120

@@ -11,7 +11,7 @@ import pytest
 
 import lipbound
 from lipbound.errors import LipboundError
-from lipbound.methods._sdp_nets import eclipse_network
+from lipbound.synthetic import eclipse_network
 from lipbound.network import Activation, Linear, Network
 
 from _sdp_checks import assert_barrier_gradient_matches_autograd, lipsdp_neuron_max_eig, split_multipliers
@@ -190,13 +190,15 @@ def test_opt_budget_and_time_limit_are_anytime():
 def test_barrier_gradient_matches_autograd(kw):
     """The hand-written reverse pass of the barrier objective equals torch autograd through the same
     forward recursion (value, exact log lambda_max and gradient), for two path parameters."""
-    from lipbound.methods import _sdp_core as core
-    from lipbound.methods._sdp_opt import BarrierObjective
+    from lipbound.methods.sdp.barrier import BarrierObjective
+    from lipbound.methods.sdp.certificate import run_chain
+    from lipbound.methods.sdp.closed_forms import policy_g1
+    from lipbound.methods.sdp.prepare import prepare
     from lipbound.registry import MethodContext
 
     net = eclipse_network(**kw)
-    prep = core.prepare(net, MethodContext())
-    start = core.run_chain(prep, core.policy_g1(0.5))
+    prep = prepare(net, MethodContext())
+    start = run_chain(prep, policy_g1(0.5))
     obj = BarrierObjective(prep, start.Ls)
     x = 0.05 * np.random.default_rng(0).standard_normal(sum(obj.sizes))
     assert_barrier_gradient_matches_autograd(obj, x)

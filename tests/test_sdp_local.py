@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import lipbound
-from lipbound.methods import _sdp_core as core
-from lipbound.methods._sdp_nets import eclipse_network
+from lipbound.methods.sdp.prepare import local_slopes
+from lipbound.synthetic import eclipse_network
 from lipbound.registry import Region
 
 from _sdp_checks import lipsdp_neuron_max_eig, split_multipliers
@@ -59,7 +59,7 @@ def test_local_bounds_sound_and_below_global(act, kw, eps):
         assert loc.value <= glob.value * (1 + 1e-12), (m, loc.value, glob.value)
         model = loc.details["local_slopes"]["model"]
         # the certificate, re-assembled independently with the slopes of the model that won
-        local = core.local_slopes(net, region)
+        local = local_slopes(net, region)
         ga = [float(n.op.alpha) for n in net.nodes if n.op.kind == "Activation"]
         gb = [float(n.op.beta) for n in net.nodes if n.op.kind == "Activation"]
         if model == "global":
@@ -75,7 +75,7 @@ def test_local_slopes_contain_the_secant_slopes(act, kw, eps):
     net = eclipse_network(activation=act, **kw)
     center = np.random.default_rng(kw["seed"]).standard_normal(net.n_inputs)
     region = Region.box(center, eps)
-    local = core.local_slopes(net, region)
+    local = local_slopes(net, region)
     rng = np.random.default_rng(0)
     lo, hi = region.lower.reshape(-1), region.upper.reshape(-1)
     x = torch.from_numpy(rng.uniform(lo, hi, size=(600, lo.size)))
@@ -127,7 +127,7 @@ def test_lipsdp_opt_local(act, kw, eps):
     assert opt.status == "ok", opt.reason
     assert low <= opt.value <= fam.value * (1 + 1e-9), (low, opt.value, fam.value)
     model = (opt.details.get("local_slopes") or {}).get("model", "global")
-    local = core.local_slopes(net, region)
+    local = local_slopes(net, region)
     ga = [float(n.op.alpha) for n in net.nodes if n.op.kind == "Activation"]
     gb = [float(n.op.beta) for n in net.nodes if n.op.kind == "Activation"]
     al, be = {"global": (ga, gb), "local": ([a for a, _, _ in local], [b for _, b, _ in local]),

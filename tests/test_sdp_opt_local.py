@@ -1,4 +1,4 @@
-"""lipsdp-opt's optimiser (_sdp_opt) with per-neuron slope intervals [alpha_j, beta_j] (reference §6, local
+"""lipsdp-opt's optimiser (methods.sdp.barrier) with per-neuron slope intervals [alpha_j, beta_j] (reference §6, local
 bounds): hand-written gradient vs autograd, vectors of equal slopes vs layer-wide scalars, and the optimised
 multipliers against an independently assembled LipSDP-Neuron LMI with per-neuron slopes."""
 
@@ -7,8 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lipbound.methods import _sdp_core as core
-from lipbound.methods._sdp_nets import eclipse_network
+from lipbound.methods.sdp.certificate import run_chain
+from lipbound.methods.sdp.prepare import Prepared, prepare
+from lipbound.synthetic import eclipse_network
 from lipbound.registry import MethodContext
 
 from _sdp_checks import assert_barrier_gradient_matches_autograd, lipsdp_neuron_max_eig
@@ -23,12 +24,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one BLAS / torch
 
 def _base(**kw):
     net = eclipse_network(**kw)
-    return core.prepare(net, MethodContext())
+    return prepare(net, MethodContext())
 
 
 def _local(prep, alphas, betas):
     """A Prepared with the same normalised weights and the given slopes (floats or per-neuron arrays)."""
-    return core.Prepared([np.array(W) for W in prep.Ws], np.asarray(prep.scales), list(alphas), list(betas))
+    return Prepared([np.array(W) for W in prep.Ws], np.asarray(prep.scales), list(alphas), list(betas))
 
 
 def _mixed_slopes(prep, seed, kinds=KINDS, layer_kinds=None):
@@ -80,7 +81,7 @@ NETS = [dict(layers=3, width=12, kind="randn", seed=4, n_out=3),
 def test_local_barrier_gradient_matches_autograd(kw):
     """Per-neuron slopes (all kinds mixed in one layer; one layer with p = 0 everywhere but per-neuron m):
     the hand-written reverse pass equals autograd through ``__call__`` (value, log g_max, gradient)."""
-    from lipbound.methods._sdp_opt import BarrierObjective
+    from lipbound.methods.sdp.barrier import BarrierObjective
 
     base = _base(**kw)
     alphas, betas = _mixed_slopes(base, 0, layer_kinds={1: [(0.0, 1.0), (0.0, 0.0), (0.0, 0.5)]})
@@ -108,7 +109,7 @@ def test_equal_vectors_match_scalars(slope, monkeypatch):
     differences, so they are compared only within the path-following accuracy)."""
     import torch
 
-    from lipbound.methods import _sdp_opt as so
+    from lipbound.methods.sdp import barrier as so
 
     base = _base(layers=4, width=10, kind="randn", seed=5, n_out=2)
     n = len(base.Ws) - 1
@@ -158,7 +159,7 @@ def test_local_optimum_certified_and_below_layer_wide(kw, kinds):
     layer-wide slopes [min alpha, max beta] (narrower intervals: by the S-lemma, a [0,1] quadratic constraint
     dominates a multiple of an [alpha, beta] one when alpha < beta; with alpha = beta only in the limit of an
     infinite multiplier, approached by the frozen multipliers of the barrier)."""
-    from lipbound.methods._sdp_opt import optimise, polish
+    from lipbound.methods.sdp.barrier import optimise, polish
 
     base = _base(**kw)
     Ws = [np.asarray(W) for W in base.Ws]
@@ -173,7 +174,7 @@ def test_local_optimum_certified_and_below_layer_wide(kw, kinds):
         value = float(np.exp(h["best_log"] / 2))
         assert _lmi_max_eig(Ws, al, be, Ls, value * (1 + 1e-9)) <= 1e-9
         assert _lmi_max_eig(Ws, al, be, Ls, value * (1 - 1e-3)) > 0
-        cr = core.run_chain(prep, None, fixed=Ls)
+        cr = run_chain(prep, None, fixed=Ls)
         assert cr.repaired == 0 and abs(cr.raw_hat / value - 1) <= 1e-7, (cr.raw_hat, value)
         L1, h1 = optimise(prep, Ls0, time_budget=20.0)
         v1 = float(np.exp(h1["best_log"] / 2))

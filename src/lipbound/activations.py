@@ -313,8 +313,8 @@ def make(name: str, param=None) -> ActivationFunction:
     if name not in ACTIVATIONS:
         raise LipboundError(f"unknown activation {name!r}; known: {', '.join(ACTIVATIONS)}")
     cls = ACTIVATIONS[name]
-    if param is None or (not cls.param_names and param == 0.0):
-        params = cls.defaults
+    if param is None or (not cls.param_names and not isinstance(param, (tuple, list))):
+        params = cls.defaults  # a parameter-free activation ignores a scalar, as the op always did
     elif isinstance(param, (tuple, list)):
         params = tuple(param)
     else:

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import activations as _activations
 from .errors import LipboundError
 from .network import Network
 from .norms import INF, norm_name, parse_norm
@@ -28,8 +29,11 @@ STATUSES = ("ok", "time_limit", "failed", "unsupported")
 # operation kinds as they appear in Network.op_kinds()
 AFFINE_OPS = frozenset({"Linear", "Conv2d", "ElementwiseAffine", "AvgPool2d", "Pad", "Reshape", "Transpose"})
 ALL_OPS = AFFINE_OPS | {"Activation", "MaxPool2d", "Add"}
-ALL_ACTIVATIONS = frozenset({"relu", "leaky_relu", "tanh", "sigmoid", "elu", "softplus"})
-PIECEWISE_LINEAR = frozenset({"relu", "leaky_relu"})
+# activation sets, derived from the one table (lipbound.activations)
+ALL_ACTIVATIONS = frozenset(_activations.ACTIVATIONS)
+PIECEWISE_LINEAR = _activations.PIECEWISE_LINEAR
+#: max(z, 0) + a min(z, 0) forms (relu, leaky_relu, abs): what exact MIP / enumeration / splitting need
+RELU_LIKE = frozenset(n for n, c in _activations.ACTIVATIONS.items() if _activations.make(n).relu_like_slope is not None)
 
 
 @dataclass
@@ -281,13 +285,14 @@ _LOADED = False
 
 
 def load_methods() -> dict[str, MethodSpec]:
-    """Import every module of lipbound.methods (each registers its methods) and return the registry."""
+    """Import every sub-package (method family) of lipbound.methods, whose ``__init__`` imports the modules
+    that register its methods, and return the registry."""
     global _LOADED
     if not _LOADED:
         pkg = importlib.import_module(f"{__package__}.methods")
 
         for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
-            if not info.name.startswith("_"):
+            if info.ispkg and not info.name.startswith("_"):
                 importlib.import_module(f"{pkg.__name__}.{info.name}")
         _LOADED = True
     return REGISTRY

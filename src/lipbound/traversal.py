@@ -5,7 +5,7 @@ entry) to functions. `forward` walks the nodes in topological order, calling
 ``rule(op, node, *input_values)``; `backward` walks them in reverse from the output, calling
 ``rule(op, node, out_value) -> tuple of values for the inputs`` and summing (with ``accumulate``) the
 values that reach a node used twice (residual connections). Interval propagation (`intervals`),
-AutoLip (`methods.autolip`) and CROWN-style back-substitution share these two walks.
+AutoLip (`methods.products.autolip`) and CROWN-style back-substitution share these two walks.
 """
 
 from __future__ import annotations

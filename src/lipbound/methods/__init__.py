@@ -1,5 +1,7 @@
-"""Bounding methods: one module per method family. Every module here is imported by
-`lipbound.registry.load_methods()` and registers its methods with `register_method`.
+"""Bounding methods: one sub-package per method family (products, sdp, lipopt, jacobian, exact, lower).
+Every sub-package is imported by `lipbound.registry.load_methods()`; its ``__init__`` imports the modules
+whose `register_method` calls register the family's methods, and its docstring says which file holds
+which piece of the mathematics.
 
 The package is also callable: ``lipbound.methods()`` lists the registered methods (see
 `lipbound.api.methods`), while ``import lipbound.methods.lower`` still reaches the modules."""

@@ -17,9 +17,9 @@ import math
 import numpy as np
 import torch
 
-from ..network import DTYPE, Activation, Network
-from ..norms import operator_norm
-from ..registry import ALL_ACTIVATIONS, ALL_OPS, MethodContext, MethodResult, register_method
+from ...network import DTYPE, Activation, Network
+from ...norms import operator_norm
+from ...registry import ALL_ACTIVATIONS, ALL_OPS, MethodContext, MethodResult, register_method
 
 KINK_TOL = 1e-9  # a witness must have every ReLU pre-activation at least this far from 0 (relative)
 
@@ -134,7 +134,7 @@ def _result(best_val, best_x, ctx, details, status="ok") -> MethodResult:
     "lower-sample", kind="lower", norms=(1, 2, math.inf), regions=("global", "box"), ops=ALL_OPS,
     activations=ALL_ACTIVATIONS,
     description="largest Jacobian norm over random points of the region (certified lower bound, witness)",
-    options={"samples": "number of random points (default 2000)"},
+    options={"samples": "number of random points (default 2000)"}, family="lower",
 )
 def lower_sample(net: Network, ctx: MethodContext) -> MethodResult:
     """Certified lower bound (any norm, global or box): max of ||J(x)|| over random points x, with
@@ -207,6 +207,7 @@ def _directional_objective(net: Network, x: torch.Tensor, c: torch.Tensor, d: to
     description="multi-start gradient ascent on the Jacobian norm (smoothed ReLUs), certified lower bound",
     options={"restarts": "number of starting points (default 32)", "steps": "ascent steps (default 150)",
              "samples": "random points screened for starts, as in lower-sample (default 2000)"},
+    family="lower",
 )
 def lower_grad(net: Network, ctx: MethodContext) -> MethodResult:
     """Certified lower bound (any norm, global or box): gradient ascent on ||J(x)|| from the best of

@@ -1,6 +1,6 @@
 """cvxpy formulations of the LipSDP family (private): LipSDP-Neuron / -Layer on the whole chain and the
 per-layer SDP of ECLipsE.  The solvers' answers are never returned as bounds directly: the caller turns
-them into multipliers and certifies them with `_sdp_core.run_chain`.
+them into multipliers and certifies them with `certificate.run_chain`.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import time
 
 import numpy as np
 
-from ..errors import MethodFailed
-from ._sdp_core import Prepared, Stage
+from ...errors import MethodFailed
+from .certificate import Stage
+from .prepare import Prepared
 
 SOLVER_SETTINGS = {
     "scs": {"eps_abs": 1e-6, "eps_rel": 1e-6, "max_iters": 50_000},
@@ -117,7 +118,7 @@ def eclipse_stage_policy(solver: str = "auto", verbose: bool = False, stats: dic
     import cvxpy as cp
     import scipy.linalg as sla
 
-    from ._sdp_core import lam_max
+    from .prepare import lam_max
 
     stats = stats if stats is not None else {}
     stats.setdefault("fallback_stages", 0)

@@ -50,7 +50,7 @@ import time
 import numpy as np
 import torch
 
-from ._sdp_core import Prepared, lam_max
+from .prepare import Prepared, lam_max
 
 DT = torch.float64
 

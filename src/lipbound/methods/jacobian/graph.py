@@ -29,10 +29,10 @@ import dataclasses
 
 import torch
 
-from .. import traversal
-from ..crown import derivative_range
-from ..errors import Unsupported
-from ..network import DTYPE, Activation, Add, Conv2d, ElementwiseAffine, Linear, MaxPool2d, Network
+from ... import traversal
+from ...crown import derivative_range
+from ...errors import Unsupported
+from ...network import DTYPE, Activation, Add, Conv2d, ElementwiseAffine, Linear, MaxPool2d, Network
 
 CHUNK_ENTRIES = 1 << 23
 

@@ -1,5 +1,5 @@
 """Activation-pattern geometry for ReLU / LeakyReLU chains: max-slack interior points of a pattern's
-region and the tree search over the patterns realisable in a box. Private module of `exact_mip`."""
+region and the tree search over the patterns realisable in a box. Private module of `exact.methods`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import time
 
 import numpy as np
 
-from ..norms import operator_norm
-from ._mip_core import Model, act_interval, affine_interval, highspy
+from ...norms import operator_norm
+from .mip_core import Model, act_interval, affine_interval, highspy
 
 
 def max_slack_point(G, h, lo, hi):

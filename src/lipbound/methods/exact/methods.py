@@ -17,11 +17,11 @@ import time
 import numpy as np
 import torch
 
-from ..errors import LipboundError, MethodFailed, Unsupported
-from ..norms import INF, operator_norm
-from ..registry import AFFINE_OPS, PIECEWISE_LINEAR, MethodResult, register_method
-from . import _mip_core as core
-from ._mip_enum import enumerate_patterns, max_slack_point, pattern_constraints
+from ...errors import LipboundError, MethodFailed, Unsupported
+from ...norms import INF, operator_norm
+from ...registry import AFFINE_OPS, PIECEWISE_LINEAR, MethodResult, register_method
+from . import mip_core as core
+from .enumerate import enumerate_patterns, max_slack_point, pattern_constraints
 
 DENSE_OPS = AFFINE_OPS | {"Activation"}
 REL_MARGIN = 1e-6  # relative margin added to a solver's dual bound (feasibility / optimality tolerances)

@@ -6,7 +6,7 @@ Methods (all ``upper``, box regions only; a "global" box over an input domain is
     s*u and the chord of |v|, back-substituted to the one-hot start. All outputs in one batch.
   * ``crown-bab``: ``crown`` plus branch and bound on undecided forward ReLU / leaky-ReLU neurons
     (anytime, default 30 s when no time limit is given; on dense ReLU chains unrealisable patterns are
-    pruned by LP, so it converges to the exact local constant; see `_crown_bab`).
+    pruned by LP, so it converges to the exact local constant; see `bab`).
   * ``recurjac``: the same code with RecurJac's weaker relaxation (constant intervals for products
     whose gradient interval crosses 0).
   * ``ibp-jacobian``: interval forward bounds and interval propagation through the backward graph.
@@ -30,13 +30,16 @@ import time
 
 import torch
 
-from ..crown import forward_bounds
-from ..errors import Unsupported
-from ..norms import INF
-from ..registry import AFFINE_OPS, MethodContext, MethodResult, register_method
-from ._crown_jacobian import JacobianGraph
+from ...crown import forward_bounds
+from ...errors import Unsupported
+from ...norms import INF
+from ...registry import AFFINE_OPS, MethodContext, MethodResult, register_method
+from .graph import JacobianGraph
 
 OPS = AFFINE_OPS | {"Activation", "Add"}
+# the family name shown by `lipbound methods` (the module's name before the methods/ sub-packages; the CLI's
+# JSON output is a contract)
+FAMILY = "local_crown"
 
 
 class one_thread:
@@ -103,7 +106,8 @@ def run_propagation(net, ctx: MethodContext, mode: str):
 
 @register_method("crown", kind="upper", norms=(1, 2, INF), regions=("box",), ops=OPS, activations=ACTS,
                  description="local bound: CROWN on the Clarke-Jacobian graph (Shi et al. 2022)",
-                 options={"alpha": "optimise forward relaxation slopes (alpha-CROWN; default true, false: plain CROWN)"})
+                 options={"alpha": "optimise forward relaxation slopes (alpha-CROWN; default true, false: plain CROWN)"},
+                 family=FAMILY)
 def crown_method(net, ctx: MethodContext) -> MethodResult:
     """Certified upper bound on the local Lipschitz constant over a box (norm inf natively; 2 and 1
     looser, see module doc) by CROWN on the forward and on the Clarke-Jacobian graph.
@@ -116,7 +120,8 @@ def crown_method(net, ctx: MethodContext) -> MethodResult:
 
 @register_method("recurjac", kind="upper", norms=(1, 2, INF), regions=("box",), ops=OPS, activations=ACTS,
                  description="local bound: RecurJac-style relaxation of the Jacobian graph (baseline)",
-                 options={"alpha": "optimise forward relaxation slopes (alpha-CROWN; default true, false: plain CROWN)"})
+                 options={"alpha": "optimise forward relaxation slopes (alpha-CROWN; default true, false: plain CROWN)"},
+                 family=FAMILY)
 def recurjac_method(net, ctx: MethodContext) -> MethodResult:
     """Certified upper bound on the local Lipschitz constant over a box: the `crown` code with constant
     intervals for sign-crossing undecided gradient products (weaker). Cost: as `crown`."""
@@ -126,7 +131,8 @@ def recurjac_method(net, ctx: MethodContext) -> MethodResult:
 
 
 @register_method("ibp-jacobian", kind="upper", norms=(1, 2, INF), regions=("box",), ops=OPS, activations=ACTS,
-                 description="local bound: interval propagation on the forward and Clarke-Jacobian graphs")
+                 description="local bound: interval propagation on the forward and Clarke-Jacobian graphs",
+                 family=FAMILY)
 def ibp_jacobian_method(net, ctx: MethodContext) -> MethodResult:
     """Certified upper bound on the local Lipschitz constant over a box by interval arithmetic on the
     forward pre-activations and through the Jacobian graph. Cost: about three passes of the network."""
@@ -144,13 +150,14 @@ def ibp_jacobian_method(net, ctx: MethodContext) -> MethodResult:
                           "lp_prune": "drop domains whose decided neurons no input realises (LP, dense chains; "
                                       "default auto: on for dense ReLU chains)",
                           "lp_eager": "run the pattern LP on every child at once instead of when it is popped (default false)",
-                          "budget": f"seconds when no time limit is given (default {BAB_DEFAULT_TIME:g})"})
+                          "budget": f"seconds when no time limit is given (default {BAB_DEFAULT_TIME:g})"},
+                 family=FAMILY)
 def crown_bab_method(net, ctx: MethodContext) -> MethodResult:
     """Certified upper bound on the local Lipschitz constant over a box (norm inf; norm 2 as `crown`):
     `crown` refined by branch and bound on undecided forward ReLU / leaky-ReLU neurons, anytime.
     The bound only decreases; details['history'] lists (seconds, bound) after every step.
     Cost: up to the time limit (default 30 s when none is given)."""
-    from ._crown_bab import branch_and_bound
+    from .bab import branch_and_bound
 
     with one_thread(net):
         return branch_and_bound(net, ctx)

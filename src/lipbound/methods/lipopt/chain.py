@@ -8,8 +8,8 @@ import math
 import numpy as np
 import scipy.sparse as sp
 
-from ..errors import Unsupported
-from ._lipopt_core import ScalarProblem, gamma
+from ...errors import Unsupported
+from .core import ScalarProblem, gamma
 
 _MARGIN = 1e-12  # relative outward margin on transcendental function values
 

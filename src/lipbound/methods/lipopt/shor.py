@@ -1,7 +1,7 @@
 """The Shor SDP relaxation of the norm-gradient polynomial (LiPopt's baseline), with a float64
 certificate check.
 
-In +-1 variables z_j = 2 y_j - 1 (y the [0,1]-normalised variables of `_lipopt_core.Poly`) the
+In +-1 variables z_j = 2 y_j - 1 (y the [0,1]-normalised variables of `core.Poly`) the
 polynomial p has monomials of degree <= d with at most one variable per layer. With one hidden layer
 (d = 2) p is a quadratic form in (1, z); with two (d = 3) each cubic monomial z_a z_b z_c (layers
 0, 1, 2) is written z_a w_bc with the lifted product w_bc = z_b z_c (also +-1). So p = const + Z^T Q Z
@@ -22,7 +22,7 @@ import time
 import numpy as np
 import scipy.sparse as sp
 
-from ._lipopt_core import Poly, U, gamma
+from .core import Poly, U, gamma
 
 
 def pm_polynomial(poly: Poly):

@@ -35,11 +35,11 @@ import time
 import numpy as np
 import torch
 
-from ..crown import forward_bounds
-from ..errors import Unsupported
-from ..network import tensor_view
-from ..registry import MethodContext, MethodResult
-from ._crown_jacobian import JacobianGraph
+from ...crown import forward_bounds
+from ...errors import Unsupported
+from ...network import tensor_view
+from ...registry import MethodContext, MethodResult
+from .graph import JacobianGraph
 
 DEFAULT_BUDGET = 30.0
 SPLITTABLE = ("relu", "leaky_relu")

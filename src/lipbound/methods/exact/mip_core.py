@@ -1,6 +1,6 @@
 """Building blocks of the exact (MIP and enumeration) methods on piecewise-linear dense chains.
 
-Private module of `exact_mip`. Everything here works on a ReLU / LeakyReLU dense chain
+Private module of `exact.methods`. Everything here works on a ReLU / LeakyReLU dense chain
 ``x -> act(W_0 x + b_0) -> ... -> W_K h + b_K`` given as a list of `ChainLayer` and a box
 ``lo <= x <= hi``. All arithmetic is float64 numpy.
 
@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import Unsupported
-from ..network import Network
+from ...errors import Unsupported
+from ...network import Network
 
 try:  # highspy ships with scipy's HiGHS but is its own package; it is a declared dependency of scipy.optimize
     import highspy
@@ -96,7 +96,7 @@ def interval_preact_bounds(layers, lo, hi) -> list[tuple[np.ndarray, np.ndarray]
 def crown_preact_bounds(net, region):
     """CROWN pre-activation bounds from `lipbound.crown` when that module exists, else None."""
     try:
-        from .. import crown  # noqa: F401  (written by the local-Lipschitz issue)
+        from ... import crown  # noqa: F401  (written by the local-Lipschitz issue)
         fn = crown.preactivation_bounds
     except (ImportError, AttributeError):
         return None

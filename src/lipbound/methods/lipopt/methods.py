@@ -15,15 +15,14 @@ import time
 
 import numpy as np
 
-from ..errors import MethodFailed, Unsupported
-from ..norms import INF
-from ..registry import AFFINE_OPS, ALL_ACTIVATIONS, MethodResult, register_method
-from ._lipopt_chain import hidden_ranges, scalar_problems
-from ._lipopt_core import (CoverageError, build_lp, clique_subsets, count_clique_products,
-                           count_products_dense, dense_subsets, gradient_polynomial, input_cliques, path_subsets,
-                           solve_lp)
+from ...errors import MethodFailed, Unsupported
+from ...norms import INF
+from ...registry import AFFINE_OPS, ALL_ACTIVATIONS, MethodResult, register_method
+from .chain import hidden_ranges, scalar_problems
+from .core import (CoverageError, build_lp, clique_subsets, count_clique_products, count_products_dense,
+                   dense_subsets, gradient_polynomial, input_cliques, path_subsets, solve_lp)
 
-from ..threads import blas_threads
+from ...threads import blas_threads
 
 DENSE_CHAIN_OPS = AFFINE_OPS | {"Activation"}
 
@@ -97,7 +96,8 @@ def solve_scalar(pr, poly, cliques, k: int, sparse: bool, time_limit=None, solve
                          "degree = depth only; much smaller, possibly looser)",
              "solver": "HiGHS algorithm: ipm (default, no crossover) or simplex",
              "max_columns": f"size guard on the LP columns per scalar problem (default {DEFAULT_MAX_COLUMNS:,})",
-             "max_terms": "size guard on the gradient polynomial's terms, checked before expanding it (global only)"})
+             "max_terms": "size guard on the gradient polynomial's terms, checked before expanding it (global only)"},
+    family="lipopt")
 def lipopt(net, ctx):
     """Certified upper bound (l_inf, or l_1 through the transposed chain) by the LiPopt LP hierarchy;
     see `_lipopt`. Cost: one HiGHS LP per output (l_inf) or per input (l_1)."""
@@ -228,7 +228,8 @@ DEFAULT_MAX_ORDER = 700
     description="Shor SDP relaxation of the norm-gradient polynomial (1-2 hidden layers), SCS, certified",
     options={"max_order": f"size guard on the PSD matrix order per output (default {DEFAULT_MAX_ORDER})",
              "tol": "SCS tolerance eps_abs = eps_rel (default 1e-6)", "sdp_solver": "auto (default: CLARABEL up to order 200, else EIG), SCS, CLARABEL, or EIG "
-                                 "(L-BFGS eigenvalue optimisation of the dual; any iterate is certified)"})
+                                 "(L-BFGS eigenvalue optimisation of the dual; any iterate is certified)"},
+    family="lipopt")
 def shor_sdp(net, ctx):
     """Certified upper bound on the l_inf Lipschitz constant from the Shor SDP (one or two hidden
     layers); see `_shor_sdp`. Cost: one SDP of order ~ 1 + #variables (+ lifted pairs) per output."""
@@ -243,7 +244,7 @@ def _shor_sdp(net, ctx):
     constraints). The dual SDP is solved (Clarabel for small orders, an L-BFGS eigenvalue optimisation
     for large ones, or SCS on request) and re-certified by an eigenvalue check in float64.
     Cost: one SDP of order 1 + #variables (+ #non-zero hidden-hidden weights) per output."""
-    from ._lipopt_shor import shor_bound
+    from .shor import shor_bound
 
     chain = net.dense_chain()
     d = len(chain)

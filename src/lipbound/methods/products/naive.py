@@ -21,10 +21,10 @@ import math
 
 import torch
 
-from .. import opnorms, traversal
-from ..network import DTYPE, Activation, Add, AffineOp, MaxPool2d, Network
-from ..norms import norm_name
-from ..registry import ALL_ACTIVATIONS, ALL_OPS, MethodResult, register_method
+from ... import opnorms, traversal
+from ...network import DTYPE, Activation, Add, AffineOp, MaxPool2d, Network
+from ...norms import norm_name
+from ...registry import ALL_ACTIVATIONS, ALL_OPS, MethodResult, register_method
 
 
 def lipschitz_rules(net: Network, norm, records: list, affine_norm=None) -> dict:

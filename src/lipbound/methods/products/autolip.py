@@ -1,7 +1,7 @@
 """AutoLip and SeqLip (Scaman & Virmaux, NeurIPS 2018), maths in shared/reference/autolip-seqlip.md.
 
 * ``autolip`` -- the AutoLip graph recursion L_k = sum_i ||d_i g_k|| L_i, run by the one graph traversal
-  (`lipbound.traversal.forward`) with the rule table of `lipbound.methods.naive` in l2: affine ops by a
+  (`lipbound.traversal.forward`) with the rule table of `lipbound.methods.products.naive` in l2: affine ops by a
   certified spectral norm at their real input shape, activations by their slope bound, max pooling by
   sqrt(windows per pixel), residual Add by the sum. The power-method product (the paper's AutoLip
   value, uncertified) is reported in details['power_method_product'].
@@ -20,10 +20,10 @@ import time
 import numpy as np
 import torch
 
-from .. import opnorms
-from ..errors import Unsupported
-from ..network import DTYPE, Network, tensor_view
-from ..registry import ALL_ACTIVATIONS, ALL_OPS, MethodResult, register_method
+from ... import opnorms
+from ...errors import Unsupported
+from ...network import DTYPE, Network, tensor_view
+from ...registry import ALL_ACTIVATIONS, ALL_OPS, MethodResult, register_method
 from .naive import lipschitz_product
 
 SEQLIP_ACTIVATIONS = frozenset({"relu", "leaky_relu", "tanh", "sigmoid", "elu", "softplus"})

@@ -37,7 +37,7 @@ def eclipse_weights(layers: int, width: int, kind: str = "rand", seed: int | Non
 def eclipse_network(layers: int, width: int, kind: str = "rand", seed: int | None = None, activation: str = "relu",
                     n_in: int = 4, n_out: int = 1, param: float = 0.0):
     """A lipbound Network of the ECLipsE random family (zero biases)."""
-    from ..network import Activation, Linear, Network
+    from .network import Activation, Linear, Network
 
     Ws = eclipse_weights(layers, width, kind, seed, n_in, n_out)
     ops = []

@@ -4,7 +4,7 @@ first-order optimisation of the multipliers of the exact decomposition).
 
 Mathematics: ../shared/reference/l2-sdp-family.md.  Every method here produces diagonal multipliers
 L_1..L_{L-1} of the rescaled LipSDP-Neuron LMI and certifies them with the exact sequential
-decomposition in float64 (`_sdp_core.run_chain`: a Cholesky factorisation of every pivot, the value
+decomposition in float64 (`certificate.run_chain`: a Cholesky factorisation of every pivot, the value
 sqrt(lambda_max(W_L M_{L-1}^{-1} W_L^T)) by LAPACK, a relative margin of 1e-9); on small networks the
 full LMI is also assembled and its smallest eigenvalue checked.  So every value returned is a certified
 upper bound on the global l2 Lipschitz constant (>= the LipSDP-Neuron optimum).
@@ -17,9 +17,11 @@ import time
 
 import numpy as np
 
-from ..errors import MethodFailed, Unsupported
-from ..registry import AFFINE_OPS, ALL_ACTIVATIONS, MethodResult, register_method
-from . import _sdp_core as core
+from ...errors import MethodFailed, Unsupported
+from ...registry import AFFINE_OPS, ALL_ACTIVATIONS, MethodResult, register_method
+from .certificate import CertificateError, ChainResult, full_lmi_min_eig, run_chain, single_matrix_bound
+from .closed_forms import G1_GRID, family_members, policy_g1, policy_g2, policy_g3
+from .prepare import Prepared, prepare
 
 OPS = AFFINE_OPS | {"Activation"}
 COMMON_OPTIONS = {
@@ -38,7 +40,7 @@ COMMON_OPTIONS = {
 # LipSDP through cvxpy: the largest LMI (n0 + hidden neurons) attempted by default. Measured on the 2-core
 # machine (see benchmarks/l2_sdp_family.py): SCS 3x50 (LMI 104) ~2 s; beyond a few hundred the
 # compilation and the solve take minutes to hours and cannot be interrupted.
-from ..threads import blas_threads, free_cores
+from ...threads import blas_threads, free_cores
 
 LIPSDP_MAX_NEURONS = 150
 ECLIPSE_MAX_WIDTH = 100
@@ -57,7 +59,7 @@ def _threads(ctx, net=None):
 
 
 def _prepare(net, ctx):
-    prep = core.prepare(net, ctx)
+    prep = prepare(net, ctx)
     max_width = ctx.option("max_width", 5000)
     widest = max(prep.widths)
     if widest > max_width:
@@ -71,12 +73,12 @@ def _trivial(prep):
     if prep.zero:
         return MethodResult(0.0, details={"note": "a weight matrix is zero: the network is constant"})
     if prep.L == 1:
-        v = prep.unscale(core.single_matrix_bound(prep))
+        v = prep.unscale(single_matrix_bound(prep))
         return MethodResult(v, details={"note": "a single matrix: ||W||_2 (SVD, relative margin 1e-12)"})
     return None
 
 
-def _finish(prep, cr: core.ChainResult, ctx, details: dict, status: str = "ok") -> MethodResult:
+def _finish(prep, cr: ChainResult, ctx, details: dict, status: str = "ok") -> MethodResult:
     """Certified result: value of the original chain, multipliers, optional full-LMI eigenvalue check."""
     value = prep.unscale(cr.value_hat)
     details = dict(details)
@@ -96,7 +98,7 @@ def _finish(prep, cr: core.ChainResult, ctx, details: dict, status: str = "ok") 
     N = prep.widths[0] + prep.n_hidden
     if cr.cut_at is None:
         if N <= ctx.option("full_check_max", 1500):
-            lmin = core.full_lmi_min_eig(prep, cr.Ls, cr.value_hat)
+            lmin = full_lmi_min_eig(prep, cr.Ls, cr.value_hat)
             details["full_lmi_min_eig"] = lmin
             if lmin < -1e-8:
                 raise MethodFailed(f"the assembled LipSDP-Neuron matrix has eigenvalue {lmin:.3g} < 0 although the "
@@ -129,6 +131,7 @@ def _run_policy(net, ctx, make_policy, details=None):
 # Closed forms
 # --------------------------------------------------------------------------------------------------
 
+# family="sdp_family": the name `lipbound methods` has always shown (the CLI's JSON output is a contract)
 _REG = dict(kind="upper", norms=(2,), regions=("global",), ops=OPS, activations=ALL_ACTIVATIONS, family="sdp_family")
 # the methods that run the exact decomposition with their own multipliers also bound a box region: there
 # every neuron gets the slope range of its activation on certified pre-activation bounds (local_slopes)
@@ -140,10 +143,7 @@ _REG_BOX = {**_REG, "regions": ("global", "box")}
 def eclipse_fast(net, ctx):
     """Certified upper bound on the global l2 Lipschitz constant (ECLipsE-Fast, Xu & Sivaranjani 2024).
     Cost: O(sum n_k^3) (one Cholesky, one triangular solve and one Gram product per layer)."""
-    return _run_policy(net, ctx, lambda prep: core.policy_g1(0.5))
-
-
-G1_GRID = (0.5, 0.6, 0.7, 0.8, 0.9)
+    return _run_policy(net, ctx, lambda prep: policy_g1(0.5))
 
 
 def _min_over(net, ctx, members: list, details: dict | None = None, member_details: bool = True):
@@ -166,7 +166,7 @@ def _min_over(net, ctx, members: list, details: dict | None = None, member_detai
                 key = name if len(models) == 1 else f"{name} [{prep.slope_model} slopes]"
                 t0, c0 = time.perf_counter(), time.process_time()
                 try:
-                    cr = core.run_chain(prep, make(prep), ctx=ctx)
+                    cr = run_chain(prep, make(prep), ctx=ctx)
                 except MethodFailed as e:
                     values[key] = f"failed: {e}"
                     continue
@@ -198,7 +198,7 @@ def eclipse_g1(net, ctx):
     for v in grid:
         if not 0 < float(v) < 1:
             raise Unsupported(f"step size c={v} must lie in (0, 1)")
-    return _min_over(net, ctx, [(f"c={v:g}", (lambda prep, v=float(v): core.policy_g1(v))) for v in grid],
+    return _min_over(net, ctx, [(f"c={v:g}", (lambda prep, v=float(v): policy_g1(v))) for v in grid],
                      {"grid": list(grid)})
 
 
@@ -207,7 +207,7 @@ def _g2_method(kind):
         c = float(ctx.option("c", 0.5))
         if not 0 < c < 1:
             raise Unsupported(f"step size c={c} must lie in (0, 1)")
-        return _run_policy(net, ctx, lambda prep: core.policy_g2(kind, c), {"scaling": kind, "c": c})
+        return _run_policy(net, ctx, lambda prep: policy_g2(kind, c), {"scaling": kind, "c": c})
 
     fn.__name__ = f"eclipse_g2_{kind}"
     fn.__doc__ = (f"Certified upper bound on the global l2 Lipschitz constant: closed form G2 with the {kind} "
@@ -229,7 +229,7 @@ def eclipse_g3(net, ctx):
     """Certified upper bound on the global l2 Lipschitz constant: greedy scalar multipliers (G3). Cost:
     O(sum n_k^3) with one eigendecomposition per layer plus ~iters small eigenvalue problems."""
     it = int(ctx.option("iters", 24))
-    return _run_policy(net, ctx, lambda prep: core.policy_g3(None, it))
+    return _run_policy(net, ctx, lambda prep: policy_g3(None, it))
 
 
 @register_method("eclipse-g3-balance", description="G3 search in the balance-scaled coordinates of G2 "
@@ -239,25 +239,10 @@ def eclipse_g3_balance(net, ctx):
     """Certified upper bound on the global l2 Lipschitz constant: G3's greedy scalar search along the G2
     balance scaling. Cost: as eclipse-g3."""
     it = int(ctx.option("iters", 24))
-    return _run_policy(net, ctx, lambda prep: core.policy_g3("balance", it))
+    return _run_policy(net, ctx, lambda prep: policy_g3("balance", it))
 
 
 CHEAP_FAMILY_WIDTH = 500
-
-
-def _family_members(which: str = "all") -> list:
-    """(name, policy factory) of the closed-form members, cheapest and most useful first; ``which="cheap"``
-    leaves out the G3 searches (an eigendecomposition and ~24 eigenvalue problems per layer)."""
-    if which == "cheap":
-        return [m for m in _family_members("all") if not m[0].startswith("eclipse-g3")]
-    members = [("eclipse-fast", lambda prep: core.policy_g1(0.5)),
-               ("eclipse-g2-balance", lambda prep: core.policy_g2("balance")),
-               ("eclipse-g3", lambda prep: core.policy_g3(None)),
-               ("eclipse-g3-balance", lambda prep: core.policy_g3("balance")),
-               ("eclipse-g2-jacobi", lambda prep: core.policy_g2("jacobi")),
-               ("eclipse-g2-gershgorin", lambda prep: core.policy_g2("gershgorin"))]
-    members += [(f"eclipse-g1 c={c:g}", (lambda prep, c=c: core.policy_g1(c))) for c in G1_GRID[1:]]
-    return members
 
 
 def _which_members(ctx, prep) -> str:
@@ -278,7 +263,7 @@ def eclipse_family(net, ctx):
     """Certified upper bound on the global l2 Lipschitz constant: the minimum over the closed-form family.
     Never above ECLipsE-Fast (its first member). Cost: about ten closed-form passes, O(sum n_k^3) each;
     under a time limit the members not yet run are skipped (status time_limit)."""
-    return _min_over(net, ctx, lambda prep: _family_members(_which_members(ctx, prep)))
+    return _min_over(net, ctx, lambda prep: family_members(_which_members(ctx, prep)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -295,7 +280,7 @@ def eclipse_family(net, ctx):
 def eclipse(net, ctx):
     """Certified upper bound on the global l2 Lipschitz constant (ECLipsE, Xu & Sivaranjani 2024).
     Cost: L-1 SDPs of size about 2 n_k with n_k + 1 variables (interior point: O(n_k^6) worst case)."""
-    from ._sdp_solvers import eclipse_stage_policy
+    from .solvers import eclipse_stage_policy
 
     stats = {}
     with blas_threads(_threads(ctx, net)):
@@ -309,7 +294,7 @@ def eclipse(net, ctx):
             raise Unsupported(f"a hidden layer has {widest} neurons (> max_stage_width={mw}): the per-layer SDP "
                               "is too slow through cvxpy and cannot be interrupted (option max_stage_width)")
         pol = eclipse_stage_policy(ctx.option("solver", "auto"), bool(ctx.option("verbose", False)), stats)
-        cr = core.run_chain(prep, pol, ctx=ctx, fallback=core.policy_g1(0.5))
+        cr = run_chain(prep, pol, ctx=ctx, fallback=policy_g1(0.5))
         status = "time_limit" if stats.get("sdp_stages", 0) < prep.L - 1 else "ok"
         if status == "time_limit":
             stats["note"] = "time limit: the layers after it used the ECLipsE-Fast multipliers"
@@ -322,10 +307,10 @@ def eclipse(net, ctx):
 
 
 def _lipsdp(net, ctx, layer: bool):
-    from ._sdp_solvers import solve_lipsdp
+    from .solvers import solve_lipsdp
 
     with blas_threads(_threads(ctx, net)):
-        prep = core.prepare(net, ctx, check_slopes=False)
+        prep = prepare(net, ctx, check_slopes=False)
         triv = _trivial(prep)
         if triv is not None:
             return triv
@@ -347,9 +332,9 @@ def _lipsdp(net, ctx, layer: bool):
         log_total, details, raw_log = 0.0, {"solver": solver, "chunks": []}, 0.0
         full_Ls = None
         for ci, (a, b) in enumerate(chunks):
-            sub = core.Prepared(prep.Ws[a:b], prep.scales[a:b], prep.alphas[a:b - 1], prep.betas[a:b - 1])
+            sub = Prepared(prep.Ws[a:b], prep.scales[a:b], prep.alphas[a:b - 1], prep.betas[a:b - 1])
             if b - a == 1:
-                v = core.single_matrix_bound(sub)
+                v = single_matrix_bound(sub)
                 details["chunks"].append({"layers": [a + 1, b], "value_normalised": v})
                 log_total += math.log(v)
                 raw_log += math.log(v)
@@ -358,8 +343,8 @@ def _lipsdp(net, ctx, layer: bool):
                 Ls, rho, info = solve_lipsdp(sub, layer=layer, solver=solver, verbose=bool(ctx.option("verbose", False)),
                                              time_limit=tl if math.isfinite(tl) else None)
                 try:
-                    cr = core.run_chain(sub, None, fixed=Ls)
-                except core.CertificateError as e:
+                    cr = run_chain(sub, None, fixed=Ls)
+                except CertificateError as e:
                     raise MethodFailed(f"the solver's multipliers fail the certificate check: {e}") from None
                 info.update({"layers": [a + 1, b], "solver_value_normalised": math.sqrt(rho),
                              "certified_value_normalised": cr.value_hat, "repaired_stages": cr.repaired})
@@ -470,9 +455,9 @@ def lipsdp_opt(net, ctx):
         if prep0.slope_bounds is not None and str(ctx.option("slopes", "auto")) == "auto":
             # the global closed forms as a floor: a local bound is never above the global family's
             g = prep0.with_slopes("global")
-            for name, make in _family_members(_which_members(ctx, g)):
+            for name, make in family_members(_which_members(ctx, g)):
                 try:
-                    cr = core.run_chain(g, make(g), ctx=ctx)
+                    cr = run_chain(g, make(g), ctx=ctx)
                 except MethodFailed:
                     continue
                 if cr.cut_at is None and (not runs or cr.value_hat < runs[0][1].value_hat):
@@ -495,12 +480,12 @@ def lipsdp_opt(net, ctx):
 def _opt_one(prep, ctx, phases: str, budget: float, by_time_limit: bool):
     """lipsdp-opt on one slope model within ``budget`` seconds (closed-form start included):
     (prep, best ChainResult, details, status)."""
-    from ._sdp_opt import optimise, polish
+    from .barrier import optimise, polish
 
     if phases == "auto":  # phase 1 drops the alpha*beta term, which is all a local linear neuron offers
         phases = "barrier" if prep.n_hidden <= OPT_DIRECT_FIRST or prep.slope_model == "local" else "both"
     start = str(ctx.option("start", "family"))
-    members = _family_members(_which_members(ctx, prep)) if start == "family" else _family_members()[:1]
+    members = family_members(_which_members(ctx, prep)) if start == "family" else family_members()[:1]
     t0 = time.perf_counter()
     best, best_name, values = None, None, {}
     for name, make in members:
@@ -508,7 +493,7 @@ def _opt_one(prep, ctx, phases: str, budget: float, by_time_limit: bool):
                                  or time.perf_counter() - t0 > 0.25 * budget):
             break
         try:
-            cr = core.run_chain(prep, make(prep), ctx=ctx)
+            cr = run_chain(prep, make(prep), ctx=ctx)
         except MethodFailed as e:
             values[name] = f"failed: {e}"
             continue
@@ -531,8 +516,8 @@ def _opt_one(prep, ctx, phases: str, budget: float, by_time_limit: bool):
         if Ls is None:
             return
         try:
-            cr = core.run_chain(prep, None, fixed=Ls)
-        except (MethodFailed, core.CertificateError) as e:
+            cr = run_chain(prep, None, fixed=Ls)
+        except (MethodFailed, CertificateError) as e:
             details[key + "_check_failed"] = str(e)
             return
         details[key + "_value"] = prep.unscale(cr.value_hat)
