@@ -418,6 +418,107 @@ class MaxPool2d(Op):
         return f"MaxPool2d(k={self.kernel}, s={self.stride}, p={self.padding})"
 
 
+@dataclass(eq=False)
+class AdaptiveAvgPool2d(AffineOp):
+    """Adaptive average pooling of (C, H, W) tensors to ``output_size`` (oh, ow) (torch's windows:
+    output i averages rows floor(i H / oh) .. ceil((i + 1) H / oh) - 1, the same for columns).
+    Readers use it only when H or W is not a multiple of the output size (else it is an `AvgPool2d`).
+    Linear, no constant term, non-negative coefficients (so the default `abs_linear` is right)."""
+
+    output_size: tuple
+    kind = "AdaptiveAvgPool2d"
+
+    def __post_init__(self):
+        self.output_size = tuple(int(s) for s in self.output_size)
+
+    def linear(self, x):
+        return F.adaptive_avg_pool2d(x, self.output_size)
+
+    forward = linear
+
+    def constant_term(self, in_shape):
+        return torch.zeros(1, dtype=DTYPE)
+
+    def output_shape(self, in_shape):
+        if len(in_shape) != 3 or len(self.output_size) != 2 or min(self.output_size) <= 0:
+            raise LipboundError(f"AdaptiveAvgPool2d{self.output_size} needs (C, H, W) tensors and a positive "
+                                f"output size, got input {tuple(in_shape)}")
+        return (in_shape[0],) + self.output_size
+
+    def describe(self):
+        return f"AdaptiveAvgPool2d{self.output_size}"
+
+
+MAXMIN_LAYOUTS = ("pairs", "halves")
+MAXMIN_ORDERS = ("max_min", "min_max")
+
+
+@dataclass(eq=False)
+class MaxMin(Op):
+    """MaxMin = GroupSort with groups of two, the activation of 1-Lipschitz networks.
+
+    Along the non-batch dimension ``axis`` (0: the channels of a (C, H, W) tensor or the entries of an
+    (n,) vector; its size must be even) the entries form partner pairs (p, q):
+
+    * ``layout="pairs"``: consecutive entries (2i, 2i + 1) (GroupSort-2 of Anil et al. / deel-torchlip
+      ``GroupSort2``: ``x.view(.., n/2, 2, ..)`` then sort or max/min over the size-2 axis);
+    * ``layout="halves"``: (i, i + n/2) (orthogonium / SOC ``MaxMin``: split into halves a, b and
+      ``cat(max(a, b), min(a, b))``).
+
+    Each pair keeps its positions: ``order="max_min"`` puts max(x_p, x_q) at p and the min at q;
+    ``order="min_max"`` (an ascending sort, as ``GroupSort2`` does) puts the min at p. `pairs` gives the
+    positions. Locally a permutation of the entries: 1-Lipschitz in every l_p norm."""
+
+    axis: int = 0
+    layout: str = "pairs"
+    order: str = "max_min"
+    kind = "MaxMin"
+
+    def __post_init__(self):
+        self.axis = int(self.axis)
+        if self.layout not in MAXMIN_LAYOUTS:
+            raise LipboundError(f"MaxMin layout must be one of {MAXMIN_LAYOUTS}, got {self.layout!r}")
+        if self.order not in MAXMIN_ORDERS:
+            raise LipboundError(f"MaxMin order must be one of {MAXMIN_ORDERS}, got {self.order!r}")
+
+    def _halves(self, x: torch.Tensor):
+        """(first, second) partners of every pair, each of x's shape with the axis halved."""
+        d = self.axis + 1
+        n = x.shape[d]
+        if self.layout == "pairs":
+            y = x.unflatten(d, (n // 2, 2))
+            return y.select(d + 1, 0), y.select(d + 1, 1)
+        return x.narrow(d, 0, n // 2), x.narrow(d, n // 2, n // 2)
+
+    def _join(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        d = self.axis + 1
+        if self.layout == "pairs":
+            return torch.stack((first, second), d + 1).flatten(d, d + 1)
+        return torch.cat((first, second), d)
+
+    def forward(self, x):
+        a, b = self._halves(x)
+        hi, lo = torch.maximum(a, b), torch.minimum(a, b)
+        return self._join(hi, lo) if self.order == "max_min" else self._join(lo, hi)
+
+    def output_shape(self, in_shape):
+        in_shape = tuple(in_shape)
+        if not 0 <= self.axis < len(in_shape) or in_shape[self.axis] % 2:
+            raise LipboundError(f"MaxMin on axis {self.axis} needs an even dimension there, got a tensor of "
+                                f"shape {in_shape} (batch excluded)")
+        return in_shape
+
+    def pairs(self, in_shape) -> tuple[np.ndarray, np.ndarray]:
+        """Flat indices (hi, lo) of the partner pairs: y[hi] = max(x[hi], x[lo]), y[lo] = min(x[hi], x[lo])."""
+        n = int(np.prod(in_shape))
+        idx = torch.arange(n, dtype=DTYPE).reshape((1,) + tuple(in_shape))
+        first, second = (t.reshape(-1).numpy().astype(np.int64) for t in self._halves(idx))
+        return (first, second) if self.order == "max_min" else (second, first)
+
+    def describe(self):
+        return f"MaxMin(axis={self.axis}, {self.layout}, {self.order})"
+
+
 class Add(Op):
     """Sum of two nodes of the same shape (residual connection)."""
 

@@ -7,6 +7,14 @@ asymmetric pads gets a ``<name>/pad`` node before it; a MatMul on a ``[.., n, 1]
 ``BatchNorm``.  Sub-graphs that depend only on constants (initializers, Constant nodes, Shape of a
 tensor of known shape) are evaluated once with the ONNX reference evaluator.
 
+Operators are dispatched through tables: ``ONNX_ACTIVATIONS`` (`lipbound.io.tables`: Relu, Gelu,
+HardSwish, Softsign, Mish, Abs...) and ``HANDLERS`` below (op_type -> handler). Sub-graphs exporters
+write for one operation are recognised by `lipbound.io.patterns`: GELU as Div / Erf / Add / Mul / Mul
+(``torch.onnx.export`` below opset 20) or with Pow / Tanh (tanh form), SiLU as ``Mul(x, Sigmoid(x))``,
+Mish as ``Mul(x, Tanh(Softplus(x)))``, Softsign as ``Div(x, Add(Abs(x), 1))``, and MaxMin / GroupSort-2
+as Split / Slice + Max + Min + Concat or Reshape + TopK / ReduceMax / ReduceMin over a size-2 axis. An
+Erf or a product of two tensors that is not exactly such a pattern is an unsupported operator.
+
 Batch dimension: an input of rank >= 2 whose first dimension is 1 or dynamic has a batch dimension,
 which the network's shapes exclude (input ``[1, 1, 1, 5]`` -> ``(1, 1, 5)``); any other input (rank 1
 like ``[1]``, or a first dimension above 1 like ``[784, 1]``) has none and every tensor keeps its ONNX
@@ -23,16 +31,14 @@ from pathlib import Path
 
 import numpy as np
 
+import torch
+
 from ..errors import LipboundError, UnsupportedOperator
 from ..network import (Activation, Add, AvgPool2d, Conv2d, ElementwiseAffine, GraphBuilder, Linear, MaxPool2d,
                        Network, Node, Pad, Reshape, Transpose)
-
-SUPPORTED_OPS = (
-    "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Elu", "Softplus",
-    "Conv", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Pad", "AveragePool", "MaxPool",
-    "GlobalAveragePool", "GlobalMaxPool", "BatchNormalization", "Constant", "Identity", "Dropout", "Cast",
-    "Shape",
-)
+from . import builders, patterns
+from .patterns import MAX, MIN, Expr, Selection
+from .tables import ONNX_ACTIVATIONS, make_activation
 
 # operators never evaluated on constants (not deterministic)
 _NOT_FOLDABLE = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
@@ -42,6 +48,7 @@ _FLOAT_TYPES = {1, 10, 11, 16}  # FLOAT, FLOAT16, DOUBLE, BFLOAT16 (onnx.TensorP
 
 
 def _one_line(text) -> str:
+    """The message on one line, at most 300 characters."""
     text = " ".join(str(text).split())
     return text if len(text) <= 300 else text[:297] + "..."
 
@@ -50,6 +57,7 @@ class _Const:
     __slots__ = ("value", "source")
 
     def __init__(self, value, source):
+        """A constant tensor and the name it came from."""
         self.value = np.asarray(value)
         self.source = source  # tensor name (for messages)
 
@@ -58,11 +66,13 @@ class _Live:
     __slots__ = ("idx",)
 
     def __init__(self, idx: int):
+        """Node ``idx`` of the network being built."""
         self.idx = idx
 
 
 class _Reader:
     def __init__(self, model, name: str, source: str | None):
+        """A reader of one ONNX model (``name``, ``source`` for the network)."""
         import onnx  # noqa: F401  (imported lazily by the module as well)
 
         self.model = model
@@ -77,12 +87,15 @@ class _Reader:
         self.used_names: set[str] = set()
         self.builder: GraphBuilder | None = None
         self.batched = True
+        self.expr_cache: dict = {}
 
     # -- helpers ------------------------------------------------------------------------------------
     def err(self, msg: str, cls=LipboundError):
+        """Raise ``cls`` with a one-line message."""
         raise cls(_one_line(msg))
 
     def unique(self, name: str) -> str:
+        """``name`` made unique among the network's node names."""
         base, k = name, 1
         while name in self.used_names:
             k += 1
@@ -91,9 +104,11 @@ class _Reader:
         return name
 
     def add(self, op, inputs, name: str) -> int:
+        """Add a node under a unique name; its index."""
         return self.builder.add(op, inputs, name=self.unique(name))
 
     def shape(self, idx: int) -> tuple:
+        """The sample shape (batch excluded) of node ``idx``."""
         return self.builder.nodes[idx].shape
 
     def oshape(self, idx: int) -> tuple:
@@ -101,9 +116,51 @@ class _Reader:
         return ((1,) if self.batched else ()) + self.shape(idx)
 
     def get(self, tensor: str, label: str):
+        """The value of a tensor (constant, live or pending); an error for an unknown tensor."""
         if tensor not in self.values:
             self.err(f"tensor {tensor!r} used by node {label!r} is not produced by any node, initializer or input")
         return self.values[tensor]
+
+    def vshape(self, v) -> tuple:
+        """The ONNX shape of a live or pending value (batch dimension included when batched)."""
+        if isinstance(v, _Live):
+            return self.oshape(v.idx)
+        if isinstance(v, Expr):
+            return ((1,) if self.batched else ()) + v.shape
+        return v.shape
+
+    def add_idx(self, op, inputs, name: str) -> int:
+        """`add` for `lipbound.io.patterns` (inputs are node indices)."""
+        return self.add(op, inputs, name)
+
+    def materialize(self, v, label: str):
+        """A pending value turned into a network node (`_Live`); other values unchanged."""
+        if isinstance(v, Expr):
+            return _Live(patterns.materialize_expr(v, self.builder.nodes, self.add_idx, label, self.expr_cache))
+        if isinstance(v, Selection):
+            return _Live(patterns.materialize_selection(v, self.builder.nodes, self.add_idx, label))
+        return v
+
+    def materialize_inputs(self, node, label: str):
+        """Materialise the pending inputs of a node whose handler does not take them."""
+        for t in node.input:
+            if t and isinstance(self.values.get(t), (Expr, Selection)):
+                self.values[t] = self.materialize(self.values[t], label)
+
+    def as_expr(self, v, label: str) -> Expr:
+        """A live tensor or pending expression as an `Expr` (selections are materialised first)."""
+        v = self.materialize(v, label) if isinstance(v, Selection) else v
+        return Expr.leaf(v.idx, self.shape(v.idx)) if isinstance(v, _Live) else v
+
+    def as_selection(self, v, label: str) -> Selection:
+        """A live tensor (or selection) as a `Selection` of the tensor it reshapes."""
+        v = self.materialize(v, label) if isinstance(v, Expr) else v
+        if isinstance(v, _Live):
+            return Selection.of_node(v.idx, self.builder.nodes, self.batched, label)
+        if not isinstance(v, Selection):
+            self.err(f"node {label!r}: expected a tensor computed from the network input, got a constant",
+                     UnsupportedOperator)
+        return v
 
     def const(self, tensor: str, label: str):
         """The numpy value of a constant tensor, or None when the tensor depends on the network input."""
@@ -111,13 +168,14 @@ class _Reader:
         return v.value if isinstance(v, _Const) else None
 
     def live(self, tensor: str, label: str, what: str = "input") -> int:
+        """The node index of a tensor that depends on the input (an error for a constant)."""
         v = self.get(tensor, label)
         if not isinstance(v, _Live):
             self.err(f"node {label!r}: expected the {what} {tensor!r} to depend on the network input, got a constant")
         return v.idx
 
-    def weight(self, tensor: str, label: str, what: str) -> np.ndarray:
-        """A constant operand as float64, checked finite."""
+    def weight(self, tensor: str, label: str, what: str, finite: bool = True) -> np.ndarray:
+        """A constant operand as float64, checked finite (NaN only when ``finite`` is False)."""
         v = self.get(tensor, label)
         if not isinstance(v, _Const):
             self.err(f"node {label!r}: the {what} {tensor!r} must be a constant (initializer or Constant node), "
@@ -126,11 +184,12 @@ class _Reader:
             w = np.asarray(v.value, dtype=np.float64)
         except (TypeError, ValueError):
             self.err(f"node {label!r}: the {what} {tensor!r} is not numeric (dtype {v.value.dtype})")
-        if not np.all(np.isfinite(w)):
+        if not np.all(np.isfinite(w)) and (finite or np.any(np.isnan(w))):
             self.err(f"non-finite (NaN or infinite) weights in {what} {tensor!r} of node {label!r}")
         return w
 
     def ints(self, tensor: str, label: str, what: str) -> list[int]:
+        """A constant integer tensor as a list."""
         v = self.get(tensor, label)
         if not isinstance(v, _Const):
             self.err(f"node {label!r}: the {what} {tensor!r} must be a constant, not computed from the network input",
@@ -139,6 +198,7 @@ class _Reader:
 
     @staticmethod
     def attrs(node) -> dict:
+        """The node's attributes as a dict (strings decoded)."""
         from onnx import helper
 
         out = {}
@@ -150,6 +210,7 @@ class _Reader:
         return out
 
     def unsupported(self, node, label: str, why: str = ""):
+        """Raise `UnsupportedOperator` for this node, listing the supported operators."""
         op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
         extra = f": {why}" if why else ""
         self.err(f"unsupported ONNX operator {op} (node {label!r}){extra}; supported: {', '.join(SUPPORTED_OPS)}",
@@ -157,6 +218,7 @@ class _Reader:
 
     # -- input ------------------------------------------------------------------------------------------
     def read_input(self):
+        """Check the graph's single input / output and start the network at the input."""
         g = self.graph
         init_names = {t.name for t in g.initializer}
         inputs = [i for i in g.input if i.name not in init_names]
@@ -181,6 +243,7 @@ class _Reader:
         self.values[inp.name] = _Live(0)
 
     def input_shape_from(self, name: str, dims):
+        """(internal input shape, batched) from the declared dimensions of the input."""
         if dims is not None and len(dims) == 0:
             self.err(f"the graph input {name!r} is a scalar; lipbound needs a tensor input")
         if dims is not None and len(dims) == 1:
@@ -226,8 +289,7 @@ class _Reader:
                     return None
                 trans = self.attrs(n).get("transB", 0) if n.op_type == "Gemm" else 0
                 return int(w.shape[1] if trans else w.shape[0])
-            if n.op_type in ("Flatten", "Identity", "Dropout", "Relu", "Sigmoid", "Tanh", "LeakyRelu", "Elu",
-                             "Softplus", "Add", "Sub", "Mul", "Div", "Cast"):
+            if n.op_type in _SHAPE_PRESERVING:
                 cur = n.output[0]
                 continue
             return None
@@ -235,6 +297,7 @@ class _Reader:
 
     # -- driver -----------------------------------------------------------------------------------------
     def run(self) -> Network:
+        """Convert every node in topological order, check declared shapes, keep the output's ancestors."""
         from onnx import numpy_helper
 
         g = self.graph
@@ -251,17 +314,19 @@ class _Reader:
             label = node.name or f"{node.op_type}_{i}"
             self.convert(node, label)
         out_name = g.output[0].name
-        out = self.get(out_name, "graph output")
+        out = self.materialize(self.get(out_name, "graph output"), "graph output")
+        self.values[out_name] = out
         if not isinstance(out, _Live):
             self.err(f"the graph output {out_name!r} is a constant: it does not depend on the input")
         self.check_declared_shape(g.output[0], out.idx)
         for vi in g.value_info:
             v = self.values.get(vi.name)
-            if isinstance(v, _Live):
+            if isinstance(v, _Live) and v.idx < len(self.builder.nodes):
                 self.check_declared_shape(vi, v.idx)
         return self.prune(out.idx)
 
     def check_declared_shape(self, vi, idx: int):
+        """Compare the computed shape of a tensor with its declared shape (value_info / output)."""
         tt = vi.type.tensor_type if vi.type.HasField("tensor_type") else None
         if tt is None or not tt.HasField("shape"):
             return
@@ -275,6 +340,7 @@ class _Reader:
                      f"{[d if d is not None else '?' for d in dims]}")
 
     def toposort(self):
+        """The graph's nodes in an order where every input is produced before use."""
         nodes = list(self.graph.node)
         available = set(self.values)
         done = [False] * len(nodes)
@@ -299,14 +365,20 @@ class _Reader:
         return order
 
     def prune(self, out_idx: int) -> Network:
+        """The network made of the ancestors of the output node."""
         return _prune(self.builder.nodes, out_idx, self.name, self.source)
 
     def set_out(self, node, idx_or_const, label):
+        """Record the value of the node's first output (a node index is wrapped as `_Live`)."""
         if not node.output or not node.output[0]:
             return
-        self.values[node.output[0]] = idx_or_const if isinstance(idx_or_const, _Const) else _Live(idx_or_const)
+        v = idx_or_const
+        if isinstance(v, (Expr, Selection)) and v.label is None:
+            v.label = label
+        self.values[node.output[0]] = v if isinstance(v, (_Const, _Live, Expr, Selection)) else _Live(v)
 
     def check_extra_outputs_unused(self, node, label):
+        """Refuse a node whose outputs after the first are used."""
         used = set()
         for n in self.graph.node:
             used.update(n.input)
@@ -318,6 +390,8 @@ class _Reader:
 
     # -- conversion of one node -------------------------------------------------------------------------
     def convert(self, node, label: str):
+        """Convert one ONNX node: constants, Shape, constant folding, then the tables (``ONNX_ACTIVATIONS``,
+        ``HANDLERS``); pending inputs reach only the handlers in ``PENDING_AWARE``."""
         if node.domain not in ("", "ai.onnx"):
             self.unsupported(node, label)
         op = node.op_type
@@ -327,8 +401,8 @@ class _Reader:
             return
         if op == "Shape":
             v = self.get(ins[0], label)
-            if isinstance(v, _Live):
-                shp = np.array(self.oshape(v.idx), dtype=np.int64)
+            if not isinstance(v, _Const):
+                shp = np.array(self.vshape(v), dtype=np.int64)
                 a = self.attrs(node)
                 start, end = a.get("start", 0), a.get("end", None)
                 self.set_out(node, _Const(shp[start:end], node.output[0]), label)
@@ -337,17 +411,24 @@ class _Reader:
         if op not in _NOT_FOLDABLE and present and all(isinstance(self.get(t, label), _Const) for t in present):
             self.fold(node, label)
             return
-        handler = getattr(self, "op_" + op, None)
-        if handler is None:
+        spec = ONNX_ACTIVATIONS.get(op)
+        handler = HANDLERS.get(op)
+        if spec is None and handler is None:
             self.unsupported(node, label)
+        if op not in PENDING_AWARE:
+            self.materialize_inputs(node, label)
         try:
-            handler(node, label, self.attrs(node))
+            if spec is not None:
+                self.op_activation(node, label, self.attrs(node), spec)
+            else:
+                handler(self, node, label, self.attrs(node))
         except LipboundError as e:
             if label in str(e):
                 raise
             raise type(e)(_one_line(f"node {label!r} ({op}): {e}")) from None
 
     def constant_value(self, node, label):
+        """The value of a Constant node."""
         from onnx import numpy_helper
 
         a = {x.name: x for x in node.attribute}
@@ -380,33 +461,110 @@ class _Reader:
                 self.values[t] = _Const(np.asarray(v), t)
 
     # elementwise unary ------------------------------------------------------------------------------
-    def activation(self, node, label, name, param=0.0):
+    def op_activation(self, node, label, a, spec):
+        """An operator of ``ONNX_ACTIVATIONS``: a node, or one more step of a pending expression."""
+        try:
+            name, param = spec.resolve(spec.bind_module(_AttrView(a)))
+        except ValueError as e:
+            self.unsupported(node, label, str(e))
+        act = make_activation(name, param)
+        v = self.get(node.input[0], label)
+        if isinstance(v, Expr):
+            self.set_out(node, Expr.apply(act.forward, name, [v]), label)
+            return
+        v = self.materialize(v, label)
+        x = self.live_value(v, node.input[0], label)
+        self.set_out(node, self.add(act, [x], label), label)
+
+    def live_value(self, v, tensor: str, label: str) -> int:
+        """The node index of a live value (an error for anything else)."""
+        if not isinstance(v, _Live):
+            self.err(f"node {label!r}: expected the input {tensor!r} to depend on the network input, got a constant")
+        return v.idx
+
+    def op_Clip(self, node, label, a):
+        """Clip with constant bounds (inputs from opset 11, attributes before): hardtanh or a shifted ReLU."""
         x = self.live(node.input[0], label)
-        self.set_out(node, self.add(Activation(name, param), [x], label), label)
+        bounds = []
+        for i, key in ((1, "min"), (2, "max")):
+            if len(node.input) > i and node.input[i]:
+                v = self.weight(node.input[i], label, key, finite=False).reshape(-1)
+                if v.size != 1:
+                    self.err(f"Clip node {label!r}: the {key} bound is not a scalar", UnsupportedOperator)
+                bounds.append(float(v[0]))
+            else:
+                bounds.append(float(a[key]) if key in a else None)
+        y = builders.clamp_nodes(self.add_idx, x, self.shape(x), bounds[0], bounds[1], label, self.err)
+        self.set_out(node, y, label)
 
-    def op_Relu(self, node, label, a):
-        self.activation(node, label, "relu")
+    def op_HardSigmoid(self, node, label, a):
+        """max(0, min(1, alpha x + beta)): torch's hardsigmoid for alpha = 1/6, beta = 1/2, else an affine
+        map and hardtanh(0, 1)."""
+        x = self.live(node.input[0], label)
+        alpha, beta = float(a.get("alpha", 0.2)), float(a.get("beta", 0.5))
+        if math.isclose(alpha, 1 / 6, rel_tol=1e-6) and math.isclose(beta, 0.5, rel_tol=1e-6):
+            self.set_out(node, self.add(Activation("hardsigmoid"), [x], label), label)
+            return
+        s = self.shape(x)
+        y = self.add(ElementwiseAffine(np.full(s, alpha), np.full(s, beta), label="HardSigmoid"), [x], label + "/affine")
+        self.set_out(node, self.add(Activation("hardtanh", (0.0, 1.0)), [y], label), label)
 
-    def op_LeakyRelu(self, node, label, a):
-        self.activation(node, label, "leaky_relu", a.get("alpha", 0.01))
+    def op_PRelu(self, node, label, a):
+        """PRelu with one constant slope: a leaky ReLU."""
+        x = self.live(node.input[0], label)
+        slope = self.weight(node.input[1], label, "slope").reshape(-1)
+        if slope.size != 1 and not np.all(slope == slope[0]):
+            self.err(f"PRelu node {label!r}: one slope per channel is not supported (only a shared slope)",
+                     UnsupportedOperator)
+        self.set_out(node, self.add(Activation("leaky_relu", float(slope[0])), [x], label), label)
 
-    def op_Sigmoid(self, node, label, a):
-        self.activation(node, label, "sigmoid")
+    def op_expr_unary(self, node, label, a):
+        """Erf, Exp, Log, Sqrt, Reciprocal: never an operation alone, a pending expression."""
+        fn = _UNARY_EXPR[node.op_type]
+        v = self.get(node.input[0], label)
+        blocker = (f"unsupported ONNX operator {node.op_type} (node {label!r})", UnsupportedOperator)
+        self.set_out(node, Expr.apply(fn, node.op_type, [self.as_expr(v, label)], blocker), label)
 
-    def op_Tanh(self, node, label, a):
-        self.activation(node, label, "tanh")
+    def op_Neg(self, node, label, a):
+        """-x: an affine node, or a step of a pending expression."""
+        v = self.get(node.input[0], label)
+        if isinstance(v, Expr):
+            self.set_out(node, Expr.apply(torch.neg, "Neg", [v]), label)
+            return
+        x = self.live_value(self.materialize(v, label), node.input[0], label)
+        s = self.shape(x)
+        self.set_out(node, self.add(ElementwiseAffine(-np.ones(s), np.zeros(s), label="Neg"), [x], label), label)
 
-    def op_Elu(self, node, label, a):
-        self.activation(node, label, "elu", a.get("alpha", 1.0))
-
-    def op_Softplus(self, node, label, a):
-        self.activation(node, label, "softplus", 1.0)
+    def op_Pow(self, node, label, a):
+        """x ** c with a constant scalar exponent: part of a pattern (tanh-GELU's x^3)."""
+        v = self.get(node.input[0], label)
+        if isinstance(self.get(node.input[1], label), (_Live, Expr, Selection)) or isinstance(v, _Const):
+            self.err(f"Pow node {label!r} with an exponent computed from the input", UnsupportedOperator)
+        e = self.weight(node.input[1], label, "exponent").reshape(-1)
+        if e.size != 1:
+            self.err(f"Pow node {label!r}: the exponent is not a scalar", UnsupportedOperator)
+        e = float(e[0])
+        if e == 1.0:
+            self.set_out(node, v, label)
+            return
+        blocker = (f"unsupported ONNX operator Pow (node {label!r})", UnsupportedOperator)
+        self.set_out(node, Expr.apply(lambda t: torch.pow(t, e), f"Pow{e:g}", [self.as_expr(v, label)], blocker),
+                     label)
 
     def op_Identity(self, node, label, a):
-        self.set_out(node, self.live(node.input[0], label), label)
+        """The input itself (live or pending)."""
+        self.set_out(node, self.pending_or_live(node.input[0], label), label)
+
+    def pending_or_live(self, tensor: str, label: str):
+        """The value of a tensor that must depend on the input (live or pending)."""
+        v = self.get(tensor, label)
+        if isinstance(v, _Const):
+            self.err(f"node {label!r}: expected the input {tensor!r} to depend on the network input, got a constant")
+        return v
 
     def op_Dropout(self, node, label, a):
-        x = self.live(node.input[0], label)
+        """The input itself (inference mode only)."""
+        x = self.pending_or_live(node.input[0], label)
         if len(node.input) >= 3 and node.input[2]:
             mode = self.const(node.input[2], label)
             if mode is None or bool(np.asarray(mode).reshape(-1)[0]):
@@ -415,7 +573,8 @@ class _Reader:
         self.set_out(node, x, label)
 
     def op_Cast(self, node, label, a):
-        x = self.live(node.input[0], label)
+        """The input itself (casts between floating-point types only)."""
+        x = self.pending_or_live(node.input[0], label)
         if a.get("to") not in _FLOAT_TYPES:
             self.err(f"Cast node {label!r} casts the network's tensor to a non-floating-point type ({a.get('to')})",
                      UnsupportedOperator)
@@ -444,6 +603,7 @@ class _Reader:
         return c
 
     def binary(self, node, label):
+        """(x, y, constant, side) of a binary operator: two live tensors, or a live tensor and a constant."""
         op = node.op_type
         if len(node.input) != 2:
             self.err(f"{op} node {label!r} must have two inputs")
@@ -455,10 +615,50 @@ class _Reader:
             return va.idx, None, self.weight(b_name, label, "constant operand"), "right"
         return vb.idx, None, self.weight(a_name, label, "constant operand"), "left"
 
+    def pending_arith(self, node, label) -> bool:
+        """Add / Sub / Mul / Div that extend a pending expression or start one (a product of two tensors, a
+        division by a tensor): True when handled. A non-scalar constant ends an expression (materialised,
+        then the affine path)."""
+        op = node.op_type
+        if len(node.input) != 2:
+            self.err(f"{op} node {label!r} must have two inputs")
+        vals = []
+        for t in node.input:
+            v = self.get(t, label)
+            if isinstance(v, Selection):
+                v = self.values[t] = self.materialize(v, label)
+            vals.append(v)
+        live = [isinstance(v, (_Live, Expr)) for v in vals]
+        tensor_op = (op == "Mul" and all(live)) or (op == "Div" and live[1])
+        if not tensor_op and not any(isinstance(v, Expr) for v in vals):
+            return False
+        blocker = None
+        if op == "Mul" and all(live):
+            blocker = (f"Mul node {label!r} multiplies two tensors that depend on the input (non-constant "
+                       "multiplier): not an affine map, not supported", UnsupportedOperator)
+        elif op == "Div" and live[1]:
+            blocker = (f"Div node {label!r} divides by a tensor that depends on the input (non-constant divisor): "
+                       "not supported", UnsupportedOperator)
+        operands = [self.as_expr(v, label) if lv else v.value for v, lv in zip(vals, live)]
+        try:
+            e = Expr.apply(_ARITH[op], op, operands, blocker)
+        except LipboundError:
+            if tensor_op:
+                self.err(blocker[0], UnsupportedOperator)
+            for t, v in zip(node.input, vals):
+                self.values[t] = self.materialize(v, label)
+            return False
+        self.set_out(node, e, label)
+        return True
+
     def affine(self, node, label, x, c, scale, shift):
+        """Set the node's output to an ElementwiseAffine labelled with the ONNX op type."""
         self.set_out(node, self.add(ElementwiseAffine(scale, shift, label=node.op_type), [x], label), label)
 
     def op_Add(self, node, label, a):
+        """x + y: a residual Add, an affine shift, or a step of a pending expression."""
+        if self.pending_arith(node, label):
+            return
         x, y, c, side = self.binary(node, label)
         if y is not None:
             if self.shape(x) != self.shape(y):
@@ -470,6 +670,9 @@ class _Reader:
         self.affine(node, label, x, c, np.ones_like(c), c)
 
     def op_Sub(self, node, label, a):
+        """x - y: a residual difference, an affine shift, or a step of a pending expression."""
+        if self.pending_arith(node, label):
+            return
         x, y, c, side = self.binary(node, label)
         if y is not None:
             if self.shape(x) != self.shape(y):
@@ -486,6 +689,9 @@ class _Reader:
             self.affine(node, label, x, c, -np.ones_like(c), c)
 
     def op_Mul(self, node, label, a):
+        """x * c: an affine scale; a product of two tensors starts a pending expression."""
+        if self.pending_arith(node, label):
+            return
         x, y, c, side = self.binary(node, label)
         if y is not None:
             self.err(f"Mul node {label!r} multiplies two tensors that depend on the input (non-constant multiplier):"
@@ -494,6 +700,9 @@ class _Reader:
         self.affine(node, label, x, c, c, np.zeros_like(c))
 
     def op_Div(self, node, label, a):
+        """x / c: an affine scale; a division by a tensor starts a pending expression."""
+        if self.pending_arith(node, label):
+            return
         x, y, c, side = self.binary(node, label)
         if y is not None or side == "left":
             self.err(f"Div node {label!r} divides by a tensor that depends on the input (non-constant divisor): "
@@ -537,6 +746,7 @@ class _Reader:
                  UnsupportedOperator)
 
     def op_MatMul(self, node, label, a):
+        """A product with a constant matrix (either side): a Linear node."""
         A, B = node.input[0], node.input[1]
         va, vb = self.get(A, label), self.get(B, label)
         if isinstance(va, _Live) and isinstance(vb, _Live):
@@ -560,6 +770,7 @@ class _Reader:
             self.set_out(node, self.left_matmul(W, vb.idx, label, "MatMul"), label)
 
     def op_Gemm(self, node, label, a):
+        """alpha A B + beta C with one constant matrix: a Linear node (plus a shift)."""
         alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
         ta, tb = int(a.get("transA", 0)), int(a.get("transB", 0))
         A, B = node.input[0], node.input[1]
@@ -611,6 +822,7 @@ class _Reader:
 
     # convolution and pooling --------------------------------------------------------------------------
     def spatial_input(self, node, label) -> int:
+        """The node index of a live (C, H, W) input (batched 4-D tensor)."""
         x = self.live(node.input[0], label)
         if not self.batched or len(self.shape(x)) != 3:
             self.err(f"{node.op_type} node {label!r}: only 2-D (N, C, H, W) tensors are supported, got shape "
@@ -643,6 +855,7 @@ class _Reader:
         self.err(f"{node.op_type} node {label!r}: auto_pad {auto!r} is not supported", UnsupportedOperator)
 
     def op_Conv(self, node, label, a):
+        """A 2-D convolution (a Pad node first for asymmetric pads)."""
         x = self.spatial_input(node, label)
         W = self.weight(node.input[1], label, "weight")
         if W.ndim != 4:
@@ -667,6 +880,7 @@ class _Reader:
         self.set_out(node, y, label)
 
     def pool_args(self, node, label, a, x):
+        """(kernel, strides, dilations, pads) of a 2-D pooling node."""
         kernel = tuple(int(k) for k in a.get("kernel_shape", ()))
         if len(kernel) != 2:
             self.err(f"{node.op_type} node {label!r}: only 2-D pooling is supported (kernel {list(kernel)})",
@@ -678,6 +892,7 @@ class _Reader:
         return kernel, strides, dil, pads
 
     def op_AveragePool(self, node, label, a):
+        """Average pooling (explicit padding when the pads are asymmetric)."""
         x = self.spatial_input(node, label)
         kernel, strides, dil, (hb, wb, he, we) = self.pool_args(node, label, a, x)
         if dil != (1, 1):
@@ -695,6 +910,7 @@ class _Reader:
         self.set_out(node, y, label)
 
     def op_MaxPool(self, node, label, a):
+        """Max pooling (symmetric pads up to half the kernel)."""
         x = self.spatial_input(node, label)
         kernel, strides, dil, (hb, wb, he, we) = self.pool_args(node, label, a, x)
         ceil = bool(a.get("ceil_mode", 0))
@@ -707,16 +923,204 @@ class _Reader:
         self.set_out(node, self.add(MaxPool2d(kernel, strides, (hb, wb), dil, ceil), [x], label), label)
 
     def op_GlobalAveragePool(self, node, label, a):
+        """The mean over H and W: an AvgPool2d over the whole map."""
         x = self.spatial_input(node, label)
         _, H, Wd = self.shape(x)
         self.set_out(node, self.add(AvgPool2d((H, Wd), (H, Wd)), [x], label), label)
 
+    def reduce_axes(self, node, label, a) -> list | None:
+        """The axes of a Reduce* node: attribute before opset 18, second input from 18 (None: all)."""
+        if len(node.input) >= 2 and node.input[1]:
+            axes = self.ints(node.input[1], label, "axes")
+        else:
+            axes = [int(v) for v in a["axes"]] if "axes" in a else []
+        if not axes:
+            if int(a.get("noop_with_empty_axes", 0)):
+                return []
+            return None
+        return axes
+
+    def sample_axes(self, node, label, axes, rank) -> list[int]:
+        """ONNX axes as sample dimensions (batch excluded; the batch axis itself is refused)."""
+        axes = sorted({ax + rank if ax < 0 else ax for ax in axes})
+        if any(not 0 <= ax < rank for ax in axes):
+            self.err(f"{node.op_type} node {label!r}: axes {axes} out of range for rank {rank}")
+        if self.batched:
+            if 0 in axes:
+                self.err(f"{node.op_type} node {label!r} reduces over the batch dimension", UnsupportedOperator)
+            return [ax - 1 for ax in axes]
+        return axes
+
+    def op_ReduceMean(self, node, label, a):
+        """The mean over adjacent non-batch axes (spatial axes: an AvgPool2d), then a reshape."""
+        x = self.live(node.input[0], label)
+        axes = self.reduce_axes(node, label, a)
+        if axes is None:
+            self.err(f"ReduceMean node {label!r} over every axis (the batch included) is not supported",
+                     UnsupportedOperator)
+        if not axes:
+            self.set_out(node, x, label)
+            return
+        dims = self.sample_axes(node, label, axes, len(self.oshape(x)))
+        keep = bool(int(a.get("keepdims", 1)))
+        self.set_out(node, builders.mean_nodes(self.add_idx, x, self.shape(x), dims, keep, label, self.err), label)
+
     def op_GlobalMaxPool(self, node, label, a):
+        """The max over H and W: a MaxPool2d over the whole map."""
         x = self.spatial_input(node, label)
         _, H, Wd = self.shape(x)
         self.set_out(node, self.add(MaxPool2d((H, Wd), (H, Wd)), [x], label), label)
 
+    # MaxMin: slicing, max / min, sort -----------------------------------------------------------------
+    def selection_input(self, tensor: str, label: str) -> Selection:
+        """A tensor of the graph as a `Selection` (for MaxMin patterns)."""
+        return self.as_selection(self.get(tensor, label), label)
+
+    def map_selection(self, sel: Selection, fn, label: str) -> Selection:
+        """``fn`` applied to each index tensor of a selection (an index operation)."""
+        return sel.with_components(*(fn(c) for c in sel.components()),
+                                   origin=sel.origin if not sel.is_plain() else label)
+
+    def op_Slice(self, node, label, a):
+        """Slice with constant starts / ends / axes / steps (positive steps): a selection."""
+        sel = self.selection_input(node.input[0], label)
+        if len(node.input) >= 3:
+            starts, ends = self.ints(node.input[1], label, "starts"), self.ints(node.input[2], label, "ends")
+            axes = self.ints(node.input[3], label, "axes") if len(node.input) > 3 and node.input[3] else None
+            steps = self.ints(node.input[4], label, "steps") if len(node.input) > 4 and node.input[4] else None
+        else:
+            starts, ends, axes, steps = list(a.get("starts", [])), list(a.get("ends", [])), a.get("axes"), None
+        r = len(sel.shape)
+        axes = list(range(len(starts))) if axes is None else [ax + r if ax < 0 else ax for ax in axes]
+        steps = steps or [1] * len(starts)
+        index = [slice(None)] * r
+        for ax, st, en, sp in zip(axes, starts, ends, steps):
+            if sp <= 0:
+                self.err(f"Slice node {label!r}: step {sp} (only positive steps)", UnsupportedOperator)
+            index[ax] = slice(st, en, sp)
+        out = self.map_selection(sel, lambda c: c[tuple(index)], label)
+        if self.batched and out.shape[0] != 1:
+            self.err(f"Slice node {label!r} slices the batch dimension", UnsupportedOperator)
+        self.set_out(node, out, label)
+
+    def op_Split(self, node, label, a):
+        """Split into pieces along an axis: one selection per output."""
+        sel = self.selection_input(node.input[0], label)
+        r = len(sel.shape)
+        axis = int(a.get("axis", 0))
+        axis = axis + r if axis < 0 else axis
+        n = sel.shape[axis]
+        if len(node.input) > 1 and node.input[1]:
+            sizes = self.ints(node.input[1], label, "split")
+        elif "split" in a:
+            sizes = [int(v) for v in a["split"]]
+        else:
+            k = int(a.get("num_outputs", len(node.output)))
+            sizes = [-(-n // k)] * (k - 1)
+            sizes.append(n - sum(sizes))
+        if sum(sizes) != n or len(sizes) != len(node.output) or (self.batched and axis == 0):
+            self.err(f"Split node {label!r}: sizes {sizes} along axis {axis} of shape {list(sel.shape)}")
+        parts = [torch.split(c, sizes, axis) for c in sel.components()]
+        for i, t in enumerate(node.output):
+            if t:
+                self.values[t] = sel.with_components(*(p[i] for p in parts), origin=label)
+                self.values[t].label = label
+
+    def op_Concat(self, node, label, a):
+        """Concatenation of entries of one tensor: a selection."""
+        sels = [self.selection_input(t, label) for t in node.input if t]
+        patterns.same_root(sels, "Concat", label)
+        r = len(sels[0].shape)
+        axis = int(a.get("axis", 0))
+        axis = axis + r if axis < 0 else axis
+        if self.batched and axis == 0:
+            self.err(f"Concat node {label!r} concatenates along the batch dimension", UnsupportedOperator)
+        comps = [torch.cat([s.components()[k] for s in sels], axis) for k in range(3)]
+        base = next((s for s in sels if not s.is_plain()), sels[0])
+        self.set_out(node, base.with_components(*comps, origin=base.origin if not base.is_plain() else label), label)
+
+    def op_Gather(self, node, label, a):
+        """Gather with constant indices along a non-batch axis: a selection."""
+        sel = self.selection_input(node.input[0], label)
+        idx = np.asarray(self.ints(node.input[1], label, "indices"))
+        shape_idx = np.asarray(self.get(node.input[1], label).value).shape
+        r = len(sel.shape)
+        axis = int(a.get("axis", 0))
+        axis = axis + r if axis < 0 else axis
+        if self.batched and axis == 0:
+            self.err(f"Gather node {label!r} gathers along the batch dimension", UnsupportedOperator)
+        n = sel.shape[axis]
+        if np.any((idx < -n) | (idx >= n)):
+            self.err(f"Gather node {label!r}: indices out of range for size {n}")
+        flat = torch.as_tensor(idx % n, dtype=torch.long)
+
+        def gather(c):
+            """The gathered index tensor, reshaped to ONNX's output shape."""
+            g = torch.index_select(c, axis, flat)
+            return g.reshape(c.shape[:axis] + tuple(shape_idx) + c.shape[axis + 1:])
+        self.set_out(node, self.map_selection(sel, gather, label), label)
+
+    def op_Max(self, node, label, a):
+        """Elementwise Max: a MaxMin selection, or a shifted ReLU against a scalar."""
+        self.extremum(node, label, MAX)
+
+    def op_Min(self, node, label, a):
+        """Elementwise Min: a MaxMin selection, or a shifted ReLU against a scalar."""
+        self.extremum(node, label, MIN)
+
+    def extremum(self, node, label, which):
+        """Max / Min of two tensors (a MaxMin selection) or of a tensor and a scalar (a shifted ReLU)."""
+        ins = [t for t in node.input if t]
+        if len(ins) == 1:
+            self.set_out(node, self.pending_or_live(ins[0], label), label)
+            return
+        if len(ins) != 2:
+            self.err(f"{node.op_type} node {label!r} of {len(ins)} tensors (only 2)", UnsupportedOperator)
+        vals = [self.get(t, label) for t in ins]
+        if all(not isinstance(v, _Const) for v in vals):
+            out = patterns.extremum(which, *(self.as_selection(v, label) for v in vals), label)
+            self.set_out(node, out, label)
+            return
+        (xv, cname) = (vals[0], ins[1]) if not isinstance(vals[0], _Const) else (vals[1], ins[0])
+        c = self.weight(cname, label, "constant operand").reshape(-1)
+        if c.size != 1:
+            self.err(f"{node.op_type} node {label!r} of a tensor and a non-scalar constant", UnsupportedOperator)
+        x = self.live_value(self.materialize(xv, label), cname, label)
+        lo, hi = (float(c[0]), None) if which == MAX else (None, float(c[0]))
+        self.set_out(node, builders.clamp_nodes(self.add_idx, x, self.shape(x), lo, hi, label, self.err), label)
+
+    def op_ReduceMax(self, node, label, a):
+        """ReduceMax over an axis of size 2 (MaxMin)."""
+        self.reduce_pair(node, label, a, MAX)
+
+    def op_ReduceMin(self, node, label, a):
+        """ReduceMin over an axis of size 2 (MaxMin)."""
+        self.reduce_pair(node, label, a, MIN)
+
+    def reduce_pair(self, node, label, a, which):
+        """ReduceMax / ReduceMin over one axis of size 2 (a MaxMin selection)."""
+        sel = self.selection_input(node.input[0], label)
+        axes = self.reduce_axes(node, label, a)
+        if axes is None or len(axes) != 1:
+            self.err(f"{node.op_type} node {label!r} over axes {axes} (only one axis of size 2)", UnsupportedOperator)
+        keep = bool(int(a.get("keepdims", 1)))
+        self.set_out(node, patterns.reduce_pair(which, sel, int(axes[0]), keep, label), label)
+
+    def op_TopK(self, node, label, a):
+        """TopK with K = 2 over an axis of size 2 (a sort): a MaxMin selection; the indices must stay unused."""
+        sel = self.selection_input(node.input[0], label)
+        k = self.ints(node.input[1], label, "K") if len(node.input) > 1 else [int(a.get("k", 0))]
+        axis = int(a.get("axis", -1))
+        r = len(sel.shape)
+        axis = axis + r if axis < 0 else axis
+        if k != [2] or sel.shape[axis] != 2 or not int(a.get("sorted", 1)):
+            self.err(f"TopK node {label!r} with K={k} on an axis of size {sel.shape[axis]} (only a sorted top-2 of "
+                     "2, a GroupSort-2)", UnsupportedOperator)
+        self.check_extra_outputs_unused(node, label)
+        self.set_out(node, patterns.sort_pair(sel, axis, bool(int(a.get("largest", 1))), label), label)
+
     def op_BatchNormalization(self, node, label, a):
+        """Batch normalisation in inference mode: an ElementwiseAffine labelled BatchNorm."""
         x = self.live(node.input[0], label)
         if int(a.get("training_mode", 0)):
             self.err(f"BatchNormalization node {label!r} is in training mode: not supported", UnsupportedOperator)
@@ -743,9 +1147,21 @@ class _Reader:
         self.set_out(node, self.add(op, [x], label), label)
 
     # shapes ---------------------------------------------------------------------------------------------
+    def shape_input(self, node, label):
+        """The input of a shape operator: a live tensor or a selection (an expression is materialised)."""
+        v = self.pending_or_live(node.input[0], label)
+        return self.materialize(v, label) if isinstance(v, Expr) else v
+
     def reshape_to(self, node, label, x, onnx_target):
-        """A Reshape node to the ONNX shape ``onnx_target`` (batch dimension included when batched)."""
+        """A Reshape node to the ONNX shape ``onnx_target`` (batch dimension included when batched); on a
+        selection, the reshape of its index tensors."""
         onnx_target = tuple(int(d) for d in onnx_target)
+        if isinstance(x, Selection):
+            if int(np.prod(onnx_target)) != int(np.prod(x.shape)) or (self.batched and onnx_target[:1] != (1,)):
+                self.err(f"{node.op_type} node {label!r}: cannot reshape {list(x.shape)} to {list(onnx_target)}")
+            self.set_out(node, self.map_selection(x, lambda c: c.reshape(onnx_target), label), label)
+            return
+        x = x.idx if isinstance(x, _Live) else x
         if self.batched:
             if not onnx_target or onnx_target[0] != 1:
                 self.err(f"{node.op_type} node {label!r}: the result shape {list(onnx_target)} does not keep the "
@@ -758,8 +1174,9 @@ class _Reader:
         self.set_out(node, self.add(Reshape(target), [x], label), label)
 
     def op_Flatten(self, node, label, a):
-        x = self.live(node.input[0], label)
-        os_ = self.oshape(x)
+        """Flatten to 2-D: a Reshape (or the reshape of a selection)."""
+        x = self.shape_input(node, label)
+        os_ = self.vshape(x)
         axis = int(a.get("axis", 1))
         if axis < 0:
             axis += len(os_)
@@ -771,14 +1188,15 @@ class _Reader:
         self.reshape_to(node, label, x, (lead, rest))
 
     def op_Reshape(self, node, label, a):
-        x = self.live(node.input[0], label)
+        """Reshape to a constant target (0 and -1 resolved): a Reshape node or a selection's reshape."""
+        x = self.shape_input(node, label)
         if len(node.input) >= 2:
             t = self.ints(node.input[1], label, "shape")
         elif "shape" in a:
             t = [int(v) for v in a["shape"]]
         else:
             self.err(f"Reshape node {label!r} has no target shape")
-        os_ = self.oshape(x)
+        os_ = self.vshape(x)
         allowzero = int(a.get("allowzero", 0))
         t = list(t)
         for i, d in enumerate(t):
@@ -793,7 +1211,7 @@ class _Reader:
             self.err(f"Reshape node {label!r}: more than one -1 in the target shape {t}")
         if self.batched and t and t[0] == -1:
             # the batch dimension is inferred: the rest must hold exactly one sample
-            if int(np.prod(t[1:])) != int(np.prod(self.shape(x))):
+            if int(np.prod(t[1:])) != int(np.prod(os_[1:])):
                 self.err(f"Reshape node {label!r}: target {t} would change the batch dimension of {list(os_)}",
                          UnsupportedOperator)
             t[0] = 1
@@ -805,13 +1223,15 @@ class _Reader:
         self.reshape_to(node, label, x, t)
 
     def axes_of(self, node, label, a):
+        """The axes of (Un)Squeeze: the second input (opset 13) or the attribute."""
         if len(node.input) >= 2 and node.input[1]:
             return self.ints(node.input[1], label, "axes")
         return [int(v) for v in a.get("axes", [])] if "axes" in a else None
 
     def op_Squeeze(self, node, label, a):
-        x = self.live(node.input[0], label)
-        os_ = list(self.oshape(x))
+        """Remove axes of size 1 (never the batch axis)."""
+        x = self.shape_input(node, label)
+        os_ = list(self.vshape(x))
         axes = self.axes_of(node, label, a)
         if axes is None:
             axes = [i for i, d in enumerate(os_) if d == 1 and not (self.batched and i == 0)]
@@ -823,8 +1243,9 @@ class _Reader:
         self.reshape_to(node, label, x, [d for i, d in enumerate(os_) if i not in axes])
 
     def op_Unsqueeze(self, node, label, a):
-        x = self.live(node.input[0], label)
-        os_ = list(self.oshape(x))
+        """Insert axes of size 1 (never before the batch axis)."""
+        x = self.shape_input(node, label)
+        os_ = list(self.vshape(x))
         axes = self.axes_of(node, label, a) or []
         r = len(os_) + len(axes)
         axes = sorted({ax + r if ax < 0 else ax for ax in axes})
@@ -836,11 +1257,18 @@ class _Reader:
         self.reshape_to(node, label, x, out)
 
     def op_Transpose(self, node, label, a):
-        x = self.live(node.input[0], label)
-        r = len(self.oshape(x))
+        """A permutation of the axes that keeps the batch axis first."""
+        x = self.shape_input(node, label)
+        r = len(self.vshape(x))
         perm = [int(p) for p in a.get("perm", list(range(r))[::-1])]
         if sorted(perm) != list(range(r)):
             self.err(f"Transpose node {label!r}: perm {perm} is not a permutation of {r} dimensions")
+        if isinstance(x, Selection):
+            if self.batched and perm[0] != 0:
+                self.err(f"Transpose node {label!r}: perm {perm} moves the batch dimension", UnsupportedOperator)
+            self.set_out(node, self.map_selection(x, lambda c: c.permute(*perm), label), label)
+            return
+        x = x.idx
         if self.batched:
             if perm[0] != 0:
                 self.err(f"Transpose node {label!r}: perm {perm} moves the batch dimension", UnsupportedOperator)
@@ -848,6 +1276,7 @@ class _Reader:
         self.set_out(node, self.add(Transpose(tuple(perm)), [x], label), label)
 
     def op_Pad(self, node, label, a):
+        """Constant padding (inputs from opset 11, attributes before)."""
         x = self.live(node.input[0], label)
         mode = a.get("mode", "constant") or "constant"
         if mode != "constant":
@@ -884,6 +1313,54 @@ class _Reader:
         self.set_out(node, self.add(Pad(tuple(tp), value), [x], label), label)
 
 
+class _AttrView:
+    """An ONNX node's attributes as object attributes (for `ActSpec.bind_module`)."""
+
+    def __init__(self, attrs: dict):
+        """Wrap an attribute dict."""
+        self._attrs = attrs
+
+    def __getattr__(self, name):
+        """The attribute ``name`` (AttributeError when absent, so that defaults apply)."""
+        try:
+            return self.__dict__["_attrs"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+_UNARY_EXPR = {"Erf": torch.erf, "Exp": torch.exp, "Log": torch.log, "Sqrt": torch.sqrt,
+               "Reciprocal": torch.reciprocal}
+_ARITH = {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": torch.div}
+
+#: ONNX op_type -> handler(reader, node, label, attributes) (activations: `tables.ONNX_ACTIVATIONS`)
+HANDLERS = {
+    "Gemm": _Reader.op_Gemm, "MatMul": _Reader.op_MatMul, "Conv": _Reader.op_Conv,
+    "Add": _Reader.op_Add, "Sub": _Reader.op_Sub, "Mul": _Reader.op_Mul, "Div": _Reader.op_Div,
+    "Neg": _Reader.op_Neg, "Pow": _Reader.op_Pow, **{op: _Reader.op_expr_unary for op in _UNARY_EXPR},
+    "Clip": _Reader.op_Clip, "HardSigmoid": _Reader.op_HardSigmoid, "PRelu": _Reader.op_PRelu,
+    "AveragePool": _Reader.op_AveragePool, "MaxPool": _Reader.op_MaxPool,
+    "GlobalAveragePool": _Reader.op_GlobalAveragePool, "GlobalMaxPool": _Reader.op_GlobalMaxPool,
+    "ReduceMean": _Reader.op_ReduceMean, "BatchNormalization": _Reader.op_BatchNormalization,
+    "Flatten": _Reader.op_Flatten, "Reshape": _Reader.op_Reshape, "Squeeze": _Reader.op_Squeeze,
+    "Unsqueeze": _Reader.op_Unsqueeze, "Transpose": _Reader.op_Transpose, "Pad": _Reader.op_Pad,
+    "Identity": _Reader.op_Identity, "Dropout": _Reader.op_Dropout, "Cast": _Reader.op_Cast,
+    "Slice": _Reader.op_Slice, "Split": _Reader.op_Split, "Concat": _Reader.op_Concat, "Gather": _Reader.op_Gather,
+    "Max": _Reader.op_Max, "Min": _Reader.op_Min, "ReduceMax": _Reader.op_ReduceMax,
+    "ReduceMin": _Reader.op_ReduceMin, "TopK": _Reader.op_TopK,
+}
+
+#: operators whose handlers take pending values (expressions, selections); the others get nodes
+PENDING_AWARE = frozenset({"Add", "Sub", "Mul", "Div", "Neg", "Pow", *_UNARY_EXPR, *ONNX_ACTIVATIONS, "Identity",
+                           "Dropout", "Cast", "Slice", "Split", "Concat", "Gather", "Max", "Min", "ReduceMax",
+                           "ReduceMin", "TopK", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose"})
+
+SUPPORTED_OPS = tuple(sorted({*HANDLERS, *ONNX_ACTIVATIONS, "Constant", "Shape"}))
+
+#: operators that keep a vector's feature count (for inferring a dynamic input size)
+_SHAPE_PRESERVING = frozenset({"Flatten", "Identity", "Dropout", "Add", "Sub", "Mul", "Div", "Cast", "Clip",
+                               "HardSigmoid", "PRelu", "Neg", *ONNX_ACTIVATIONS})
+
+
 def _prune(nodes, out_idx: int, name: str, source) -> Network:
     """The network made of the ancestors of node ``out_idx`` (which becomes the output node)."""
     keep = {0, out_idx}
@@ -898,6 +1375,7 @@ def _prune(nodes, out_idx: int, name: str, source) -> Network:
 
 
 def _read_model(path):
+    """The ONNX model and its path (None for a ModelProto); `LipboundError` for a missing / unreadable file."""
     import onnx
 
     if isinstance(path, onnx.ModelProto):
@@ -937,16 +1415,3 @@ def load_onnx(path, name: str | None = None) -> Network:
         raise
     except Exception as e:  # a malformed graph the checks above did not anticipate
         raise LipboundError(_one_line(f"cannot read ONNX model {name!r}: {type(e).__name__}: {e}")) from e
-
-
-def load(path, name: str | None = None) -> Network:
-    """Read a network file into a `Network`; ``.onnx`` (or any ONNX protobuf) via `load_onnx`.
-
-    Not a bound: an exact translation (same outputs as onnxruntime up to float32 rounding).
-    Torch checkpoints cannot be read without their code: build the module and call `lipbound.from_torch`.
-    Cost: linear in the number of parameters."""
-    suffix = Path(path).suffix.lower() if isinstance(path, (str, Path)) else ".onnx"
-    if suffix in (".pt", ".pth", ".ckpt"):
-        raise LipboundError(f"{str(path)!r} is a torch file: load the module in Python and call "
-                            "lipbound.from_torch(module, input_shape)")
-    return load_onnx(path, name=name)
