@@ -239,7 +239,8 @@ class ElementwiseAffine(AffineOp):
         return self.shift
 
     def output_shape(self, in_shape):
-        shape = torch.broadcast_shapes(tuple(in_shape), self.scale.shape, self.shift.shape)
+        # numpy: torch.broadcast_shapes imports torch._refs on first use (~2 s of start-up)
+        shape = np.broadcast_shapes(tuple(in_shape), tuple(self.scale.shape), tuple(self.shift.shape))
         if tuple(shape) != tuple(in_shape):
             raise LipboundError(f"{self.label}: constant of shape {tuple(self.scale.shape)} would broadcast the "
                                 f"input {tuple(in_shape)} to a larger shape {tuple(shape)}")
