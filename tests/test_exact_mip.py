@@ -87,6 +87,72 @@ def test_mip_equals_enumerate(seed, widths, act, param, local):
         assert a.details["upper"] >= a.value
 
 
+# negative-side slope of each ReLU-like activation, written out by hand: f(z) = z (z > 0), s z (z < 0)
+_SLOPE_BY_HAND = {"relu": lambda p: 0.0, "leaky_relu": lambda p: float(p), "abs": lambda p: -1.0}
+
+
+def brute_force_constant(net, lo, hi, norm, output=None) -> float:
+    """The exact local constant of a tiny ReLU-like chain on a box, independently of lipbound's exact methods:
+    every sign pattern of the hidden neurons whose region has an interior point in the box (max-slack LP by
+    scipy's linprog: max t s.t. sign_j z_j(x) >= t ||grad z_j||, x in the box), the largest operator norm of
+    its Jacobian W_L D_{L-1} W_{L-1} ... D_1 W_1 (D = 1 on the positive side, s on the negative side)."""
+    from scipy.optimize import linprog
+
+    layers = net.dense_chain()
+    acts = [layer.activation for layer in layers[:-1]]
+    slopes = [_SLOPE_BY_HAND[a.name](a.param) for a in acts]
+    widths = [layer.W.shape[0] for layer in layers[:-1]]
+    n0 = layers[0].W.shape[1]
+    best = -math.inf
+    for bits in range(2 ** sum(widths)):
+        A, c = np.eye(n0), np.zeros(n0)  # h = A x + c (the input of the current layer)
+        rows, pos = [], 0
+        for layer, s, n in zip(layers[:-1], slopes, widths):
+            Az, cz = layer.W @ A, layer.W @ c + layer.b
+            sign = np.array([1.0 if (bits >> (pos + j)) & 1 else -1.0 for j in range(n)])
+            pos += n
+            for j in range(n):
+                rows.append((sign[j] * Az[j], sign[j] * cz[j]))
+            d = np.where(sign > 0, 1.0, s)
+            A, c = d[:, None] * Az, d * cz
+        G = np.array([g for g, _ in rows])
+        h = np.array([hh for _, hh in rows])
+        norms = np.linalg.norm(G, axis=1)
+        # variables (x, t): maximise t s.t. -G x + ||g|| t <= h, lo <= x <= hi, t <= 1
+        res = linprog(np.r_[np.zeros(n0), -1.0], A_ub=np.c_[-G, norms], b_ub=h,
+                      bounds=list(zip(lo, hi)) + [(None, 1.0)], method="highs")
+        if res.status != 0 or -res.fun <= 1e-9:
+            continue
+        J = layers[-1].W @ A
+        best = max(best, float(operator_norm(J, norm, output)))
+    return best
+
+
+@pytest.mark.parametrize("act,param,seed", [("abs", None, 0), ("abs", None, 1), ("leaky_relu", -0.5, 2),
+                                            ("leaky_relu", 0.2, 3), ("relu", None, 4)])
+def test_relu_like_equals_brute_force_patterns(act, param, seed):
+    """mip and enumerate on Abs, leaky ReLU with a negative slope and ReLU nets equal the brute-force
+    enumeration of realisable activation patterns (an independent LP per pattern, scipy)."""
+    net = rand_net([2, 4, 3, 2], seed, act, param)
+    rng = np.random.default_rng(seed)
+    region = Region.box(rng.uniform(-0.5, 0.5, 2), 0.6)
+    for norm in ("inf", 1):
+        for output in (None, 1):
+            brute = brute_force_constant(net, region.lower, region.upper, norm, output)
+            for method, opts in (("mip", {"samples": 1}), ("enumerate", {"prune": False}), ("enumerate", {})):
+                b = lipbound.bound(net, method, norm, region=region, output=output, **opts)
+                assert b.kind == "exact" and b.status == "ok", (method, b.reason)
+                assert b.value == pytest.approx(brute, rel=1e-5, abs=1e-9), (method, norm, output)
+
+
+def test_non_relu_like_piecewise_linear_is_refused():
+    """Hardtanh (two kinks) is piecewise linear but not max(z, 0) + s min(z, 0): refused with a reason."""
+    net = rand_net([2, 4, 2], 0, "hardtanh", (0.0, 6.0))
+    for method in ("mip", "enumerate"):
+        b = lipbound.bound(net, method, "inf", center=np.zeros(2), eps=0.5)
+        assert b.status == "unsupported" and b.value is None and "hardtanh" in b.reason
+
+
 def test_more_random_nets_mip_vs_enumerate_inf():
     """A second batch, only l_inf, with default options (CROWN/LP bounds, sampled incumbent)."""
     for seed in range(20, 26):
@@ -173,8 +239,9 @@ def test_unsupported_requests():
     region = Region.from_bounds(-np.ones(2) * 5, np.ones(2) * 5)
     b = lipbound.bound(net, "enumerate", "inf", region=region, max_unstable=5)
     assert b.status == "unsupported" and "unstable" in b.reason
-    b = lipbound.bound(net, "mip", "inf", region=region, solver="scip")
-    assert b.status == "unsupported" and "scip" in b.reason.lower()
+    # HiGHS is the only MIP solver wired up: no solver option to advertise scip (refused before running)
+    with pytest.raises(lipbound.LipboundError, match="method mip has no option 'solver'"):
+        lipbound.bound(net, "mip", "inf", region=region, solver="scip")
     b = lipbound.bound(net, "mip", "inf")  # no box
     assert b.status == "unsupported"
     b = lipbound.bound(net, "mip", 2, region=region)
@@ -234,10 +301,9 @@ def test_certified_lp_max_weak_duality():
         A = rng.normal(size=(3, 4))
         m.add_rows([(x, A)], np.full(3, -np.inf), rng.uniform(0.1, 1, 3))
         c = rng.normal(size=4)
-        h, (As, lb, ub, rl, ru) = m.to_highs(c, maximize=True)
-        h.run()
-        opt = h.getInfo().objective_function_value
-        y = np.asarray(h.getSolution().row_dual)
+        prob, (As, lb, ub, rl, ru) = m.to_highs(c, maximize=True)
+        r = prob.solve()
+        opt, y = r.objective, r.row_dual
         cert = core.certified_lp_max(c, As, lb, ub, rl, ru, y)
         assert opt - 1e-9 <= cert <= opt + 1e-6
         assert core.certified_lp_max(c, As, lb, ub, rl, ru, np.zeros(3)) >= opt - 1e-12  # any y is valid

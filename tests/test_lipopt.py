@@ -18,6 +18,7 @@ from scipy.optimize import linprog
 
 import lipbound
 from lipbound.network import Activation, Linear, Network
+from lipbound.activations import ACTIVATIONS
 from lipbound.methods.lipopt.chain import hidden_ranges, scalar_problems
 from lipbound.methods.lipopt.core import (CoverageError, ScalarProblem, build_lp, clique_subsets, dense_subsets,
                                           gradient_polynomial, input_cliques, solve_lp)
@@ -389,6 +390,32 @@ def test_local_smooth(act, param):
     g = np.abs(net.jacobian(center[None]).numpy()[0]).sum(1).max()
     tiny = lipopt(net, center=center, eps=1e-7)
     assert g <= tiny * (1 + RTOL) and tiny == pytest.approx(g, rel=1e-4)
+
+
+TABLE_CASES = [(n, None) for n in sorted(ACTIVATIONS)] + [("leaky_relu", -3.0), ("hardtanh", (0.0, 6.0))]
+
+
+@pytest.mark.parametrize("act,param", TABLE_CASES, ids=[f"{a}-{p}" for a, p in TABLE_CASES])
+def test_every_table_activation_global_and_local(act, param):
+    """Every activation of the table (non-monotone ones and several kinks included): lipopt's global bound
+    (derivatives in [alpha, beta]) is above the sampled l_inf and l_1 Jacobian norms and below the naive |W| product; on a box
+    (the table's derivative ranges on interval bounds) above the sampled norms in the box and not above the
+    global bound (the hierarchy is monotone in the derivative ranges); shor-sdp above the sampled l_inf norms
+    too."""
+    net = make_net([2, 3, 3, 2], act=act, param=param, seed=17)
+    center = np.array([0.4, -0.7])
+    for norm in ("inf", 1):
+        p = math.inf if norm == "inf" else 1
+        glob = lipopt(net, norm=norm)
+        assert sampled_lower(net, p) <= glob * (1 + RTOL)
+        assert glob <= naive(net, p) * (1 + RTOL)
+        loc = lipopt(net, norm=norm, center=center, eps=0.6)
+        assert sampled_lower(net, p, lo=center - 0.6, hi=center + 0.6) <= loc * (1 + RTOL)
+        assert loc <= glob * (1 + RTOL)
+    # the Shor SDP baseline (l_inf) on the same derivative ranges
+    for kw, box in (({}, {}), ({"center": center, "eps": 0.6}, {"lo": center - 0.6, "hi": center + 0.6})):
+        b = lipbound.bound(net, "shor-sdp", norm="inf", **kw)
+        assert b.status == "ok" and b.kind == "upper" and sampled_lower(net, **box) <= b.value * (1 + RTOL)
 
 
 def test_time_limit_falls_back_to_a_valid_bound():

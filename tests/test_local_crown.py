@@ -15,10 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lipbound
+from lipbound.activations import ACTIVATIONS
 from lipbound.crown import preactivation_bounds
 from lipbound.intervals import preactivation_intervals
 from lipbound.methods.jacobian.graph import JacobianGraph, product_lines
-from lipbound.network import Activation, Add, Conv2d, ElementwiseAffine, GraphBuilder, Linear, Reshape
+from lipbound.network import Activation, Add, Conv2d, ElementwiseAffine, GraphBuilder, Linear, MaxMin, Reshape
 from lipbound.registry import Region
 
 from _nets import random_graph_net, random_mlp
@@ -92,11 +93,18 @@ def tiny_cases():
 # ---------------------------------------------------------------- forward bounds ----------------
 
 
-@pytest.mark.parametrize("act", ["relu", "leaky_relu", "sigmoid", "tanh"])
+#: every entry of the activation table with its defaults, plus parameter variants that change the shape
+#: (non-monotone leaky ReLU, concave leaky ReLU, ReLU6, ELU with a kink)
+ACT_CASES = [(n, None) for n in ACTIVATIONS] + [("leaky_relu", -0.3), ("leaky_relu", 2.0), ("hardtanh", (0.0, 6.0)),
+                                                ("elu", 0.5)]
+ACT_IDS = [n if p is None else f"{n}-{p}" for n, p in ACT_CASES]
+
+
+@pytest.mark.parametrize("act,param", ACT_CASES, ids=ACT_IDS)
 @pytest.mark.parametrize("alpha", [False, True])
-def test_preactivation_bounds_contain_samples_and_beat_intervals(act, alpha):
-    net = random_mlp([5, 12, 10, 8, 3], seed=3, activation=act, param=0.2)
-    region = Region.box(np.random.default_rng(0).random(5), 0.4)
+def test_preactivation_bounds_contain_samples_and_beat_intervals(act, param, alpha):
+    net = random_mlp([5, 12, 10, 8, 3], seed=3, activation=act, param=param, scale=2.0)
+    region = Region.box(np.random.default_rng(0).normal(size=5), 0.4)
     pb = preactivation_bounds(net, region, alpha=alpha)
     ib = preactivation_intervals(net, region)
     pre = net.preactivations(torch.as_tensor(region.sample(3000, np.random.default_rng(1))))
@@ -294,6 +302,36 @@ def test_sweep_random_nets_sampled_below_crown(seed, eps):
     assert samp <= ibp.value + 1e-9
 
 
+# ---------------------------------------------------------------- every activation of the table ------
+
+
+@pytest.mark.parametrize("act,param", ACT_CASES, ids=ACT_IDS)
+def test_every_activation_upper_bounds_above_sampled_and_lower_grad(act, param):
+    """crown, recurjac, ibp-jacobian and crown-bab (norms 2, inf) are upper bounds on random MLPs of every
+    activation: above the Jacobian norms at sampled points and above lower-grad's certified lower bound,
+    in norms 1, 2 and inf, on a box whose pre-activations cross the kinks / inflections."""
+    rng = np.random.default_rng(len(act))
+    net = random_mlp([4, 8, 6, 3], seed=int(rng.integers(1000)), activation=act, param=param, scale=2.0)
+    region = Region.box(rng.normal(size=4), 0.5)
+    for norm in (1, 2, INF):
+        samp = sampled_norm(net, region, 3000, seed=1, norm=norm)
+        low = lipbound.bound(net, "lower-grad", norm=norm, region=region, samples=300, restarts=6, steps=20)
+        assert low.ok and low.kind == "lower" and samp > 0
+        values = {}
+        for method in ("crown", "recurjac", "ibp-jacobian", "crown-bab"):
+            if method == "crown-bab" and norm == 1:
+                continue
+            extra = {"time_limit": 1.0, "batch": 8} if method == "crown-bab" else {}
+            b = lipbound.bound(net, method, norm=norm, region=region, **extra)
+            assert b.ok and b.kind == "upper", (method, b.status, b.reason)
+            values[method] = b.value
+            assert samp <= b.value * (1 + 1e-9), (method, norm, samp, b.value)
+            assert low.value <= b.value * (1 + 1e-9), (method, norm, low.value, b.value)
+        assert values["crown"] <= values["recurjac"] * (1 + 1e-9)
+        if norm != 1:
+            assert values["crown-bab"] <= values["crown"] * (1 + 1e-9)
+
+
 # ---------------------------------------------------------------- shared networks ------------------
 
 
@@ -323,5 +361,8 @@ def test_unsupported_requests():
     mlp = random_mlp([3, 4, 2], seed=0)
     assert lipbound.bound(mlp, "crown", norm="inf").status == "unsupported"  # global: needs a box
     assert lipbound.bound(mlp, "crown-bab", norm=1, region=Region.box(np.zeros(3), 0.1)).status == "unsupported"
-    elu = random_mlp([3, 4, 2], seed=0, activation="elu", param=1.0)
-    assert lipbound.bound(elu, "crown", norm="inf", region=Region.box(np.zeros(3), 0.1)).status == "unsupported"
+    b = GraphBuilder((4,))
+    b.add(MaxMin(), [b.add(Linear(np.eye(4), np.zeros(4)), [0])])
+    maxmin = b.build()
+    for method in ("crown", "recurjac", "ibp-jacobian", "crown-bab"):  # the Jacobian graph has no MaxMin rule
+        assert lipbound.bound(maxmin, method, norm="inf", region=Region.box(np.zeros(4), 0.1)).status == "unsupported"

@@ -15,6 +15,8 @@ from lipbound import opnorms
 from lipbound.network import (Activation, Add, AvgPool2d, Conv2d, ElementwiseAffine, GraphBuilder, Linear,
                               MaxPool2d, Network, Pad, Reshape, Transpose)
 from lipbound.norms import operator_norm
+from lipbound.activations import ACTIVATIONS
+from lipbound.methods.products.autolip import SEQLIP_ACTIVATIONS
 
 NETS = Path(__file__).resolve().parents[1].parent / "shared" / "networks"
 NORMS = (1, 2, math.inf)
@@ -150,6 +152,19 @@ def test_dense_certificates():
     assert spec2(B) <= opnorms.gram_iteration_bound(B).value <= spec2(B) * 1.01
 
 
+def test_cholesky_certificate_by_hand():
+    """G = Q diag(1, 2, 3) Q^T: lambda_max = 3. The certificate at t just above 3 holds and stays within the
+    backward-error term of t; below 3 it must fail (t I - G is indefinite)."""
+    Q, _ = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    G = Q @ torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)) @ Q.T
+    G = (G + G.T) / 2
+    ub = opnorms.cholesky_certificate(G, 3.0 + 1e-8)
+    assert ub is not None and 3.0 + 1e-8 <= ub <= 3.0 + 2e-8
+    assert opnorms.cholesky_certificate(G, 2.999) is None
+    assert opnorms.cholesky_factor(-torch.eye(2, dtype=torch.float64)) is None
+    assert torch.equal(opnorms.cholesky_factor(4 * torch.eye(2, dtype=torch.float64)), 2 * torch.eye(2, dtype=torch.float64))
+
+
 @pytest.mark.parametrize("mp,shape", [
     (MaxPool2d((3, 3), (2, 2), (1, 1)), (1, 9, 9)), (MaxPool2d((2, 2), (2, 2), dilation=(3, 3)), (1, 12, 12)),
     (MaxPool2d((3, 3), (2, 2), ceil_mode=True), (1, 8, 8)), (MaxPool2d((4, 4), (4, 4)), (1, 27, 27)),
@@ -198,6 +213,56 @@ def test_naive_above_sampled_lower_bound_random_graph(act):
             bj = lipbound.bound(net, "naive", norm=p, output=j)
             assert bj.value <= b.value * (1 + 1e-9)
             assert bj.value >= sampled_lower(net, p, n=32, output=j)
+
+
+# every activation of the table with its default parameters, plus parameters that move the slope bounds
+TABLE_CASES = [(n, None) for n in sorted(ACTIVATIONS)] + [("leaky_relu", -3.0), ("hardtanh", (0.0, 6.0)),
+                                                          ("elu", 2.0), ("softplus", 3.0)]
+
+
+def table_mlp(widths, act, param, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ops = []
+    for i in range(len(widths) - 1):
+        ops.append(Linear(torch.randn(widths[i + 1], widths[i], generator=g, dtype=torch.float64) / math.sqrt(widths[i]),
+                          torch.randn(widths[i + 1], generator=g, dtype=torch.float64) * 0.5))
+        if i < len(widths) - 2:
+            ops.append(Activation(act, param))
+    return Network.sequential((widths[0],), ops)
+
+
+@pytest.mark.parametrize("act,param", TABLE_CASES, ids=[f"{a}-{p}" for a, p in TABLE_CASES])
+def test_products_above_sampled_jacobians_every_activation(act, param):
+    """naive (l1, l2, l_inf) and AutoLip (l2) are above the largest sampled Jacobian norm on a random MLP of
+    every activation of the table (non-monotone ones included: the activation factor is max(|alpha|,
+    |beta|)); exact SeqLip is declared exactly for the monotone activations and sits between the sampled
+    norm and AutoLip, and refuses a non-monotone one with a reason."""
+    net = table_mlp([4, 9, 8, 3], act, param, seed=len(act))
+    for p in NORMS:
+        b = lipbound.bound(net, "naive", norm=p)
+        lo = max(sampled_lower(net, p, n=256, scale=s) for s in (0.5, 3.0))
+        assert b.status == "ok" and b.value >= lo, (p, b.value, lo)
+    a = lipbound.bound(net, "autolip")
+    lo2 = max(sampled_lower(net, 2, n=256, scale=s) for s in (0.5, 3.0))
+    assert a.status == "ok" and a.value >= lo2
+    op = net.activations()[0]
+    s = lipbound.bound(net, "seqlip")
+    if op.fn.monotone:
+        assert act in SEQLIP_ACTIVATIONS
+        assert s.status == "ok" and lo2 <= s.value <= a.value * (1 + 1e-9)
+    else:
+        assert s.status == "unsupported" and s.value is None and s.reason
+        assert act not in SEQLIP_ACTIVATIONS or "monotone" in s.reason
+
+
+def test_activation_factor_is_the_largest_absolute_slope():
+    """f(x) = leaky_relu(x; -3): slope 1 for x > 0 and -3 for x < 0, so L = 3 (beta alone would say 1);
+    f(x) = |x| has L = 1; a ReLU6 clamp has L = 1. Worked out by hand."""
+    for act, param, L in (("leaky_relu", -3.0, 3.0), ("abs", None, 1.0), ("hardtanh", (0.0, 6.0), 1.0)):
+        net = Network.sequential((1,), [Linear(np.eye(1), None), Activation(act, param), Linear(np.eye(1), None)])
+        for p in NORMS:
+            assert lipbound.bound(net, "naive", norm=p).value == pytest.approx(L, rel=1e-9)
+        assert lipbound.bound(net, "autolip").value == pytest.approx(L, rel=1e-9)
 
 
 def test_naive_box_region_equals_global():
@@ -399,3 +464,44 @@ def test_regularizer_gradient_and_value():
         regularizers.autolip(m, (2, 8, 8), n_iter=5).backward()
         opt.step()
     assert regularizers.autolip(m, (2, 8, 8), n_iter=50).item() < before
+
+
+class _TwoLayer(torch.nn.Module):
+    def __init__(self, act):
+        super().__init__()
+        self.l1 = torch.nn.Linear(3, 6).double()
+        self.act = act
+        self.l2 = torch.nn.Linear(6, 2).double()
+
+    def forward(self, x):
+        return self.l2(self.act(self.l1(x)))
+
+
+def _sup_abs_derivative(f) -> float:
+    """max |f'| over a fine grid of [-8, 8] by autograd of the torch function itself (from below)."""
+    x = torch.linspace(-8, 8, 200_001, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(f(x).sum(), x)
+    return float(g.abs().max())
+
+
+@pytest.mark.parametrize("make", [
+    lambda: torch.nn.GELU(), lambda: torch.nn.GELU(approximate="tanh"), lambda: torch.nn.SiLU(),
+    lambda: torch.nn.Mish(), lambda: torch.nn.Hardswish(), lambda: torch.nn.LeakyReLU(-3.0),
+    lambda: torch.nn.ELU(2.0), lambda: torch.nn.ReLU6(), lambda: torch.nn.Softsign(), lambda: torch.nn.Hardsigmoid(),
+    lambda: torch.nn.functional.silu, lambda: torch.abs, lambda: (lambda x: x.abs()),
+    lambda: (lambda x: torch.nn.functional.leaky_relu(x, -2.0)),
+], ids=["gelu", "gelu_tanh", "silu", "mish", "hardswish", "leaky-3", "elu2", "relu6", "softsign", "hardsigmoid",
+        "F.silu", "torch.abs", "tensor.abs", "F.leaky_relu-2"])
+def test_regularizer_activation_factor_every_activation(make):
+    """The regulariser's factor of an activation module / function / tensor method is its largest |slope|:
+    the penalty of Linear -> act -> Linear equals ||W1|| ||W2|| times sup |f'| (the latter sampled by
+    autograd on a fine grid, from below; the table's exact value may exceed it by the grid's resolution)."""
+    from lipbound import regularizers
+
+    torch.manual_seed(1)
+    act = make()
+    m = _TwoLayer(act)
+    r = regularizers.autolip(m, (3,), init_iter=500).item()
+    norms = spec2(m.l1.weight.detach()) * spec2(m.l2.weight.detach())
+    sup = _sup_abs_derivative(act)
+    assert norms * sup * (1 - 1e-6) <= r <= norms * (sup + 1e-4) * (1 + 1e-6), (r / norms, sup)

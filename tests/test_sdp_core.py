@@ -82,7 +82,7 @@ def test_lazy_normalisation_and_plain_list_agree():
     """run_chain folds 1/c_k into its products and never materialises the normalised copies; a Prepared
     holding explicit normalised copies gives the same certified value."""
     net = eclipse_network(4, 40, "randn", seed=3, activation="leaky_relu", param=0.1)  # alpha*beta term too
-    prep = prepare(net, MethodContext())
+    prep = prepare(net, MethodContext(method="eclipse-fast"))
     assert isinstance(prep.Ws, ScaledWeights)
     cr = run_chain(prep, policy_g1(0.5))
     assert prep.Ws._cache == {}  # nothing was copied

@@ -13,6 +13,7 @@ import lipbound
 from lipbound.errors import LipboundError
 from lipbound.synthetic import eclipse_network
 from lipbound.network import Activation, Linear, Network
+from lipbound.activations import ACTIVATIONS
 
 from _sdp_checks import assert_barrier_gradient_matches_autograd, lipsdp_neuron_max_eig, split_multipliers
 
@@ -197,7 +198,7 @@ def test_barrier_gradient_matches_autograd(kw):
     from lipbound.registry import MethodContext
 
     net = eclipse_network(**kw)
-    prep = prepare(net, MethodContext())
+    prep = prepare(net, MethodContext(method="eclipse-fast"))
     start = run_chain(prep, policy_g1(0.5))
     obj = BarrierObjective(prep, start.Ls)
     x = 0.05 * np.random.default_rng(0).standard_normal(sum(obj.sizes))
@@ -275,6 +276,32 @@ def test_smooth_activations_above_lower(act):
         assert full_lmi_max_eig(net, b.details["multipliers"], b.value) <= 1e-8
     assert r["lipsdp-neuron"].value <= r["lipsdp-opt"].value * (1 + 2e-4)  # Clarabel accuracy on tiny slopes
     assert r["eclipse-fast"].value <= naive_l2(net) * (1 + 1e-9)
+
+
+# every activation of the table with its default parameters, plus parameters that change the slope bounds
+# (leaky ReLU with a negative slope: alpha = -3; ReLU6; ELU with alpha > 1)
+TABLE_CASES = [(n, None) for n in sorted(ACTIVATIONS)] + [("leaky_relu", -3.0), ("hardtanh", (0.0, 6.0)),
+                                                          ("elu", 2.0)]
+
+
+@pytest.mark.parametrize("act,param", TABLE_CASES, ids=[f"{a}-{p}" for a, p in TABLE_CASES])
+def test_every_table_activation_sound(act, param):
+    """Every activation of the table, alpha < 0 included (GELU, SiLU, Mish, Hardswish, Abs, leaky ReLU with a
+    negative slope): each method's value is above the sampled l2 Jacobian norm, its multipliers make the
+    independently assembled LipSDP-Neuron matrix (with the activation's [alpha, beta]) NSD, and the
+    LipSDP-Neuron optimum is below every other member (any diagonal multipliers are feasible points)."""
+    net = eclipse_network(3, 6, "randn", seed=13, activation=act, param=param)
+    op = net.activations()[0]
+    low = max(sampled_lower(net, scale=0.5), sampled_lower(net, scale=3.0, seed=1))
+    r = run_all(net, ["lipsdp-neuron", "eclipse", "eclipse-fast", "eclipse-family"],
+                **{"eclipse": {"solver": "clarabel"}})
+    r["lipsdp-opt"] = lipbound.bound(net, "lipsdp-opt", budget=1.0)  # may stop on its budget: time_limit
+    assert r["lipsdp-opt"].status in ("ok", "time_limit") and r["lipsdp-opt"].kind == "upper"
+    for m, b in r.items():
+        assert b.value >= low, (m, b.value, low)
+        assert full_lmi_max_eig(net, b.details["multipliers"], b.value) <= 1e-8, m
+        assert b.value >= r["lipsdp-neuron"].value * (1 - 1e-4), m
+    assert op.alpha < 0 or r["eclipse-fast"].value <= naive_l2(net) * (1 + 1e-9)
 
 
 def test_sigmoid_onnx():

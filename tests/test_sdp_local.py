@@ -107,11 +107,31 @@ def test_local_beats_global_on_a_small_box():
     assert loc.details["local_slopes"]["model"] == "relaxed"
 
 
-def test_local_unsupported_activation_says_why():
-    net = eclipse_network(3, 6, "randn", seed=1, activation="elu", param=1.0)
-    b = lipbound.bound(net, "eclipse-fast", center=np.zeros(net.n_inputs), eps=0.1)
-    assert b.status == "unsupported" and "pre-activation" in b.reason
-    assert lipbound.bound(net, "eclipse-fast").status == "ok"
+@pytest.mark.parametrize("act,param", [("elu", 1.0), ("gelu", 0.0), ("silu", 0.0), ("abs", 0.0),
+                                       ("leaky_relu", -0.5), ("hardswish", 0.0)])
+def test_local_bounds_any_slopes(act, param):
+    """Per-neuron slopes from the table's derivative ranges for activations with alpha < 0 or a kink off 0:
+    the local bound is above the sampled local Jacobian norm, not above the global one, and its multipliers
+    certify the LipSDP-Neuron matrix assembled independently with the per-neuron slopes of the model that
+    won (auto: relaxed or global)."""
+    net = eclipse_network(3, 8, "randn", seed=7, activation=act, param=param)
+    center = np.random.default_rng(7).standard_normal(net.n_inputs)
+    region = Region.box(center, 0.3)
+    low = sampled_local_lower(net, region)
+    for m in ("eclipse-fast", "eclipse-family"):
+        loc = lipbound.bound(net, m, center=center, eps=0.3)
+        glob = lipbound.bound(net, m)
+        assert loc.status == "ok" and loc.kind == "upper", (m, loc.reason)
+        assert low <= loc.value <= glob.value * (1 + 1e-12), (m, low, loc.value, glob.value)
+        model = loc.details["local_slopes"]["model"]
+        prep_slopes = local_slopes(net, region)
+        op = net.activations()[0]
+        if model == "relaxed":
+            alphas = [np.minimum(a, op.alpha) for a, _, _ in prep_slopes]
+            betas = [b for _, b, _ in prep_slopes]
+        else:
+            alphas, betas = [op.alpha] * len(prep_slopes), [op.beta] * len(prep_slopes)
+        assert full_lmi_max_eig(net, loc.details["multipliers"], loc.value, alphas, betas) <= 1e-8, m
 
 
 @pytest.mark.parametrize("act,kw,eps", [CASES[0], CASES[2], CASES[3]])

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one BLAS / torch
 
 def _base(**kw):
     net = eclipse_network(**kw)
-    return prepare(net, MethodContext())
+    return prepare(net, MethodContext(method="eclipse-fast"))
 
 
 def _local(prep, alphas, betas):

@@ -13,7 +13,7 @@ import numpy as np
 from .errors import LipboundError, MethodFailed, Unsupported
 from .network import Network
 from .norms import INF, norm_name, parse_norm
-from .registry import MethodContext, MethodResult, Region, get_method, load_methods
+from .registry import MethodContext, MethodResult, Region, get_method, load_methods, route_options
 
 VALID_STATUSES = ("ok", "time_limit")
 
@@ -234,8 +234,9 @@ def bound(net, method: str, norm=2, region: Region | None = None, time_limit: fl
           output: int | None = None, center=None, eps: float | None = None, domain=None, quiet: bool = True,
           seed: int = 0, **options) -> Bound:
     """Run one registered method and return its `Bound` (never raises for an unsupported request:
-    the Bound has status 'unsupported' and a reason). Bad input (unknown method, bad shapes) raises
-    `LipboundError`."""
+    the Bound has status 'unsupported' and a reason). ``options`` are the method's declared options
+    (`lipbound.methods()`: 'option_specs'), validated before the method runs. Bad input (unknown method,
+    bad shapes, an option the method does not declare or a value it does not allow) raises `LipboundError`."""
     net = _as_network(net)
     spec = get_method(method)
     p = parse_norm(norm)
@@ -244,9 +245,7 @@ def bound(net, method: str, norm=2, region: Region | None = None, time_limit: fl
         if not (isinstance(output, (int, np.integer)) and 0 <= int(output) < net.n_outputs):
             raise LipboundError(f"output {output} is out of range: the network has {net.n_outputs} outputs")
         output = int(output)
-    for key in options:
-        if spec.options and key not in spec.options and key not in ("verbose",):
-            raise LipboundError(f"method {method} has no option {key!r}; its options: {', '.join(spec.options) or 'none'}")
+    options = spec.validate_options(options)  # unknown option / bad value: LipboundError before running
     region_json = None if region is None else region.to_json()
     t0 = time.perf_counter()
     reason = spec.unsupported_reason(net, p, region)
@@ -301,7 +300,9 @@ def compare(net, methods: Iterable[str] | None = None, norm=2, region: Region | 
             domain=None, quiet: bool = True, seed: int = 0, options: dict | None = None) -> Report:
     """Run several methods (default: every method registered for compare that supports the network,
     norm and region) each with ``time_limit`` seconds, and collect a `Report`. ``options`` maps a method
-    name to its option dict."""
+    name to its option dict, or an option name to a value for every method run that declares it; all of
+    them are validated before any method runs (`registry.route_options`: an option no method run declares,
+    options of a method not run, or a bad value raise `LipboundError`)."""
     net = _as_network(net)
     reg = load_methods()
     p = parse_norm(norm)
@@ -313,7 +314,7 @@ def compare(net, methods: Iterable[str] | None = None, norm=2, region: Region | 
         names = list(methods)
         for n in names:
             get_method(n)
-    options = options or {}
+    per_method = route_options(names, options)
     results = []
     bar = None
     if not quiet:
@@ -324,7 +325,7 @@ def compare(net, methods: Iterable[str] | None = None, norm=2, region: Region | 
         if bar is not None:
             bar.set_description(n)
         results.append(bound(net, n, p, region, time_limit, output=output, quiet=quiet, seed=seed,
-                             **options.get(n, {})))
+                             **per_method[n]))
         if bar is not None:
             bar.update(1)
     if bar is not None:

@@ -39,28 +39,17 @@ def _load_model(spec: str):
 
 
 def _parse_options(items: list[str], method_names: list[str]) -> dict[str, dict]:
-    """KEY=VALUE (given to every selected method that declares KEY) or METHOD.KEY=VALUE."""
-    from .registry import get_method, parse_option_value
+    """KEY=VALUE (given to every selected method that declares KEY) or METHOD.KEY=VALUE, validated against
+    the methods' declarations (`registry.route_option_items`): method -> typed options."""
+    from .registry import route_option_items
 
-    per_method: dict[str, dict] = {m: {} for m in method_names}
+    triples = []
     for item in items or []:
         if "=" not in item:
-            raise LipboundError(f"option {item!r} is not KEY=VALUE")
+            raise LipboundError(f"option {item!r} is not KEY=VALUE (or METHOD.KEY=VALUE)")
         key, value = item.split("=", 1)
-        value = parse_option_value(value)
-        if "." in key and key.split(".", 1)[0] in per_method:
-            m, key = key.split(".", 1)
-            targets = [m]
-        else:
-            targets = [m for m in method_names if key in get_method(m).options]
-            if not targets:
-                raise LipboundError(f"no selected method has the option {key!r} (see `lipbound methods`)")
-        for m in targets:
-            if key not in get_method(m).options:
-                raise LipboundError(f"method {m} has no option {key!r}; its options: "
-                                    f"{', '.join(get_method(m).options) or 'none'}")
-            per_method[m][key] = value
-    return per_method
+        triples.append((None, key.strip(), value))  # the declaration parses the text (Option.validate)
+    return route_option_items(method_names, triples)
 
 
 def _region_args(args, net):
@@ -139,10 +128,24 @@ def _print_methods(as_json: bool):
     for r in rows:
         table.append((r["name"], r["kind"], ",".join(r["norms"]), ",".join(r["regions"]), r["description"]))
     widths = [max(len(t[i]) for t in table) for i in range(4)]
+    # each method's options under it: name, type, allowed values, default, doc
+    opt_rows = {r["name"]: [(k, o["type"], o["allowed"], "default " + _fmt_default(o["default"]), o["doc"])
+                            for k, o in r.get("option_specs", {}).items()] for r in rows}
+    all_opts = [o for v in opt_rows.values() for o in v]
+    ow = [max((len(o[i]) for o in all_opts), default=0) for i in range(4)]
     for i, t in enumerate(table):
         print("  ".join(c.ljust(w) for c, w in zip(t[:4], widths)) + "  " + t[4])
         if i == 0:
             print("  ".join("-" * w for w in widths) + "  " + "-" * 11)
+            continue
+        for o in opt_rows.get(t[0], []):
+            print("    " + "  ".join(c.ljust(w) for c, w in zip(o[:4], ow)) + "  " + o[4])
+
+
+def _fmt_default(v) -> str:
+    from .registry import Option
+
+    return Option.format_value(tuple(v) if isinstance(v, list) else v)
 
 
 def _run(args) -> int:

@@ -2,12 +2,16 @@
 
 `preactivation_bounds(net, region, alpha=False)` gives, for the input of every `Activation` node (graph
 order), elementwise lower and upper bounds valid for every input in the box. They are computed layer by
-layer: interval propagation (from the tightest bounds known so far) picks the neurons that need work
-(ReLU / leaky ReLU: those whose interval contains 0; smooth activations: all with a non-trivial
-interval), then CROWN back-substitution bounds those neurons through the graph to the input box, using
-the linear relaxation of every earlier activation. With ``alpha=True`` the relaxation slopes that are
-free (the lower line of an unstable ReLU, both lines of sigmoid / tanh) are optimised per bounded
-neuron by projected Adam (alpha-CROWN); every iterate is a valid bound, the best one is kept.
+layer: interval propagation (`intervals`, from the tightest bounds known so far, with its outward
+rounding margins) picks the neurons that need work (piecewise-linear activations: those whose interval
+meets a kink; any other activation: all with a non-trivial interval), then CROWN back-substitution bounds
+those neurons through the graph to the input box, using the linear relaxation of every earlier
+activation. With ``alpha=True`` the relaxation slopes that are free (``fn.free_sides()``: the lower line
+of an unstable ReLU, both lines of a smooth activation) are optimised per bounded neuron by projected
+Adam (alpha-CROWN, `optim.Adam`); every iterate is a valid bound, the best one is kept.
+
+Every activation of the table (`lipbound.activations`) is handled, monotone or not: the relaxation
+uses only the table's derivative ranges, default slopes and exact line offsets.
 
 The back-substitution uses the project's one graph traversal (`traversal.backward`) with a rule per
 operation (`crown_rules`): affine ops apply their adjoint ``linear_t`` and collect their constant term,
@@ -15,7 +19,7 @@ activations apply their relaxation, `Add` passes the coefficients to both inputs
 reach a node used twice are summed). MaxPool2d is not supported (raises `Unsupported`).
 
 Relaxations are sound for any slope: for a slope ``a`` the offsets are the exact minimum and maximum of
-``f(z) - a z`` over ``[l, u]`` (evaluated at the end points and the critical points of ``f' = a``).
+``f(z) - a z`` over ``[l, u]`` (`ActivationFunction.line_offsets`, outward-rounded).
 All computations are float64; bounds are certified up to float64 rounding.
 """
 
@@ -29,9 +33,7 @@ from . import traversal
 from .errors import Unsupported
 from .intervals import IBP_RULES
 from .network import DTYPE, Activation, Add, MaxPool2d, Network
-
-#: activations handled by the relaxations here
-SUPPORTED_ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh")
+from .optim import Adam
 
 #: entries per coefficient tensor before the specifications are processed in chunks
 CHUNK_ENTRIES = 1 << 22
@@ -40,125 +42,89 @@ CHUNK_ENTRIES = 1 << 22
 #: coefficients (specifications x node sizes); larger chunks keep the CROWN slopes (still sound)
 ALPHA_MAX_WORK = 3e6
 
+#: grid points per neuron of the approximate offsets that alpha-CROWN's search uses for activations
+#: whose exact offsets need bisection (GELU, SiLU, Mish): the search is ~10x faster; the slopes it finds
+#: are re-evaluated with exact offsets, so the bound stays sound
+GRID_POINTS = 33
+
 
 # --------------------------------------------------------------------------------------------------
-# activation facts: derivative ranges and exact relaxation offsets
+# activation relaxations (every fact comes from the activation table, `lipbound.activations`)
 # --------------------------------------------------------------------------------------------------
-
-
-def _check_activation(op: Activation):
-    if op.name not in SUPPORTED_ACTIVATIONS:
-        raise Unsupported(f"bound propagation here supports {', '.join(SUPPORTED_ACTIVATIONS)}, not {op.name}")
 
 
 def derivative_range(op: Activation, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Elementwise [min, max] of the Clarke generalized derivative of the activation over [lo, hi].
-
-    ReLU: 1 if lo > 0, 0 if hi < 0, else [0, 1] (a closed interval touching 0 counts as unstable);
-    leaky ReLU likewise with slopes {param, 1}; sigmoid/tanh: exact (the derivative is bell-shaped with
-    its maximum at 0). Cost: elementwise."""
-    _check_activation(op)
-    n = op.name
-    if n in ("relu", "leaky_relu"):
-        a = 0.0 if n == "relu" else op.param
-        one = torch.ones_like(lo)
-        neg = torch.full_like(lo, a)
-        s_lo_val = torch.where(lo > 0, one, torch.where(hi < 0, neg, torch.full_like(lo, min(a, 1.0))))
-        s_hi_val = torch.where(lo > 0, one, torch.where(hi < 0, neg, torch.full_like(lo, max(a, 1.0))))
-        return s_lo_val, s_hi_val
-    d_lo, d_hi = op.derivative(lo), op.derivative(hi)
-    peak = op.derivative(torch.clamp(torch.zeros_like(lo), lo, hi))
-    return torch.minimum(d_lo, d_hi), torch.maximum(torch.maximum(d_lo, d_hi), peak)
-
-
-def _critical_points(op: Activation, slope: torch.Tensor) -> list[torch.Tensor]:
-    """Points where f'(z) = slope (all of them, possibly +-inf), or the kink, for the offset search."""
-    n = op.name
-    if n in ("relu", "leaky_relu"):
-        return [torch.zeros_like(slope)]
-    if n == "sigmoid":
-        disc = torch.sqrt(torch.clamp(1 - 4 * slope, min=0.0))
-        out = []
-        for sgn in (1.0, -1.0):
-            s = torch.clamp((1 + sgn * disc) / 2, 0.0, 1.0)
-            out.append(torch.log(s) - torch.log1p(-s))
-        return out
-    # tanh: 1 - t^2 = slope
-    t = torch.clamp(torch.sqrt(torch.clamp(1 - slope, min=0.0)), 0.0, 1.0)
-    z = torch.atanh(t)
-    return [z, -z]
-
-
-def line_offsets(op: Activation, lo: torch.Tensor, hi: torch.Tensor, slope: torch.Tensor):
-    """(min, max) over z in [lo, hi] of f(z) - slope * z, exactly (end points and critical points).
-
-    ``slope`` may carry extra leading dimensions (per-specification slopes). Gradients flow to
-    ``slope`` only (envelope theorem), the arg-extrema are detached."""
-    with torch.no_grad():
-        lo_b, hi_b = torch.broadcast_tensors(lo, slope.detach())[0], torch.broadcast_tensors(hi, slope.detach())[0]
-        cands = [lo_b, hi_b] + [torch.minimum(torch.maximum(c, lo_b), hi_b) for c in _critical_points(op, slope.detach())]
-    lo_val = hi_val = None
-    for pt in cands:
-        val = op.forward(pt) - slope * pt
-        lo_val = val if lo_val is None else torch.minimum(lo_val, val)
-        hi_val = val if hi_val is None else torch.maximum(hi_val, val)
-    return lo_val, hi_val
-
-
-def default_slopes(op: Activation, lo: torch.Tensor, hi: torch.Tensor):
-    """CROWN's default slopes (lower, upper) and the range of slopes worth optimising (dmin, dmax).
-
-    Convex pieces get the chord above and the adaptive line / mid-point tangent below, concave ones the
-    reverse; intervals crossing the inflection point of sigmoid/tanh get the chord slope both sides.
-    Every slope is sound because offsets come from `line_offsets`."""
-    width = hi - lo
-    tiny = width <= 1e-12
-    mid = (lo + hi) / 2
-    chord = torch.where(tiny, op.derivative(mid), (op.forward(hi) - op.forward(lo)) / torch.where(tiny, torch.ones_like(width), width))
-    dmin, dmax = derivative_range(op, lo, hi)
-    n = op.name
-    if n in ("relu", "leaky_relu"):
-        a = 0.0 if n == "relu" else op.param
-        adaptive = torch.where(hi >= -lo, torch.ones_like(lo), torch.full_like(lo, a))
-        adaptive = torch.clamp(adaptive, dmin, dmax)
-        if a <= 1.0:  # convex
-            return adaptive, chord, dmin, dmax
-        return chord, adaptive, dmin, dmax
-    tangent = op.derivative(mid)
-    convex = hi <= 0  # sigmoid and tanh are convex on (-inf, 0] and concave on [0, inf)
-    concave = lo >= 0
-    lower = torch.where(convex, tangent, chord)
-    upper = torch.where(concave, tangent, chord)
-    return lower, upper, dmin, dmax
+    """Elementwise [min, max] of the Clarke derivative of ``op`` over [lo, hi]: ``op.fn.derivative_range``
+    (kept as an alias for older callers; new code calls the table directly)."""
+    return op.fn.derivative_range(lo, hi)
 
 
 class ActivationRelaxation:
     """Linear bounds aL z + bL <= f(z) <= aU z + bU for one activation node over [lo, hi] (flat (n,)).
 
-    ``t_lower`` / ``t_upper`` (optional, shape (S, n) in [0, 1]) place the slopes in [dmin, dmax] for
-    alpha-CROWN; only the sides marked free in ``free_lower`` / ``free_upper`` use them."""
+    Every fact comes from the activation table entry ``fn`` (monotone or not, any kinks): the default
+    slopes and the range [dmin, dmax] worth optimising (``fn.default_slopes``), the sides alpha-CROWN may
+    move (``fn.free_sides()``), and the offsets, exact extremes of f(z) - a z over [lo, hi]
+    (``fn.line_offsets``), which make every slope sound. ``t_lower`` / ``t_upper`` (optional, shape
+    (S, n) in [0, 1]) place the slopes in [dmin, dmax] for alpha-CROWN; only the free sides use them."""
 
-    def __init__(self, op: Activation, lo: torch.Tensor, hi: torch.Tensor):
-        _check_activation(op)
-        self.op, self.lo, self.hi = op, lo, hi
-        self.a_lo, self.a_up, self.dmin, self.dmax = default_slopes(op, lo, hi)
-        n = op.name
-        if n in ("relu", "leaky_relu"):
-            convex = (0.0 if n == "relu" else op.param) <= 1.0
-            self.free_lower, self.free_upper = convex, not convex
-        else:
-            self.free_lower = self.free_upper = True
+    def __init__(self, fn, lo: torch.Tensor, hi: torch.Tensor):
+        fn = getattr(fn, "fn", fn)  # an Activation op or its table entry
+        self.fn, self.lo, self.hi = fn, lo, hi
+        self.a_lo, self.a_up, self.dmin, self.dmax = fn.default_slopes(lo, hi)
+        self.free_lower, self.free_upper = fn.free_sides()
         span = self.dmax - self.dmin
         safe = torch.where(span > 0, span, torch.ones_like(span))
         self.t_lower0 = torch.where(span > 0, (self.a_lo - self.dmin) / safe, torch.zeros_like(span)).clamp(0, 1)
         self.t_upper0 = torch.where(span > 0, (self.a_up - self.dmin) / safe, torch.zeros_like(span)).clamp(0, 1)
+        self._b_lo = self._b_up = None  # offsets of the default slopes, computed once
+        #: the table has no closed form for f' = a: its exact offsets bisect (~80 evaluations per piece)
+        self.bisects = fn.slope_points(lo[:1]) is None
+        self._grid = None
 
-    def lines(self, t_lower=None, t_upper=None):
-        """(aL, bL, aU, bU), broadcastable to (S, n) when slopes are per specification."""
-        a_lo = self.a_lo if (t_lower is None or not self.free_lower) else self.dmin + t_lower.clamp(0, 1) * (self.dmax - self.dmin)
-        a_up = self.a_up if (t_upper is None or not self.free_upper) else self.dmin + t_upper.clamp(0, 1) * (self.dmax - self.dmin)
-        b_lo, _ = line_offsets(self.op, self.lo, self.hi, a_lo)
-        _, b_up = line_offsets(self.op, self.lo, self.hi, a_up)
+    def _grid_offsets(self, a: torch.Tensor):
+        """(min, max) of f(z) - a z over a grid of [lo, hi] (ends, kinks, GRID_POINTS points): an
+        *approximation* from inside (not sound), for alpha-CROWN's search only; gradients flow to ``a``."""
+        if self._grid is None:
+            with torch.no_grad():
+                t = torch.linspace(0, 1, GRID_POINTS, dtype=self.lo.dtype)[:, None]
+                pts = [self.lo + (self.hi - self.lo) * t]
+                pts += [torch.clamp(torch.full_like(self.lo, p), self.lo, self.hi)[None] for p, _, _ in self.fn.kinks()]
+                z = torch.cat(pts, 0)
+                self._grid = (z, self.fn.forward(z))
+        z, fz = self._grid
+        view = (z.shape[0],) + (1,) * (a.dim() - 1) + (z.shape[1],)
+        z, fz = z.reshape(view), fz.reshape(view)
+        step = max(1, (1 << 22) // max(1, a.numel()))
+        lo_val = hi_val = None
+        for c0 in range(0, z.shape[0], step):
+            g = fz[c0 : c0 + step] - a.unsqueeze(0) * z[c0 : c0 + step]
+            mn, mx = g.amin(0), g.amax(0)
+            lo_val = mn if lo_val is None else torch.minimum(lo_val, mn)
+            hi_val = mx if hi_val is None else torch.maximum(hi_val, mx)
+        return lo_val, hi_val
+
+    def lines(self, t_lower=None, t_upper=None, approx: bool = False):
+        """(aL, bL, aU, bU), broadcastable to (S, n) when slopes are per specification. ``approx``: the
+        offsets of optimised slopes of a bisecting activation come from `_grid_offsets` (fast, NOT sound:
+        for alpha-CROWN's search only; its result is re-evaluated with exact offsets)."""
+        free_lo = t_lower is not None and self.free_lower
+        free_up = t_upper is not None and self.free_upper
+        grid = approx and self.bisects
+        if free_lo:
+            a_lo = self.dmin + t_lower.clamp(0, 1) * (self.dmax - self.dmin)
+            b_lo = (self._grid_offsets(a_lo) if grid else self.fn.line_offsets(self.lo, self.hi, a_lo))[0]
+        else:
+            if self._b_lo is None:
+                self._b_lo = self.fn.line_offsets(self.lo, self.hi, self.a_lo)[0]
+            a_lo, b_lo = self.a_lo, self._b_lo
+        if free_up:
+            a_up = self.dmin + t_upper.clamp(0, 1) * (self.dmax - self.dmin)
+            b_up = (self._grid_offsets(a_up) if grid else self.fn.line_offsets(self.lo, self.hi, a_up))[1]
+        else:
+            if self._b_up is None:
+                self._b_up = self.fn.line_offsets(self.lo, self.hi, self.a_up)[1]
+            a_up, b_up = self.a_up, self._b_up
         return a_lo, b_lo, a_up, b_up
 
 
@@ -171,11 +137,12 @@ class _CrownPass:
     """Holds the relaxations and the running constant of one back-substitution (lower bounds of
     A . node over the box; upper bounds are lower bounds of -A)."""
 
-    def __init__(self, net: Network, relax: dict, alphas: dict | None = None):
+    def __init__(self, net: Network, relax: dict, alphas: dict | None = None, approx: bool = False):
         self.net = net
         self.index = {id(n): i for i, n in enumerate(net.nodes)}
         self.relax = relax  # activation node index -> ActivationRelaxation
         self.alphas = alphas or {}
+        self.approx = approx  # approximate offsets for bisecting activations (alpha-CROWN's search only)
         self.bias = None
         self.rules = {"affine": self._affine, Activation: self._activation, Add: self._add, MaxPool2d: self._maxpool}
 
@@ -194,7 +161,7 @@ class _CrownPass:
         k = self.index[id(node)]
         rel = self.relax[k]
         tl, tu = self.alphas.get(k, (None, None))
-        aL, bL, aU, bU = rel.lines(tl, tu)
+        aL, bL, aU, bU = rel.lines(tl, tu, approx=self.approx)
         Af = A.reshape(A.shape[0], -1)
         pos, neg = Af.clamp(min=0), Af.clamp(max=0)
         self._add_bias((pos * bL + neg * bU).sum(1))
@@ -255,9 +222,15 @@ def interval_pass(net: Network, box, known: dict, stop: int | None = None) -> li
         return traversal.forward(net, rules, (lo.unsqueeze(0), hi.unsqueeze(0)), what="interval propagation", stop=stop)
 
 
-def _needs_refinement(op: Activation, lo, hi):
-    if op.name in ("relu", "leaky_relu"):
-        return (lo <= 0) & (hi >= 0)
+def _needs_refinement(fn, lo, hi):
+    """Neurons whose relaxation depends on their bounds: for a piecewise-linear activation those whose
+    interval meets a kink (elsewhere f is linear on the interval and the relaxation exact), for any
+    other activation every neuron with a non-trivial interval."""
+    if fn.piecewise_linear:
+        need = torch.zeros_like(lo, dtype=torch.bool)
+        for p, _, _ in fn.kinks():
+            need |= (lo <= p) & (hi >= p)
+        return need
     return (hi - lo) > 1e-9
 
 
@@ -285,7 +258,10 @@ def _crown_neurons(net, relax, start, idx, box, alpha, alpha_steps, lr):
 
 
 def _optimise(net, relax, start, A, box, best, steps, lr):
-    """alpha-CROWN: projected Adam on the free slopes, one set per specification (row of A)."""
+    """alpha-CROWN: projected Adam (`optim.Adam`) on the free slopes, one set per specification (row of
+    A). Every iterate's bound is sound and the best per specification is kept; with a bisecting
+    activation (``rel.bisects``) the iterates use approximate offsets instead, the slopes of each
+    specification's best iterate are kept, and the bound is re-evaluated once with exact offsets."""
     S = A.shape[0]
     params, alphas = [], {}
     for k, rel in relax.items():
@@ -299,33 +275,34 @@ def _optimise(net, relax, start, A, box, best, steps, lr):
         alphas[k] = (tl, tu)
     if not params:
         return best
-    # plain Adam written out (torch.optim's first use imports torch._dynamo and sympy: seconds)
-    m1 = [torch.zeros_like(p) for p in params]
-    m2 = [torch.zeros_like(p) for p in params]
-    beta1, beta2, step_lr = 0.9, 0.999, lr
+    approx = any(rel.bisects for rel in relax.values())
+    kept = [p.detach().clone() for p in params] if approx else None
+    track = best.clone()  # best bound per specification so far (approximate in the approx mode)
+    adam = Adam(params, betas=(0.9, 0.999), eps=1e-8, project=lambda p: p.clamp_(0, 1))
+    step_lr = lr
     history = []
     for _ in range(steps):
-        lb = _CrownPass(net, relax, alphas).lower_bound(start, A, box)
+        lb = _CrownPass(net, relax, alphas, approx=approx).lower_bound(start, A, box)
         with torch.no_grad():
             ok = torch.isfinite(lb)
-            best = torch.where(ok, torch.maximum(best, lb), best)
-            history.append(float(best.sum()))
+            if approx:
+                better = (ok & (lb > track)).unsqueeze(1)
+                for p, q in zip(params, kept):
+                    q.copy_(torch.where(better, p, q))
+            track = torch.where(ok, torch.maximum(track, lb), track)
+            history.append(float(track.sum()))
             if len(history) > 10 and history[-1] - history[-11] <= 1e-6 * (1 + abs(history[-1])):
                 break  # converged
         loss = -lb[torch.isfinite(lb)].sum()
         grads = torch.autograd.grad(loss, params, allow_unused=True)
-        with torch.no_grad():
-            t = len(history)
-            for p, g, a, b in zip(params, grads, m1, m2):
-                if g is None:
-                    continue
-                a.mul_(beta1).add_(g, alpha=1 - beta1)
-                b.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                denom = (b / (1 - beta2 ** t)).sqrt_().add_(1e-8)
-                p.addcdiv_(a, denom, value=-step_lr / (1 - beta1 ** t))
-                p.clamp_(0, 1)
-            step_lr *= 0.98
+        adam.step(grads, step_lr)
+        step_lr *= 0.98
     with torch.no_grad():
+        if approx:
+            for p, q in zip(params, kept):
+                p.copy_(q)
+        else:
+            best = track
         lb = _CrownPass(net, relax, alphas).lower_bound(start, A, box)
         best = torch.where(torch.isfinite(lb), torch.maximum(best, lb), best)
     return best.detach()
@@ -342,8 +319,6 @@ def forward_bounds(net: Network, region, alpha: bool = False, alpha_steps: int =
     for node in net.nodes:
         if isinstance(node.op, MaxPool2d):
             raise Unsupported("CROWN bound propagation does not relax max pooling (MaxPool2d)")
-        if isinstance(node.op, Activation):
-            _check_activation(node.op)
     box = _box_tensors(net, region)
     acts = [i for i, n in enumerate(net.nodes) if isinstance(n.op, Activation)]
     known: dict = {}
@@ -353,7 +328,7 @@ def forward_bounds(net: Network, region, alpha: bool = False, alpha_steps: int =
         ivs = interval_pass(net, box, known, stop=p)
         lo, hi = (t.reshape(-1).clone() for t in ivs[p])
         if method == "crown":
-            need = _needs_refinement(net.nodes[k].op, lo, hi)
+            need = _needs_refinement(net.nodes[k].op.fn, lo, hi)
             idx = need.nonzero().reshape(-1)
             if len(idx):
                 clo, chi = _crown_neurons(net, relax, p, idx, box, alpha, alpha_steps, lr)
@@ -363,7 +338,7 @@ def forward_bounds(net: Network, region, alpha: bool = False, alpha_steps: int =
             raise ValueError(f"unknown forward bound method {method!r}")
         hi = torch.maximum(hi, lo)  # guards against crossing by rounding
         known[k] = (lo, hi)
-        relax[k] = ActivationRelaxation(net.nodes[k].op, lo, hi)
+        relax[k] = ActivationRelaxation(net.nodes[k].op.fn, lo, hi)
     return known
 
 
@@ -372,8 +347,8 @@ def preactivation_bounds(net: Network, region, alpha: bool = False) -> list[tupl
     in graph order, valid for every input in the box ``region`` (a `Region` or a (lower, upper) pair).
 
     CROWN back-substitution layer by layer (``alpha=True``: alpha-CROWN, optimised slopes, 20 Adam
-    steps). Tighter than interval propagation (always intersected with it). Raises `Unsupported` for
-    max pooling and activations other than relu, leaky_relu, sigmoid, tanh. Cost: one batched
-    back-substitution per activation layer over its undecided neurons (x20 with alpha)."""
+    steps). Tighter than interval propagation (always intersected with it). Every activation of the
+    table; raises `Unsupported` for max pooling. Cost: one batched back-substitution per activation
+    layer over its undecided neurons (x20 with alpha)."""
     known = forward_bounds(net, region, alpha=alpha)
     return [known[i] for i, n in enumerate(net.nodes) if isinstance(n.op, Activation)]

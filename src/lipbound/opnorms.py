@@ -49,6 +49,11 @@ from .norms import INF, parse_norm
 U = float(np.finfo(np.float64).eps)  # unit round-off bound used in margins (2u, conservative)
 
 DENSE_EIGH_MAX = 1500          # min side up to which the Gram eigenvalue is computed directly
+# Cholesky certificate: relative slacks tried above the Lanczos estimate of lambda_max (smallest first), and the
+# backward-error factor of a successful float64 Cholesky factorisation of an r x r matrix H: it is exact for
+# some H + E with ||E||_2 <= CHOLESKY_BACKWARD (r + 1) tr(H) (Demmel 1989; Higham, Thm 10.5, with margin)
+CHOLESKY_SLACKS = (1e-10, 1e-7, 1e-4)
+CHOLESKY_BACKWARD = 2 * U
 DENSE_CHOL_MAX = 4096          # min side up to which a dense Cholesky certificate is tried
 DENSE_MAX_ENTRIES = 20_000_000  # largest dense matrix materialised for a certificate (160 MB)
 CONV_FFT_TOL = 1e-3            # accept the circular bound when within this factor of the power method
@@ -285,17 +290,46 @@ def dense_spectral_bound(A, hint: float | None = None) -> NormInfo:
         elif lam is None and hint is not None:
             lam = hint * hint
     if r > DENSE_EIGH_MAX and lam is not None and lam > 0:
-        eye = torch.eye(r, dtype=DTYPE)
-        for rel in (1e-10, 1e-7, 1e-4):
-            t = lam * (1 + rel) + margin
-            H = t * eye - G
-            _, info = torch.linalg.cholesky_ex(H)
-            if int(info) != 0:
-                continue
-            chol_margin = (r + 1) * U * 2 * float(torch.diagonal(H).sum())
-            return NormInfo(math.sqrt(t + chol_margin + margin), "cholesky", extra={"rel_slack": rel})
+        info = _cholesky_bound(G, lam, margin)
+        if info is not None:
+            return info
     lam = float(torch.linalg.eigvalsh(G)[-1])
     return NormInfo(math.sqrt(max(lam, 0.0) + margin), "svd")
+
+
+def cholesky_factor(M: torch.Tensor) -> torch.Tensor | None:
+    """Lower Cholesky factor of the symmetric float64 matrix M (LAPACK potrf, lower triangle read), or None
+    when the factorisation fails or its diagonal is not finite and positive. Cost: r^3 / 3."""
+    R, info = torch.linalg.cholesky_ex(M)
+    if int(info) != 0:
+        return None
+    d = torch.diagonal(R)
+    if not bool(torch.all(torch.isfinite(d))) or bool(torch.any(d <= 0)):
+        return None
+    return R
+
+
+def cholesky_certificate(G: torch.Tensor, t: float) -> float | None:
+    """A certified upper bound on lambda_max(G) for a symmetric float64 matrix G: when the Cholesky
+    factorisation of H = t I - G succeeds, H + E is positive definite for a backward error E with
+    ||E||_2 <= CHOLESKY_BACKWARD (r + 1) tr(H), hence lambda_max(G) <= t + that bound. None when it fails.
+    Cost: one r x r Cholesky factorisation."""
+    r = G.shape[0]
+    H = t * torch.eye(r, dtype=G.dtype) - G
+    if cholesky_factor(H) is None:
+        return None
+    return t + (r + 1) * CHOLESKY_BACKWARD * float(torch.diagonal(H).sum())
+
+
+def _cholesky_bound(G: torch.Tensor, lam: float, margin: float) -> NormInfo | None:
+    """sqrt of a certified bound on lambda_max of the exact Gram matrix from its float64 version G (whose
+    formation error is at most ``margin``) and an estimate ``lam`` of its top eigenvalue: the Cholesky
+    certificate at t = lam (1 + slack) + margin for the slacks CHOLESKY_SLACKS in turn; None if all fail."""
+    for rel in CHOLESKY_SLACKS:
+        ub = cholesky_certificate(G, lam * (1 + rel) + margin)
+        if ub is not None:
+            return NormInfo(math.sqrt(ub + margin), "cholesky", extra={"rel_slack": rel})
+    return None
 
 
 def sparse_spectral_bound(S) -> NormInfo:
@@ -320,15 +354,9 @@ def sparse_spectral_bound(S) -> NormInfo:
     Gd = torch.from_numpy(G.toarray())
     Gd = (Gd + Gd.T) / 2
     if lam is not None and lam > 0:
-        eye = torch.eye(r, dtype=DTYPE)
-        for rel in (1e-10, 1e-7, 1e-4):
-            t = lam * (1 + rel) + margin
-            H = t * eye - Gd
-            _, info = torch.linalg.cholesky_ex(H)
-            if int(info) != 0:
-                continue
-            chol_margin = (r + 1) * U * 2 * float(torch.diagonal(H).sum())
-            return NormInfo(math.sqrt(t + chol_margin + margin), "cholesky", extra={"rel_slack": rel})
+        info = _cholesky_bound(Gd, lam, margin)
+        if info is not None:
+            return info
     lam = float(torch.linalg.eigvalsh(Gd)[-1])
     return NormInfo(math.sqrt(max(lam, 0.0) + margin), "svd")
 

@@ -9,7 +9,9 @@ whose gradient flows to the module's weights, usable as a training penalty::
 
 How it works: the module is traced once with torch.fx (shapes propagated on a zero input); the AutoLip
 recursion runs over the traced graph -- Linear / Conv2d by their spectral norm at the real input size,
-BatchNorm by max |gamma| / sqrt(running_var + eps), activations by their slope bound, average pooling by
+BatchNorm by max |gamma| / sqrt(running_var + eps), activations by max(|alpha|, |beta|) of the table entry
+(`lipbound.activations`) that the readers' tables (`lipbound.io.tables`) map the module / function /
+tensor method to, average pooling by
 its norm, max pooling by sqrt(windows per pixel), residual additions by the sum, concatenation by the
 root of the sum of squares. Each spectral norm is ``||A v||`` for a unit vector v kept between calls and
 refined by ``n_iter`` power iterations per call (``init_iter`` on the first call), as in spectral
@@ -18,6 +20,11 @@ normalisation: the value is differentiable in the weights (v is treated as a con
 Kind: an **estimate** (power iterations underestimate each norm; after enough iterations it equals the
 power-method product of the `autolip` method). Norm: l2. Cost per call: n_iter forward + adjoint passes
 of each Linear / Conv2d on one input.
+
+Why a walker of its own beside the torch reader (`lipbound.io.torch_reader`): the reader turns the module
+into a `Network` of detached float64 copies of the weights, so no gradient could reach the module's
+parameters; this walker evaluates the recursion on the live parameters (the fx trace is one call, shared
+nothing else). What is shared is the knowledge of which module / function is which activation.
 """
 
 from __future__ import annotations
@@ -30,27 +37,49 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import activations as _activations
 from .errors import LipboundError
+from .io.tables import FUNCTION_ACTIVATIONS, METHOD_ACTIVATIONS, MODULE_ACTIVATIONS
 
 _STATE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
-_SLOPES = {nn.ReLU: 1.0, nn.Tanh: 1.0, nn.Sigmoid: 0.25, nn.Softplus: 1.0, nn.Identity: 1.0, nn.Dropout: 1.0,
-           nn.Flatten: 1.0, nn.ReLU6: 1.0, nn.Hardtanh: 1.0, nn.Softsign: 1.0}
-_FUNC_SLOPES = {torch.relu: 1.0, F.relu: 1.0, torch.tanh: 1.0, torch.sigmoid: 0.25, F.softplus: 1.0,
-                torch.flatten: 1.0, F.dropout: 1.0, torch.nn.functional.tanh: 1.0, torch.nn.functional.sigmoid: 0.25}
-_SHAPE_METHODS = {"view", "reshape", "flatten", "contiguous", "permute", "transpose", "squeeze", "unsqueeze", "relu",
-                  "tanh", "clone", "detach_"}
+# modules, functions and tensor methods that are the identity for the Lipschitz recursion (the activations
+# come from the readers' tables, `lipbound.io.tables`)
+_IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Flatten)
+_IDENTITY_FUNCTIONS = (torch.reshape, torch.permute, torch.transpose, torch.squeeze, torch.unsqueeze, operator.getitem,
+                       torch.flatten, F.dropout)
+_SHAPE_METHODS = {"view", "reshape", "flatten", "contiguous", "permute", "transpose", "squeeze", "unsqueeze", "clone",
+                  "detach_"}
+
+
+def _activation_factor(spec, bound: dict, where: str) -> float:
+    """max(|alpha|, |beta|) of the table activation (`lipbound.activations`) that the reader's table entry
+    ``spec`` maps these arguments to: the activation's Lipschitz constant in every l_p."""
+    try:
+        name, param = spec.resolve(bound)
+        fn = _activations.make(name, param)
+    except (ValueError, TypeError, LipboundError) as e:
+        raise LipboundError(f"regularizers.autolip: {where}: {e}".splitlines()[0]) from None
+    return max(abs(fn.alpha), abs(fn.beta))
 
 
 def _module_slope(m: nn.Module) -> float | None:
-    for cls, s in _SLOPES.items():
-        if type(m) is cls:
-            return s
-    if isinstance(m, nn.LeakyReLU):
-        return max(1.0, abs(m.negative_slope))
-    if isinstance(m, nn.ELU):
-        return max(1.0, float(m.alpha))
-    return None
+    """The activation factor of an activation module, 1 for an identity-like one, None otherwise."""
+    if type(m) in _IDENTITY_MODULES:
+        return 1.0
+    spec = MODULE_ACTIVATIONS.get(type(m))
+    if spec is None:
+        return None
+    return _activation_factor(spec, spec.bind_module(m), f"module {type(m).__name__}")
+
+
+def _call_factor(spec, node, where: str) -> float:
+    """The activation factor of a function / tensor-method call (arguments after the input tensor)."""
+    try:
+        bound = spec.bind_call(tuple(node.args[1:]), dict(node.kwargs))
+    except ValueError as e:
+        raise LipboundError(f"regularizers.autolip: {where} (node {node.name}): {e}") from None
+    return _activation_factor(spec, bound, f"{where} (node {node.name})")
 
 
 class _State:
@@ -149,8 +178,9 @@ def autolip(module: nn.Module, input_shape, n_iter: int = 1, init_iter: int = 10
                 L[node.name] = in_L[0]
             elif node.target in ("add", "__add__", "sub", "__sub__"):
                 L[node.name] = sum(nonconst)
-            elif node.target == "sigmoid":
-                L[node.name] = 0.25 * in_L[0]
+            elif node.target in METHOD_ACTIVATIONS:
+                L[node.name] = _call_factor(METHOD_ACTIVATIONS[node.target], node, f"tensor method .{node.target}()") \
+                    * in_L[0]
             else:
                 raise LipboundError(f"regularizers.autolip: no rule for the tensor method {node.target!r} "
                                     f"(node {node.name})")
@@ -265,12 +295,9 @@ def _function_rule(node, in_L, nonconst):
         raise LipboundError(f"regularizers.autolip: product of two input-dependent tensors (node {node.name})")
     if t in (torch.cat, torch.concat):
         return sum(x * x for x in nonconst) ** 0.5
-    if t in _FUNC_SLOPES:
-        return _FUNC_SLOPES[t] * in_L[0]
-    if t in (torch.reshape, torch.permute, torch.transpose, torch.squeeze, torch.unsqueeze, operator.getitem):
+    if t in FUNCTION_ACTIVATIONS:
+        return _call_factor(FUNCTION_ACTIVATIONS[t], node, f"function {getattr(t, '__name__', t)}") * in_L[0]
+    if t in _IDENTITY_FUNCTIONS:
         return in_L[0]
-    if t is F.leaky_relu:
-        slope = node.kwargs.get("negative_slope", node.args[1] if len(node.args) > 1 else 0.01)
-        return max(1.0, abs(slope)) * in_L[0]
     raise LipboundError(f"regularizers.autolip: no rule for the function {getattr(t, '__name__', t)} "
                         f"(node {node.name})")

@@ -1,4 +1,5 @@
-"""Exact local Lipschitz constants of ReLU / LeakyReLU dense chains on boxes (LipMIP, Jordan & Dimakis 2020).
+"""Exact local Lipschitz constants of ReLU-like dense chains (ReLU, LeakyReLU, Abs) on boxes (LipMIP, Jordan &
+Dimakis 2020).
 
 Methods: ``mip`` (mixed-integer program on HiGHS, anytime sandwich) and ``enumerate`` (activation-pattern
 enumeration, the test oracle for a few unstable neurons).

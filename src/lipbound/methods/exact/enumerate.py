@@ -1,15 +1,17 @@
-"""Activation-pattern geometry for ReLU / LeakyReLU chains: max-slack interior points of a pattern's
+"""Activation-pattern geometry for ReLU-like chains (ReLU, LeakyReLU, Abs): max-slack interior points of a pattern's
 region and the tree search over the patterns realisable in a box. Private module of `exact.methods`."""
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
+from ...highs import Status
 from ...norms import operator_norm
-from .mip_core import Model, act_interval, affine_interval, highspy
+from .mip_core import Model, act_interval, affine_interval
 
 
 def max_slack_point(G, h, lo, hi):
@@ -29,12 +31,11 @@ def max_slack_point(G, h, lo, hi):
         m.add_rows([(x, G), (t, -norms[:, None])], -h, np.full(h.size, np.inf))
     cost = np.zeros(m.n_cols)
     cost[t] = 1.0
-    hs, _ = m.to_highs(cost, maximize=True)
-    hs.run()
-    if hs.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+    prob, _ = m.to_highs(cost, maximize=True)
+    r = prob.solve()
+    if r.status != Status.OPTIMAL or r.primal is None:
         return -math.inf, None
-    sol = np.asarray(hs.getSolution().col_value, dtype=np.float64)
-    xs = np.clip(sol[x], lo, hi)
+    xs = np.clip(r.primal[x], lo, hi)
     # the slack actually achieved by the (clipped) float64 point
     if G.shape[0]:
         tt = float(np.min((G @ xs + h) / np.where(norms > 0, norms, 1.0)))
@@ -58,26 +59,22 @@ class _IncrementalSlackLP:
         t = m.add_vars(-diam, diam)
         cost = np.zeros(m.n_cols)
         cost[t] = 1.0
-        self.h, _ = m.to_highs(cost, maximize=True)
+        self.prob, _ = m.to_highs(cost, maximize=True)
         self.idx = np.arange(n + 1, dtype=np.int32)
-        self.rows = 0
 
     def push(self, g, hh):
         nrm = float(np.linalg.norm(g))
         vals = np.concatenate([np.asarray(g, dtype=np.float64), [-nrm]])
-        self.h.addRow(float(-hh), highspy.kHighsInf, self.n + 1, self.idx, vals)
-        self.rows += 1
+        self.prob.add_row(float(-hh), math.inf, self.idx, vals)
 
     def pop(self):
-        self.rows -= 1
-        self.h.deleteRows(1, np.array([self.rows], dtype=np.int32))
+        self.prob.delete_rows(1)
 
     def solve(self, G, H):
-        self.h.run()
-        if self.h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+        r = self.prob.solve()
+        if r.status != Status.OPTIMAL or r.primal is None:
             return -math.inf, None
-        sol = np.asarray(self.h.getSolution().col_value, dtype=np.float64)
-        xs = np.clip(sol[: self.n], self.lo, self.hi)
+        xs = np.clip(r.primal[: self.n], self.lo, self.hi)
         G = np.asarray(G, dtype=np.float64).reshape(-1, self.n)
         H = np.asarray(H, dtype=np.float64).ravel()
         norms = np.linalg.norm(G, axis=1)
@@ -112,10 +109,7 @@ def jacobian_bound(layers, k, A, c, dk, lo, hi, bounds, norm, output):
     where decided). Interval bounds of the layers above k are recomputed from the exact range of A x + c
     over the box; the Jacobian is bounded by an interval matrix product. Cost: O(m n^2) per layer."""
     K = len(layers) - 1
-    mid, rad = (lo + hi) / 2, (hi - lo) / 2
-    hm = A @ mid + c
-    hr = np.abs(A) @ rad
-    lh, uh = hm - hr * (1 + 1e-12) - 1e-12, hm + hr * (1 + 1e-12) + 1e-12
+    lh, uh = affine_interval(A, c, lo, hi)  # the exact range of A x + c over the box, outward-rounded
     dsets = {}
     for i in range(k, K):
         L = layers[i]
@@ -136,7 +130,7 @@ def jacobian_bound(layers, k, A, c, dk, lo, hi, bounds, norm, output):
             decided = dk[0] == dk[1]
             dmin, dmax = np.where(decided, dk[0], dmin), np.where(decided, dk[1], dmax)
         dsets[i] = (dmin, dmax)
-        lh, uh = act_interval(zl, zu, s)
+        lh, uh = act_interval(zl, zu, L)
     W = layers[K].W if output is None else layers[K].W[[output]]
     Um, Ur = W.copy(), np.zeros_like(W)
     for i in range(K - 1, k - 1, -1):
@@ -161,94 +155,117 @@ def enumerate_patterns(layers, lo, hi, bounds, norm, output, deadline=None, tol=
     a prefix as soon as its region has no interior point in the box (max-slack LP). Returns
     (best value, witness x, #patterns, complete?). The value is max over realisable patterns of the
     pattern Jacobian's operator norm: the exact Lipschitz constant on the box in general position."""
-    n0 = lo.size
-    if tol is None:
-        tol = 1e-9 * (1.0 + float(np.max(hi - lo)))
-    K = len(layers) - 1
-    state = {"best": -math.inf, "x": None, "count": 0, "complete": True, "lps": 0, "pruned": 0}
+    search = _PatternSearch(layers, lo, hi, bounds, norm, output, deadline, tol, progress, prune)
     if incumbent is not None:  # (value, witness) of a certified lower bound, e.g. a sampled gradient
-        state["best"], state["x"] = float(incumbent[0]), np.asarray(incumbent[1], dtype=np.float64)
-    unst = [np.flatnonzero((l < 0) & (u > 0)) for l, u in bounds]
+        search.state["best"], search.state["x"] = float(incumbent[0]), np.asarray(incumbent[1], dtype=np.float64)
+    n0 = lo.size
+    search.layer(0, np.eye(n0), np.zeros(n0), [], [], (lo + hi) / 2, math.inf)
+    return search.state
 
-    def leaf(A, c, x):
-        J = layers[-1].W @ A
-        val = float(operator_norm(J, norm, output))
+
+@dataclass
+class _Layer:
+    """One hidden layer of the current prefix: h_{k-1} = A x + c, its pre-activation Az x + cz, its unstable
+    neurons ``ui`` (in order of branching)."""
+
+    k: int
+    A: np.ndarray
+    c: np.ndarray
+    Az: np.ndarray
+    cz: np.ndarray
+    ui: np.ndarray
+
+
+class _PatternSearch:
+    """The state and the recursion of `enumerate_patterns` (one LP instance along the depth-first path)."""
+
+    def __init__(self, layers, lo, hi, bounds, norm, output, deadline, tol, progress, prune):
+        self.layers, self.lo, self.hi, self.bounds = layers, lo, hi, bounds
+        self.norm, self.output, self.deadline, self.progress, self.prune = norm, output, deadline, progress, prune
+        self.tol = 1e-9 * (1.0 + float(np.max(hi - lo))) if tol is None else tol
+        self.K = len(layers) - 1
+        self.state = {"best": -math.inf, "x": None, "count": 0, "complete": True, "lps": 0, "pruned": 0}
+        self.unst = [np.flatnonzero((l < 0) & (u > 0)) for l, u in bounds]
+        self.lp = _IncrementalSlackLP(lo, hi)
+
+    def _out_of_time(self) -> bool:
+        if self.deadline is not None and time.perf_counter() > self.deadline:
+            self.state["complete"] = False
+            return True
+        return False
+
+    def leaf(self, A, x):
+        """A complete pattern: its Jacobian's norm against the best so far."""
+        state = self.state
+        val = float(operator_norm(self.layers[-1].W @ A, self.norm, self.output))
         state["count"] += 1
-        if progress is not None:
-            progress(state["count"])
+        if self.progress is not None:
+            self.progress(state["count"])
         if val > state["best"]:
             state["best"], state["x"] = val, x.copy()
 
-    def layer(k, A, c, G, H, x, t):
+    def layer(self, k, A, c, G, H, x, t):
         """A, c: affine map of h_{k-1}; (G, H) rows so far; x, t: interior point and its slack."""
-        if deadline is not None and time.perf_counter() > deadline:
-            state["complete"] = False
+        if self._out_of_time():
             return
-        if k == K:
-            leaf(A, c, x)
+        if k == self.K:
+            self.leaf(A, x)
             return
-        L = layers[k]
-        Az, cz = L.W @ A, L.W @ c + L.b
-        l, u = bounds[k]
+        L = self.layers[k]
+        l, u = self.bounds[k]
         d = np.where(l >= 0, 1.0, L.slope)
-        ui = unst[k]
+        ui = self.unst[k]
         if L.slope == 1.0:  # identity activation: no kink
             ui = ui[:0]
             d = np.ones_like(d)
+        self.neuron(_Layer(k, A, c, L.W @ A, L.W @ c + L.b, ui), 0, d, G, H, x, t)
 
-        def neuron(pos, d, G, H, x, t):
-            if deadline is not None and time.perf_counter() > deadline:
-                state["complete"] = False
+    def neuron(self, ly: _Layer, pos, d, G, H, x, t):
+        """Decide the unstable neuron ``ly.ui[pos]`` of the layer (both signs when the region allows)."""
+        if self._out_of_time():
+            return
+        L = self.layers[ly.k]
+        if self.prune and self.state["x"] is not None:
+            dmin, dmax = d.copy(), d.copy()
+            rest = ly.ui[pos:]
+            dmin[rest], dmax[rest] = min(L.slope, 1.0), max(L.slope, 1.0)
+            if jacobian_bound(self.layers, ly.k, ly.A, ly.c, (dmin, dmax), self.lo, self.hi, self.bounds, self.norm,
+                              self.output) <= self.state["best"]:
+                self.state["pruned"] += 1
                 return
-            if prune and state["x"] is not None:
-                dmin, dmax = d.copy(), d.copy()
-                rest = ui[pos:]
-                dmin[rest], dmax[rest] = min(L.slope, 1.0), max(L.slope, 1.0)
-                if jacobian_bound(layers, k, A, c, (dmin, dmax), lo, hi, bounds, norm, output) <= state["best"]:
-                    state["pruned"] += 1
-                    return
-            if pos == len(ui):
-                layer(k + 1, d[:, None] * Az, d * cz, G, H, x, t)
-                return
-            j = ui[pos]
-            g, hh = Az[j], cz[j]
-            # exact range of this affine pre-activation over the box: often decides the sign without an LP
-            zmid = float(g @ mid + hh)
-            zrad = float(np.abs(g) @ rad) * (1 + 1e-12) + 1e-12 * (1.0 + abs(zmid))
-            if zmid - zrad > 0 or zmid + zrad < 0:
-                dd = d.copy()
-                dd[j] = 1.0 if zmid > 0 else L.slope
-                neuron(pos + 1, dd, G, H, x, t)
-                return
-            nrm = float(np.linalg.norm(g))
-            if nrm <= 1e-13 * (1.0 + float(np.abs(Az).max())):
-                # z_j is constant on the region: its sign decides, and if it is 0 the choice does not
-                # change the Jacobian (its input row is 0)
-                dd = d.copy()
-                dd[j] = 1.0 if hh >= 0 else L.slope
-                neuron(pos + 1, dd, G, H, x, t)
-                return
-            for sgn in (1.0, -1.0):
-                G2, H2 = G + [sgn * g], H + [sgn * hh]
-                s_here = sgn * (g @ x + hh) / nrm
-                lp.push(sgn * g, sgn * hh)
-                if s_here > tol:
-                    x2, t2 = x, min(t, s_here)
-                else:
-                    state["lps"] += 1
-                    t2, x2 = lp.solve(G2, H2)
-                    if x2 is None or t2 <= tol:
-                        lp.pop()
-                        continue
-                dd = d.copy()
-                dd[j] = 1.0 if sgn > 0 else L.slope
-                neuron(pos + 1, dd, G2, H2, x2, t2)
-                lp.pop()
-
-        neuron(0, d, G, H, x, t)
-
-    x0 = (lo + hi) / 2
-    mid, rad = (lo + hi) / 2, (hi - lo) / 2
-    lp = _IncrementalSlackLP(lo, hi)
-    layer(0, np.eye(n0), np.zeros(n0), [], [], x0, math.inf)
-    return state
+        if pos == len(ly.ui):
+            self.layer(ly.k + 1, d[:, None] * ly.Az, d * ly.cz, G, H, x, t)
+            return
+        j = ly.ui[pos]
+        g, hh = ly.Az[j], ly.cz[j]
+        # exact range of this affine pre-activation over the box: often decides the sign without an LP
+        zl, zh = affine_interval(g[None, :], np.array([hh]), self.lo, self.hi)
+        if zl[0] > 0 or zh[0] < 0:
+            dd = d.copy()
+            dd[j] = 1.0 if zl[0] > 0 else L.slope
+            self.neuron(ly, pos + 1, dd, G, H, x, t)
+            return
+        nrm = float(np.linalg.norm(g))
+        if nrm <= 1e-13 * (1.0 + float(np.abs(ly.Az).max())):
+            # z_j is constant on the region: its sign decides, and if it is 0 the choice does not
+            # change the Jacobian (its input row is 0)
+            dd = d.copy()
+            dd[j] = 1.0 if hh >= 0 else L.slope
+            self.neuron(ly, pos + 1, dd, G, H, x, t)
+            return
+        for sgn in (1.0, -1.0):
+            G2, H2 = G + [sgn * g], H + [sgn * hh]
+            s_here = sgn * (g @ x + hh) / nrm
+            self.lp.push(sgn * g, sgn * hh)
+            if s_here > self.tol:
+                x2, t2 = x, min(t, s_here)
+            else:
+                self.state["lps"] += 1
+                t2, x2 = self.lp.solve(G2, H2)
+                if x2 is None or t2 <= self.tol:
+                    self.lp.pop()
+                    continue
+            dd = d.copy()
+            dd[j] = 1.0 if sgn > 0 else L.slope
+            self.neuron(ly, pos + 1, dd, G2, H2, x2, t2)
+            self.lp.pop()

@@ -1,4 +1,5 @@
-"""Exact local Lipschitz constants of ReLU / LeakyReLU networks on boxes (LipMIP, Jordan & Dimakis 2020).
+"""Exact local Lipschitz constants of ReLU-like networks (ReLU, LeakyReLU, Abs: max(z, 0) + s min(z, 0)) on
+boxes (LipMIP, Jordan & Dimakis 2020).
 
 * ``mip``: a mixed-integer program per output (l_inf) or per input (l_1) on HiGHS, one binary per unstable
   neuron shared by the forward and the gradient encodings; anytime sandwich (dual bound, re-evaluated
@@ -13,13 +14,15 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from ...errors import LipboundError, MethodFailed, Unsupported
+from ...highs import Status
 from ...norms import INF, operator_norm
-from ...registry import AFFINE_OPS, PIECEWISE_LINEAR, MethodResult, register_method
+from ...registry import AFFINE_OPS, BOOL_OR_AUTO, RELU_LIKE, MethodResult, Option, register_method
 from . import mip_core as core
 from .enumerate import enumerate_patterns, max_slack_point, pattern_constraints
 
@@ -158,44 +161,30 @@ def _sample(net, lo, hi, n, rng):
 
 
 def _solve_highs(mm, time_limit, cutoff, warm, threads, verbose, gap):
+    """One LipMIP program on HiGHS (`lipbound.highs`): status, the dual bound (an upper bound up to the
+    solver's tolerances), the incumbent (objective, columns) if any, time and nodes."""
     opts = {"mip_rel_gap": gap, "mip_abs_gap": 1e-10, "random_seed": 0,
-            "mip_heuristic_run_rins": False, "mip_heuristic_run_rens": False}  # incumbents come from sampling
+            "mip_heuristic_run_rins": False, "mip_heuristic_run_rens": False,  # incumbents come from sampling
+            "threads": threads, "verbose": bool(verbose)}
     if time_limit is not None and math.isfinite(time_limit):
         opts["time_limit"] = max(float(time_limit), 0.05)
-    if threads is not None:
-        opts["threads"] = int(threads)
-    if verbose:
-        opts["output_flag"] = True
-    h, _ = mm.model.to_highs(mm.cost, maximize=True, options=opts)
+    prob, (A, lb, ub, rl, ru) = mm.model.to_highs(mm.cost, maximize=True, options=opts)
     if cutoff is not None:
         cols, coef = mm.obj_rows
-        h.addRow(float(cutoff), core.highspy.kHighsInf, len(cols), cols.astype(np.int32), coef.astype(np.float64))
+        prob.add_row(float(cutoff), math.inf, cols, coef)
     if warm is not None:
-        sol = core.highspy.HighsSolution()
-        sol.col_value = list(warm)
-        sol.value_valid = True
-        h.setSolution(sol)
-    t0 = time.perf_counter()
-    h.run()
-    dt = time.perf_counter() - t0
-    st = h.getModelStatus()
-    info = h.getInfo()
-    S = core.highspy.HighsModelStatus
-    status = {S.kOptimal: "optimal", S.kTimeLimit: "time_limit", S.kInfeasible: "infeasible",
-              S.kInterrupt: "interrupted"}.get(st, h.modelStatusToString(st))
-    primal = None
-    if info.primal_solution_status == 2:  # feasible
-        primal = (float(info.objective_function_value), np.asarray(h.getSolution().col_value, dtype=np.float64))
-    dual = float(info.mip_dual_bound)
-    return {"status": status, "dual": dual, "primal": primal, "time": dt, "nodes": int(info.mip_node_count)}
-
-
-def _scip_available():
-    try:
-        import pyscipopt  # noqa: F401
-    except ImportError:
-        return False
-    return True
+        prob.set_start(warm)
+    r = prob.solve()
+    primal = (r.objective, r.primal) if r.primal is not None and r.primal_feasible else None
+    if prob.is_mip:
+        dual = r.dual_bound
+    elif r.status == Status.OPTIMAL and r.row_dual is not None:
+        # no binary at all (every neuron stable, every result coordinate of one sign): an LP, bounded by weak
+        # duality from its row duals (the cut-off row's multiplier dropped: still valid)
+        dual = core.certified_lp_max(mm.cost, A, lb, ub, rl, ru, r.row_dual[:A.shape[0]])
+    else:
+        dual = math.inf
+    return {"status": r.status.value, "dual": dual, "primal": primal, "time": r.time, "nodes": r.nodes}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -204,18 +193,22 @@ def _scip_available():
 
 
 @register_method(
-    "mip", kind="exact", norms=(1, INF), regions=("box",), ops=DENSE_OPS, activations=PIECEWISE_LINEAR,
+    "mip", kind="exact", norms=(1, INF), regions=("box",), ops=DENSE_OPS, activations=RELU_LIKE,
     description="exact local Lipschitz constant on a box by mixed-integer programming (LipMIP, HiGHS); "
                 "anytime upper/lower sandwich on a time limit",
-    options={"bounds": "big-M bounds: auto (default: CROWN if available, then LP tightening on small nets), "
-                       "interval, crown, lp, or mip (lp then per-neuron MIPs of mip_time s each)",
-             "mip_time": "time limit (s) of each bound-tightening MIP with bounds=mip (default 0.5)",
-             "solver": "highs (default) or scip (needs pyscipopt)",
-             "threads": "HiGHS threads", "samples": "random points for the initial incumbent (default 1000)",
-             "gap": "relative MIP gap asked of the solver (default 1e-7)",
-             "chain_lp": "LP-tighten the gradient-chain bounds before each MIP: true, false or auto (default: when > 12 "
-                         "unstable neurons)",
-             "lp_time": "time budget (s) of LP bound tightening (default: 25% of the time limit)"},
+    options={"bounds": Option(str, "auto", "big-M bounds: auto (CROWN if available, then LP tightening on small "
+                              "nets), interval, crown, lp, or mip (lp then per-neuron MIPs of mip_time s each)",
+                              choices=("auto", "interval", "crown", "lp", "mip")),
+             "mip_time": Option(float, 0.5, "time limit (s) of each bound-tightening MIP with bounds=mip", min=0,
+                                min_exclusive=True),
+             "threads": Option(int, None, "HiGHS threads (auto: HiGHS's default)", min=1),
+             "samples": Option(int, 1000, "random points (besides the box centre) for the initial incumbent", min=0),
+             "gap": Option(float, 1e-7, "relative MIP gap asked of the solver", min=0),
+             "chain_lp": Option(BOOL_OR_AUTO, "auto", "LP-tighten the gradient-chain bounds before each MIP (auto: "
+                                "when > 12 unstable neurons)"),
+             "lp_time": Option(float, None, "time budget (s) of LP bound tightening, also that of bounds=mip (auto: "
+                               "25% of the time limit, none without one)", min=0),
+             "verbose": Option(bool, False, "HiGHS output")},
     family="exact")
 def mip(net, ctx):
     """Exact Lipschitz constant (l_inf: max over outputs of ‖∇f_j‖_1; l_1: max over inputs of the column
@@ -226,151 +219,197 @@ def mip(net, ctx):
     a relative 1e-5; otherwise ``upper`` = the solver's dual bound with margin and ``lower`` = the
     re-evaluated incumbent with its witness. Cost: exponential in the number of unstable neurons
     (one MIP per output for l_inf, per input for l_1)."""
-    solver = str(ctx.option("solver", "highs")).lower()
-    if solver == "scip":
-        if not _scip_available():
-            raise Unsupported("solver=scip needs pyscipopt, which is not installed (use solver=highs)")
-        raise Unsupported("solver=scip is not wired up in this version; use solver=highs")
-    if solver != "highs":
-        raise LipboundError(f"option solver={solver!r}: use highs or scip")
-    if core.highspy is None:  # pragma: no cover
-        raise Unsupported("highspy is not installed")
-    layers = core.relu_chain(net)
-    lo, hi = _box(net, ctx)
-    norm, output = ctx.norm, ctx.output
-    rng = ctx.rng()
-    t_start = time.perf_counter()
-    dirs = _directions(net, norm, output)
-    bar = ctx.progress(total=len(dirs) + 1, desc="mip")
-
-    # 1. sampled incumbent (certified lower bound with witness) per sub-problem
-    X, J = _sample(net, lo, hi, int(ctx.option("samples", 1000)), rng)
-    per_dir = [_direction_value(J, d, norm) for d in dirs]
-    best_lower, best_x = -math.inf, None
-    allv = operator_norm(torch.as_tensor(J), norm, output).numpy()
-    for i in np.argsort(-allv)[:5]:
-        v, xw = certified_gradient_lower(net, layers, None, X[i], norm, output, lo, hi, rng)
-        if v is not None and v > best_lower:
-            best_lower, best_x = v, xw
-
-    details = {"n_layers": len(layers), "n_subproblems": len(dirs), "solver": "highs",
-               "sampled_lower": best_lower if best_x is not None else None}
-    if len(layers) == 1:  # affine network: the Jacobian is constant
-        val = float(operator_norm(layers[0].W, norm, output))
-        return MethodResult(val, kind="exact", witness=(lo + hi) / 2, details=details)
-
-    # 2. pre-activation bounds (big-M constants)
-    tl = ctx.time_left()
-    lp_time = ctx.option("lp_time", None, float)  # also the budget of bounds=mip
-    if lp_time is None and math.isfinite(tl):
-        lp_time = 0.25 * tl
-    bounds, binfo = preactivation_bounds(net, layers, ctx.region, lo, hi, str(ctx.option("bounds", "auto")),
-                                         lp_budget_s=lp_time, mip_per_solve=float(ctx.option("mip_time", 0.5, float)))
-    details.update(binfo)
-    bar.update(1)
-
-    # 3. one MIP per sub-problem, best sampled first; later ones only need to beat the best lower bound
-    order = np.argsort([-np.max(v) for v in per_dir])
-    upper = -math.inf
-    sub = []
-    complete = True
-    threads = ctx.option("threads", None, int)
-    gap = float(ctx.option("gap", 1e-7, float))
-    chain_opt = ctx.option("chain_lp", "auto")
-    if isinstance(chain_opt, str) and chain_opt.lower() == "auto":
-        chain_lp = binfo["unstable"] > 12  # below that the MIPs are easy and the LPs would dominate
-    else:
-        chain_lp = bool(ctx.option("chain_lp", True, bool))
+    run = _MipRun(net, ctx)
+    run.sample_incumbent()
+    if len(run.layers) == 1:  # affine network: the Jacobian is constant
+        val = float(operator_norm(run.layers[0].W, ctx.norm, ctx.output))
+        return MethodResult(val, kind="exact", witness=(run.lo + run.hi) / 2, details=run.details)
+    run.big_m_bounds()
+    # one MIP per sub-problem, best sampled first; later ones only need to beat the best lower bound
+    order = np.argsort([-np.max(v) for v in run.per_dir])
     for rank, di in enumerate(order):
-        d = dirs[di]
-        mode, vec, sel, label = d
+        run.solve_direction(di, len(order) - rank)
+    return run.result()
+
+
+@dataclass
+class _Sandwich:
+    """The anytime state of `mip`: the best certified lower bound with its witness, the largest upper bound
+    of the sub-problems so far, whether every sub-problem was solved, and one record per sub-problem."""
+
+    lower: float = -math.inf
+    witness: np.ndarray | None = None
+    upper: float = -math.inf
+    complete: bool = True
+    entries: list = field(default_factory=list)
+
+    def offer(self, value, x) -> None:
+        """A certified lower bound (a re-evaluated gradient norm) with its witness."""
+        if value is not None and value > self.lower:
+            self.lower, self.witness = value, x
+
+    def add_upper(self, value: float, entry: dict) -> None:
+        self.upper = max(self.upper, value)
+        self.entries.append(entry)
+
+
+class _MipRun:
+    """The steps of `mip` on one network and box: sampled incumbent, big-M bounds, one MIP per
+    sub-problem, the final sandwich."""
+
+    def __init__(self, net, ctx):
+        self.net, self.ctx = net, ctx
+        self.layers = core.relu_chain(net)
+        self.lo, self.hi = _box(net, ctx)
+        self.norm, self.output = ctx.norm, ctx.output
+        self.rng = ctx.rng()
+        self.t_start = time.perf_counter()
+        self.dirs = _directions(net, self.norm, self.output)
+        self.bar = ctx.progress(total=len(self.dirs) + 1, desc="mip")
+        self.sw = _Sandwich()
+        self.bounds = None
+        self.details = {"n_layers": len(self.layers), "n_subproblems": len(self.dirs), "solver": "highs"}
+
+    def sample_incumbent(self) -> None:
+        """Step 1: the Jacobians at random points of the box (sub-problem values and warm starts); the best
+        five re-evaluated as certified lower bounds with witnesses."""
+        net, ctx, rng, lo, hi = self.net, self.ctx, self.rng, self.lo, self.hi
+        X, J = _sample(net, lo, hi, ctx.option("samples"), rng)
+        self.X = X
+        self.per_dir = [_direction_value(J, d, self.norm) for d in self.dirs]
+        allv = operator_norm(torch.as_tensor(J), self.norm, self.output).numpy()
+        for i in np.argsort(-allv)[:5]:
+            v, xw = certified_gradient_lower(net, self.layers, None, X[i], self.norm, self.output, lo, hi, rng)
+            self.sw.offer(v, xw)
+        self.details["sampled_lower"] = self.sw.lower if self.sw.witness is not None else None
+
+    def big_m_bounds(self) -> None:
+        """Step 2: pre-activation bounds (the big-M constants) and the solver settings."""
+        ctx = self.ctx
+        tl = ctx.time_left()
+        lp_time = ctx.option("lp_time")  # also the budget of bounds=mip
+        if lp_time is None and math.isfinite(tl):
+            lp_time = 0.25 * tl
+        self.bounds, binfo = preactivation_bounds(self.net, self.layers, ctx.region, self.lo, self.hi,
+                                                  ctx.option("bounds"), lp_budget_s=lp_time,
+                                                  mip_per_solve=ctx.option("mip_time"))
+        self.details.update(binfo)
+        self.bar.update(1)
+        self.threads = ctx.option("threads")
+        self.gap = ctx.option("gap")
+        chain_lp = ctx.option("chain_lp")  # True, False or "auto"
+        if chain_lp == "auto":
+            chain_lp = binfo["unstable"] > 12  # below that the MIPs are easy and the LPs would dominate
+        self.chain_lp = chain_lp
+
+    def _program(self, direction, left: int):
+        """The MIP of one sub-problem (after LP tightening of its gradient-chain bounds when asked) and the
+        facts of that tightening."""
+        mode, vec, sel, _ = direction
         chain_ivs, n_chain_lps, t_chain = None, 0, 0.0
-        if chain_lp:
+        if self.chain_lp:
             t0c = time.perf_counter()
-            left = ctx.time_left()
-            dl = None if not math.isfinite(left) else time.perf_counter() + 0.3 * left / (len(order) - rank)
-            chain_ivs, n_chain_lps, _ = core.tighten_chain_bounds(layers, lo, hi, bounds, mode, vec, sel, deadline=dl)
+            tl = self.ctx.time_left()
+            dl = None if not math.isfinite(tl) else time.perf_counter() + 0.3 * tl / left
+            chain_ivs, n_chain_lps, _ = core.tighten_chain_bounds(self.layers, self.lo, self.hi, self.bounds, mode,
+                                                                  vec, sel, deadline=dl)
             t_chain = time.perf_counter() - t0c
-        mm = core.build_mip(layers, lo, hi, bounds, mode, vec, sel, chain_ivs=chain_ivs)
+        mm = core.build_mip(self.layers, self.lo, self.hi, self.bounds, mode, vec, sel, chain_ivs=chain_ivs)
+        return mm, {"chain_lps": n_chain_lps, "chain_lp_time_s": t_chain}
+
+    def solve_direction(self, di: int, left: int) -> None:
+        """Step 3, one sub-problem (``left``: sub-problems not done yet, this one included): skipped when
+        out of time (its interval bound), bounded without a MIP when even its interval bound cannot beat the
+        incumbent, else its MIP with a cut-off at the incumbent or a warm start at its best sample."""
+        sw, label = self.sw, self.dirs[di][3]
+        mm, chain = self._program(self.dirs[di], left)
         scale_margin = ABS_MARGIN * mm.trivial_bound + 1e-12
-        remaining = ctx.time_left()
-        share = remaining / (len(order) - rank) if math.isfinite(remaining) else None
+        remaining = self.ctx.time_left()
+        share = remaining / left if math.isfinite(remaining) else None
         if share is not None and share <= 0.01:
             # no time left: the interval bound of this sub-problem is still a certified upper bound
-            upper = max(upper, mm.trivial_bound)
-            sub.append({"direction": label, "status": "skipped (no time)", "upper": mm.trivial_bound})
-            complete = False
-            bar.update(1)
-            continue
-        if best_x is not None and mm.trivial_bound <= best_lower:
-            ub_m = best_lower + REL_MARGIN * abs(best_lower) + scale_margin
-            upper = max(upper, ub_m)
-            sub.append({"direction": label, "status": "bounded by LP", "upper": ub_m, "chain_lps": n_chain_lps,
-                        "chain_lp_time_s": t_chain, "trivial_bound": mm.trivial_bound})
-            bar.update(1)
-            continue
-        own = per_dir[di]
+            sw.add_upper(mm.trivial_bound, {"direction": label, "status": "skipped (no time)",
+                                            "upper": mm.trivial_bound})
+            sw.complete = False
+            self.bar.update(1)
+            return
+        if sw.witness is not None and mm.trivial_bound <= sw.lower:
+            ub_m = sw.lower + REL_MARGIN * abs(sw.lower) + scale_margin
+            sw.add_upper(ub_m, {"direction": label, "status": "bounded by LP", "upper": ub_m, **chain,
+                                "trivial_bound": mm.trivial_bound})
+            self.bar.update(1)
+            return
+        own = self.per_dir[di]
         i_own = int(np.argmax(own))
-        use_cutoff = best_x is not None and best_lower > own[i_own] * (1 + 1e-9)
-        cutoff = best_lower * (1 + 1e-7) if use_cutoff else None
-        warm = None if use_cutoff else core.full_solution(mm, layers, X[i_own], bounds)
-        r = _solve_highs(mm, share, cutoff, warm, threads, ctx.option("verbose", False, bool), gap)
-        entry = {"direction": label, "status": r["status"], "time_s": r["time"], "nodes": r["nodes"],
-                 "chain_lps": n_chain_lps, "chain_lp_time_s": t_chain,
+        use_cutoff = sw.witness is not None and sw.lower > own[i_own] * (1 + 1e-9)
+        cutoff = sw.lower * (1 + 1e-7) if use_cutoff else None
+        warm = None if use_cutoff else core.full_solution(mm, self.layers, self.X[i_own], self.bounds)
+        r = _solve_highs(mm, share, cutoff, warm, self.threads, self.ctx.option("verbose"), self.gap)
+        entry = {"direction": label, "status": r["status"], "time_s": r["time"], "nodes": r["nodes"], **chain,
                  "binaries": mm.n_binaries, "abs_binaries": mm.n_abs_binaries,
                  "columns": mm.model.n_cols, "rows": mm.model.n_rows}
+        ub = self._dual_upper(r, mm, cutoff, label)
+        ub_m = ub + REL_MARGIN * abs(ub) + scale_margin
+        entry["dual_bound"] = ub
+        entry["upper"] = ub_m
+        sw.upper = max(sw.upper, ub_m)
+        if r["primal"] is not None:
+            obj, colv = r["primal"]
+            entry["incumbent"] = obj
+            pattern = _pattern_from_solution(self.layers, self.bounds, mm, colv)
+            v, xw = certified_gradient_lower(self.net, self.layers, self.bounds, colv[mm.idx["x"]], self.norm,
+                                             self.output, self.lo, self.hi, self.rng, pattern)
+            entry["incumbent_reevaluated"] = v
+            sw.offer(v, xw)
+        sw.entries.append(entry)
+        self.bar.update(1)
+        self.bar.set_postfix_str(f"lower {sw.lower:.6g} upper≥{sw.upper:.6g}")
+
+    def _dual_upper(self, r: dict, mm, cutoff, label: str) -> float:
+        """The sub-problem's upper bound before margins: the solver's dual bound (never above the interval
+        bound; with a cut-off, never below it: a cut-off MIP only bounds what exceeds the cut-off)."""
         if r["status"] == "infeasible":
             if cutoff is None:
                 raise MethodFailed(f"HiGHS found the MIP of {label} infeasible (it always has a solution)")
-            ub = cutoff
-        elif r["status"] in ("optimal", "time_limit", "interrupted"):
+            return cutoff
+        if r["status"] in ("optimal", "time_limit", "interrupted"):
             ub = r["dual"] if math.isfinite(r["dual"]) else mm.trivial_bound
             ub = min(ub, mm.trivial_bound) if math.isfinite(ub) else mm.trivial_bound
             if cutoff is not None:
                 ub = max(ub, cutoff)
             if r["status"] != "optimal":
-                complete = False
-        else:
-            ub = mm.trivial_bound
-            complete = False
-        ub_m = ub + REL_MARGIN * abs(ub) + scale_margin
-        entry["dual_bound"] = ub
-        entry["upper"] = ub_m
-        upper = max(upper, ub_m)
-        if r["primal"] is not None:
-            obj, colv = r["primal"]
-            entry["incumbent"] = obj
-            xw = colv[mm.idx["x"]]
-            pattern = _pattern_from_solution(layers, bounds, mm, colv)
-            v, xw = certified_gradient_lower(net, layers, bounds, xw, norm, output, lo, hi, rng, pattern)
-            entry["incumbent_reevaluated"] = v
-            if v is not None and v > best_lower:
-                best_lower, best_x = v, xw
-        sub.append(entry)
-        bar.update(1)
-        bar.set_postfix_str(f"lower {best_lower:.6g} upper≥{upper:.6g}")
-    bar.close()
-    details["subproblems"] = sub
-    details["n_binaries"] = int(max((s.get("binaries", 0) for s in sub), default=0))
-    details["upper"] = upper
-    details["lower"] = best_lower if best_x is not None else None
-    details["total_time_s"] = time.perf_counter() - t_start
-    details["solve_time_s"] = float(sum(s.get("time_s", 0.0) for s in sub))
-    lower = best_lower if best_x is not None else None
-    if lower is not None:
-        details["gap"] = upper - lower
-        details["rel_gap"] = (upper - lower) / max(abs(lower), 1e-300)
-    closed = lower is not None and upper - lower <= EXACT_RTOL * abs(lower) + 1e-12
-    details["exact_tolerance"] = f"upper - lower <= {EXACT_RTOL:g} * lower + 1e-12"
-    if complete and closed:
-        return MethodResult(lower, kind="exact", witness=best_x, lower=lower, lower_witness=best_x, details=details)
-    status = "ok" if complete else "time_limit"
-    reason = None
-    if complete and not closed:
-        reason = ("the MIP optimum is not attained by a differentiable point (degenerate network or kink): "
-                  "reporting the dual bound as an upper bound")
-    return MethodResult(upper, kind="upper", status=status, lower=lower, lower_witness=best_x, details=details,
-                        reason=reason)
+                self.sw.complete = False
+            return ub
+        self.sw.complete = False
+        return mm.trivial_bound
+
+    def result(self) -> MethodResult:
+        """Step 4: exact when every sub-problem was solved and the sandwich closed, else the upper bound
+        with the certified lower bound beside it."""
+        self.bar.close()
+        sw, details = self.sw, self.details
+        details["subproblems"] = sw.entries
+        details["n_binaries"] = int(max((s.get("binaries", 0) for s in sw.entries), default=0))
+        details["upper"] = sw.upper
+        lower = sw.lower if sw.witness is not None else None
+        details["lower"] = lower
+        details["total_time_s"] = time.perf_counter() - self.t_start
+        details["solve_time_s"] = float(sum(s.get("time_s", 0.0) for s in sw.entries))
+        if lower is not None:
+            details["gap"] = sw.upper - lower
+            details["rel_gap"] = (sw.upper - lower) / max(abs(lower), 1e-300)
+        closed = lower is not None and sw.upper - lower <= EXACT_RTOL * abs(lower) + 1e-12
+        details["exact_tolerance"] = f"upper - lower <= {EXACT_RTOL:g} * lower + 1e-12"
+        if sw.complete and closed:
+            return MethodResult(lower, kind="exact", witness=sw.witness, lower=lower, lower_witness=sw.witness,
+                                details=details)
+        status = "ok" if sw.complete else "time_limit"
+        reason = None
+        if sw.complete and not closed:
+            reason = ("the MIP optimum is not attained by a differentiable point (degenerate network or kink): "
+                      "reporting the dual bound as an upper bound")
+        return MethodResult(sw.upper, kind="upper", status=status, lower=lower, lower_witness=sw.witness,
+                            details=details, reason=reason)
 
 
 def _pattern_from_solution(layers, bounds, mm, colv):
@@ -392,13 +431,14 @@ def _pattern_from_solution(layers, bounds, mm, colv):
 
 
 @register_method(
-    "enumerate", kind="exact", norms=(1, INF), regions=("box",), ops=DENSE_OPS, activations=PIECEWISE_LINEAR,
+    "enumerate", kind="exact", norms=(1, INF), regions=("box",), ops=DENSE_OPS, activations=RELU_LIKE,
     description="exact local Lipschitz constant on a box by enumerating the activation patterns realisable "
                 "in it (LP-checked tree search); at most ~20 unstable neurons",
-    options={"max_unstable": "refuse networks with more unstable neurons than this (default 20)",
-             "prune": "prune pattern prefixes whose interval Jacobian bound cannot beat the best value "
-                      "(branch and bound, still exact; default true; false = plain enumeration)",
-             "samples": "random points for the initial incumbent when pruning (default 500)"},
+    options={"max_unstable": Option(int, 20, "refuse networks with more unstable neurons than this", min=0),
+             "prune": Option(bool, True, "prune pattern prefixes whose interval Jacobian bound cannot beat the best "
+                             "value (branch and bound, still exact; false = plain enumeration)"),
+             "samples": Option(int, 500, "random points (besides the box centre) for the initial incumbent when "
+                               "pruning", min=0)},
     family="exact")
 def enumerate_method(net, ctx):
     """Exact Lipschitz constant (norms l_1 / l_inf, optional ``output``) on a box: the max over the
@@ -414,13 +454,13 @@ def enumerate_method(net, ctx):
     norm, output = ctx.norm, ctx.output
     if len(layers) == 1:
         return MethodResult(float(operator_norm(layers[0].W, norm, output)), kind="exact", witness=(lo + hi) / 2)
-    prune = bool(ctx.option("prune", True, bool))
+    prune = ctx.option("prune")
     if prune:  # branch and bound: the tightest certified bounds (CROWN, LP) shrink the tree
         bounds, _ = preactivation_bounds(net, layers, ctx.region, lo, hi, "auto")
     else:  # plain enumeration, the test oracle: interval bounds only
         bounds = core.interval_preact_bounds(layers, lo, hi)
     n_unst = int(sum(m.sum() for m in core.unstable_masks(bounds)))
-    limit = int(ctx.option("max_unstable", 20, int))
+    limit = ctx.option("max_unstable")
     if n_unst > limit:
         raise Unsupported(f"{n_unst} unstable neurons (limit max_unstable={limit}): "
                           "enumeration would visit up to 2^{n_unst} patterns; use mip")
@@ -428,7 +468,7 @@ def enumerate_method(net, ctx):
     incumbent = None
     if prune:
         rng = ctx.rng()
-        X, J = _sample(net, lo, hi, int(ctx.option("samples", 500, int)), rng)
+        X, J = _sample(net, lo, hi, ctx.option("samples"), rng)
         vals = operator_norm(torch.as_tensor(J), norm, output).numpy()
         for i in np.argsort(-vals)[:5]:
             v = _smooth_value(net, X[i], norm, output)

@@ -1,11 +1,12 @@
 """Building blocks of the exact (MIP and enumeration) methods on piecewise-linear dense chains.
 
-Private module of `exact.methods`. Everything here works on a ReLU / LeakyReLU dense chain
+Private module of `exact.methods`. Everything here works on a dense chain of ReLU-like activations
 ``x -> act(W_0 x + b_0) -> ... -> W_K h + b_K`` given as a list of `ChainLayer` and a box
-``lo <= x <= hi``. All arithmetic is float64 numpy.
+``lo <= x <= hi``. All arithmetic is float64 numpy; LPs and MIPs go through `lipbound.highs`.
 
-A LeakyReLU of slope ``s`` is written ``act(z) = s z + (1 - s) relu(z)`` (any real s; ReLU is s = 0), and its
-derivative ``s + (1 - s) a`` with the activation indicator ``a`` in {0, 1}.
+A ReLU-like activation (`ActivationFunction.relu_like_slope`: ReLU s = 0, LeakyReLU, Abs s = -1) is
+``act(z) = max(z, 0) + s min(z, 0) = s z + (1 - s) relu(z)`` (any real s), and its derivative
+``s + (1 - s) a`` with the activation indicator ``a`` in {0, 1}.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ...errors import Unsupported
-from ...network import Network
+import torch
 
-try:  # highspy ships with scipy's HiGHS but is its own package; it is a declared dependency of scipy.optimize
-    import highspy
-except ImportError:  # pragma: no cover - highspy is installed with the project
-    highspy = None
+from ... import highs
+from ...errors import Unsupported
+from ...highs import Status
+from ...intervals import PL_MARGIN, activation_image, affine_enclosure, dense_chain_intervals
+from ...network import Network, tensor_view
 
 
 # --------------------------------------------------------------------------------------------------
@@ -34,26 +35,29 @@ class ChainLayer:
     W: np.ndarray  # (n_out, n_in)
     b: np.ndarray  # (n_out,)
     slope: float | None  # negative-side slope of the activation after this layer; None on the last layer
+    activation: object = None  # the Activation op after this layer (its table entry: ``activation.fn``)
 
 
 def relu_chain(net: Network) -> list[ChainLayer]:
-    """The network as a dense chain of affine layers with ReLU / LeakyReLU activations.
+    """The network as a dense chain of affine layers with ReLU-like activations max(z, 0) + s min(z, 0)
+    (ReLU, LeakyReLU with any slope, Abs: the table's ``relu_like_slope``).
 
-    Raises `Unsupported` for other activations or graphs that are not chains."""
+    Raises `Unsupported` for other activations (one kink at 0 is what the encodings split on) or graphs
+    that are not chains."""
     layers = net.dense_chain()
     out = []
     for L in layers:
         act = L.activation
         if act is None:
             slope = None
-        elif act.name == "relu":
-            slope = 0.0
-        elif act.name == "leaky_relu":
-            slope = float(act.param)
         else:
-            raise Unsupported(f"the {act.name} activation is not piecewise linear: exact MIP/enumeration need ReLU or "
-                              "LeakyReLU")
-        out.append(ChainLayer(np.asarray(L.W, dtype=np.float64), np.asarray(L.b, dtype=np.float64).ravel(), slope))
+            slope = act.fn.relu_like_slope
+            if slope is None:
+                raise Unsupported(f"the {act.describe()} activation is not of the form max(z, 0) + s min(z, 0): exact "
+                                  "MIP / enumeration split on one kink at 0 (ReLU, LeakyReLU, Abs)")
+            slope = float(slope)
+        out.append(ChainLayer(np.asarray(L.W, dtype=np.float64), np.asarray(L.b, dtype=np.float64).ravel(), slope,
+                              act))
     return out
 
 
@@ -61,36 +65,35 @@ def act_value(z, s):
     return np.where(z >= 0, z, s * z)
 
 
-def act_interval(l, u, s):
-    """Bounds of act(z) for z in [l, u] (exact: the extremes are at l, u or 0)."""
-    cand = [act_value(l, s), act_value(u, s)]
-    zero = np.where((l < 0) & (u > 0), 0.0, act_value(l, s))
-    cand.append(zero)
-    return np.minimum.reduce(cand), np.maximum.reduce(cand)
-
-
-def _widen(lo, hi):
-    """Outward widening that absorbs float64 rounding of the interval arithmetic."""
-    pad = 1e-12 * (1.0 + np.maximum(np.abs(lo), np.abs(hi)))
-    return lo - pad, hi + pad
+def act_interval(l, u, layer: ChainLayer):
+    """Bounds of the layer's activation over [l, u] elementwise: the table's image, outward-rounded by the
+    project's one interval policy (`intervals.activation_image`)."""
+    a, b = activation_image(layer.activation.fn, tensor_view(np.asarray(l, dtype=np.float64)),
+                            tensor_view(np.asarray(u, dtype=np.float64)))
+    return a.numpy(), b.numpy()
 
 
 def affine_interval(W, b, l, u):
-    mid, rad = (u + l) / 2, (u - l) / 2
-    c = W @ mid + b
-    r = np.abs(W) @ rad
-    return _widen(c - r, c + r)
+    """The image of the box [l, u] under z = W x + b (``b`` may be None), rigorous in float64: the one
+    interval policy of `lipbound.intervals` (midpoint-radius, gamma_{n+6} margin). Cost: two mat-vecs."""
+    Wt = tensor_view(W)
+    lt = tensor_view(np.asarray(l, dtype=np.float64)).reshape(1, -1)
+    ut = tensor_view(np.asarray(u, dtype=np.float64)).reshape(1, -1)
+    mid, rad = (ut + lt) / 2, (ut - lt) / 2
+    absW = Wt.abs()
+    center = mid @ Wt.T
+    const_abs = 0.0
+    if b is not None:
+        bt = tensor_view(np.asarray(b, dtype=np.float64)).reshape(-1)
+        center, const_abs = center + bt, bt.abs()
+    zl, zh = affine_enclosure(center, lambda v: v @ absW.T, const_abs, int(W.shape[1]), mid, rad)
+    return zl.reshape(-1).numpy().copy(), zh.reshape(-1).numpy().copy()
 
 
 def interval_preact_bounds(layers, lo, hi) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Interval (IBP) bounds of every hidden pre-activation over the box. Certified. Cost: two products per layer."""
-    out = []
-    l, u = lo, hi
-    for L in layers[:-1]:
-        zl, zu = affine_interval(L.W, L.b, l, u)
-        out.append((zl, zu))
-        l, u = act_interval(zl, zu, L.slope)
-    return out
+    """Interval (IBP) bounds of every hidden pre-activation over the box (`intervals.dense_chain_intervals`).
+    Certified, rigorous in float64. Cost: two products per layer."""
+    return dense_chain_intervals(layers, lo, hi)
 
 
 def crown_preact_bounds(net, region):
@@ -131,7 +134,7 @@ def repropagate(layers, lo, hi, bounds):
         zl, zu = affine_interval(L.W, L.b, l, u)
         zl, zu = intersect_bounds([(zl, zu)], [(bl, bu)])[0]
         out.append((zl, zu))
-        l, u = act_interval(zl, zu, L.slope)
+        l, u = act_interval(zl, zu, L)
     return out
 
 
@@ -215,32 +218,13 @@ class Model:
         return A, lb, ub, integ, rl, ru
 
     def to_highs(self, cost, maximize=True, relax=False, options=None):
-        if highspy is None:  # pragma: no cover
-            raise Unsupported("highspy (HiGHS) is not installed")
+        """The model as a `lipbound.highs.Problem` (integrality dropped when ``relax``; ``options`` as
+        `Problem.set_options` takes them) and its arrays (A, lb, ub, rl, ru) for weak-duality
+        certificates (`certified_lp_max`)."""
         A, lb, ub, integ, rl, ru = self.sparse()
-        lp = highspy.HighsLp()
-        lp.num_col_ = self.n_cols
-        lp.num_row_ = self.n_rows
-        lp.col_cost_ = np.asarray(cost, dtype=np.float64)
-        lp.col_lower_ = lb
-        lp.col_upper_ = ub
-        lp.row_lower_ = np.where(np.isfinite(rl), rl, -highspy.kHighsInf)
-        lp.row_upper_ = np.where(np.isfinite(ru), ru, highspy.kHighsInf)
-        lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
-        lp.a_matrix_.start_ = A.indptr.astype(np.int32)
-        lp.a_matrix_.index_ = A.indices.astype(np.int32)
-        lp.a_matrix_.value_ = A.data
-        lp.a_matrix_.num_col_ = self.n_cols
-        lp.a_matrix_.num_row_ = self.n_rows
-        lp.sense_ = highspy.ObjSense.kMaximize if maximize else highspy.ObjSense.kMinimize
-        if not relax and integ.any():
-            lp.integrality_ = [highspy.HighsVarType.kInteger if f else highspy.HighsVarType.kContinuous for f in integ]
-        h = highspy.Highs()
-        h.setOptionValue("output_flag", False)
-        for k, val in (options or {}).items():
-            h.setOptionValue(k, val)
-        h.passModel(lp)
-        return h, (A, lb, ub, rl, ru)
+        prob = highs.Problem(cost, A, rl, ru, lb, ub, integrality=None if relax else integ,
+                             sense="max" if maximize else "min", **(options or {}))
+        return prob, (A, lb, ub, rl, ru)
 
 
 def certified_lp_max(c, A, lb, ub, rl, ru, y):
@@ -333,7 +317,7 @@ def lp_tighten(layers, lo, hi, bounds, deadline=None, max_lps: int | None = None
         m = Model()
         idx = _forward_encoding(m, layers, lo, hi, bounds, k, relax=True)
         W = layers[k].W
-        h, (A, clb, cub, rl, ru) = m.to_highs(np.zeros(m.n_cols), maximize=True)
+        prob, (A, clb, cub, rl, ru) = m.to_highs(np.zeros(m.n_cols), maximize=True)
         for j in todo:
             if deadline is not None and time.perf_counter() > deadline:
                 return repropagate(layers, lo, hi, bounds), False
@@ -341,14 +325,11 @@ def lp_tighten(layers, lo, hi, bounds, deadline=None, max_lps: int | None = None
                 return repropagate(layers, lo, hi, bounds), False
             cost = _h_objective(W[j], idx["h_terms"], m.n_cols)
             for sense in (1.0, -1.0):  # max z_j, then min z_j (= -max -z_j)
-                h.changeColsCost(m.n_cols, np.arange(m.n_cols, dtype=np.int32), sense * cost)
-                h.run()
+                r = prob.set_cost(sense * cost).solve()
                 n_lps += 1
-                if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+                if r.status != Status.OPTIMAL or r.row_dual is None:
                     continue
-                sol = h.getSolution()
-                y = np.asarray(sol.row_dual, dtype=np.float64)
-                bnd = certified_lp_max(sense * cost, A, clb, cub, rl, ru, y) + sense * layers[k].b[j]
+                bnd = certified_lp_max(sense * cost, A, clb, cub, rl, ru, r.row_dual) + sense * layers[k].b[j]
                 if sense > 0:
                     u[j] = min(u[j], bnd)
                     if u[j] <= 0:
@@ -398,8 +379,11 @@ def derivative_sets(bounds, slopes):
 
 
 def _switch_interval(vl, vh, dl, dh):
+    """{d v : d in [dl, dh], v in [vl, vh]} elementwise, widened by `intervals.PL_MARGIN` relative for the
+    rounding of the products (the interval policy of piecewise-linear activation values)."""
     cands = [dl * vl, dl * vh, dh * vl, dh * vh]
-    return np.minimum.reduce(cands), np.maximum.reduce(cands)
+    lo, hi = np.minimum.reduce(cands), np.maximum.reduce(cands)
+    return lo - PL_MARGIN * np.abs(lo), hi + PL_MARGIN * np.abs(hi)
 
 
 def chain_intervals(v0, order, mats, dsets):
@@ -408,11 +392,7 @@ def chain_intervals(v0, order, mats, dsets):
     vl, vh = v0, v0
     for t, i in enumerate(order):
         ul, uh = _switch_interval(vl, vh, *dsets[i])
-        M = mats[t]
-        mid, rad = (uh + ul) / 2, (uh - ul) / 2
-        c = M @ mid
-        r = np.abs(M) @ rad
-        vl, vh = _widen(c - r, c + r)
+        vl, vh = affine_interval(mats[t], None, ul, uh)
         vs.append((vl, vh))
     return vs  # vs[t] enters switch t; vs[-1] is the result
 
@@ -433,12 +413,33 @@ def build_mip(layers, lo, hi, bounds, mode: str, vec, select, objective: str = "
     """The LipMIP program for one direction: maximise sum_j |r_j| over selected coordinates of the
     switched-chain result r (the input gradient of <c, f> in backward mode, J e_i in forward mode),
     sharing the binaries of the forward encoding. Returns a `MipModel`."""
+    if objective != "sum_abs":
+        raise ValueError(objective)
     m = Model()
     fw = _forward_encoding(m, layers, lo, hi, bounds, len(layers) - 1, relax=False)
     slopes = [L.slope for L in layers[:-1]]
     dsets = derivative_sets(bounds, slopes)
     v0, order, mats = stage_plan(layers, mode, vec)
     ivs = chain_intervals(v0, order, mats, dsets) if chain_ivs is None else chain_ivs
+    res, stage_cols = _switched_chain(m, fw, bounds, slopes, v0, order, mats, ivs, select)
+    rl, rh = ivs[-1]
+    sel = np.asarray(select)
+    obj_cols, obj_coef, abs_cols, trivial = _sum_abs_objective(m, res, rl[sel], rh[sel])
+    absb, abst, abspos = abs_cols
+    cost = np.zeros(m.n_cols)
+    np.add.at(cost, np.asarray(obj_cols, dtype=int), np.asarray(obj_coef))
+    n_bin = int(sum(len(a) for a in fw["a"]))
+    idx = dict(fw)
+    idx.update(result=res, abs_b=np.asarray(absb, dtype=int), abs_t=np.asarray(abst, dtype=int))
+    return MipModel(m, cost, idx, (np.asarray(obj_cols, dtype=int), np.asarray(obj_coef)), n_bin, len(absb), trivial,
+                    extra={"order": order, "mats": mats, "v0": v0, "select": sel, "mode": mode,
+                           "stage_cols": stage_cols, "abs_pos": abspos, "ivs": ivs})
+
+
+def _switched_chain(m: Model, fw: dict, bounds, slopes, v0, order, mats, ivs, select):
+    """Adds the switched chain v_{t+1} = M_t diag(d) v_t to the model: the derivative d of an unstable neuron
+    is s + (1 - s) a with the forward encoding's binary a, and the product v a is linearised exactly
+    (McCormick on a binary) from the chain intervals ``ivs``. Returns (result columns, per-stage columns)."""
     # current vector: either constant (np array) or variable columns
     cur_const = v0
     cur_cols = None
@@ -446,7 +447,6 @@ def build_mip(layers, lo, hi, bounds, mode: str, vec, select, objective: str = "
     for t, i in enumerate(order):
         l, u = bounds[i]
         s = slopes[i]
-        n = l.size
         act = l >= 0
         unst = (l < 0) & (u > 0)
         d_fixed = np.where(act, 1.0, s)  # derivative on stable neurons (unstable: s + (1-s) a)
@@ -454,8 +454,7 @@ def build_mip(layers, lo, hi, bounds, mode: str, vec, select, objective: str = "
         a = fw["a"][i]
         M = mats[t]
         nxt_l, nxt_h = ivs[t + 1]
-        last = t == len(order) - 1
-        if last:
+        if t == len(order) - 1:
             sel = np.asarray(select)
             M = M[sel]
             nxt_l, nxt_h = nxt_l[sel], nxt_h[sel]
@@ -488,40 +487,31 @@ def build_mip(layers, lo, hi, bounds, mode: str, vec, select, objective: str = "
         m.add_rows(blocks, rhs, rhs)
         cur_cols = nxt
         cur_const = None
-    res = cur_cols
-    rl, rh = ivs[-1]
-    sel = np.asarray(select)
-    rl, rh = rl[sel], rh[sel]
+    return cur_cols, stage_cols
+
+
+def _sum_abs_objective(m: Model, res, rl, rh):
+    """The objective sum_j |r_j| over the result columns ``res`` with intervals [rl, rh]: r_j or -r_j when its
+    sign is known, else t_j <= |r_j| with a binary b_j (big-M from the interval). Returns (objective columns,
+    their coefficients, (binaries, t columns, positions) of the |.| encodings, the interval bound sum max|r_j|)."""
     obj_cols, obj_coef = [], []
-    n_abs = 0
     absb, abst, abspos = [], [], []
-    if objective == "sum_abs":
-        for j in range(len(res)):
-            if rl[j] >= 0:
-                obj_cols.append(res[j]); obj_coef.append(1.0)
-            elif rh[j] <= 0:
-                obj_cols.append(res[j]); obj_coef.append(-1.0)
-            else:
-                M1, M2 = -rl[j], rh[j]
-                tj = m.add_vars(0.0, max(M1, M2))[0]
-                bj = m.add_vars(0.0, 1.0, integer=True)[0]
-                # t <= g + 2|l| (1 - b) ; t <= -g + 2 h b
-                m.add_rows([([tj, res[j], bj], np.array([[1.0, -1.0, 2 * M1]]))], -np.inf, 2 * M1)
-                m.add_rows([([tj, res[j], bj], np.array([[1.0, 1.0, -2 * M2]]))], -np.inf, 0.0)
-                obj_cols.append(tj); obj_coef.append(1.0)
-                absb.append(bj); abst.append(tj); abspos.append(j)
-                n_abs += 1
-        trivial = float(np.maximum(np.abs(rl), np.abs(rh)).sum())
-    else:
-        raise ValueError(objective)
-    cost = np.zeros(m.n_cols)
-    np.add.at(cost, np.asarray(obj_cols, dtype=int), np.asarray(obj_coef))
-    n_bin = int(sum(len(a) for a in fw["a"]))
-    idx = dict(fw)
-    idx.update(result=res, abs_b=np.asarray(absb, dtype=int), abs_t=np.asarray(abst, dtype=int))
-    return MipModel(m, cost, idx, (np.asarray(obj_cols, dtype=int), np.asarray(obj_coef)), n_bin, n_abs, trivial,
-                    extra={"order": order, "mats": mats, "v0": v0, "select": sel, "mode": mode,
-                           "stage_cols": stage_cols, "abs_pos": abspos, "ivs": ivs})
+    for j in range(len(res)):
+        if rl[j] >= 0:
+            obj_cols.append(res[j]); obj_coef.append(1.0)
+        elif rh[j] <= 0:
+            obj_cols.append(res[j]); obj_coef.append(-1.0)
+        else:
+            M1, M2 = -rl[j], rh[j]
+            tj = m.add_vars(0.0, max(M1, M2))[0]
+            bj = m.add_vars(0.0, 1.0, integer=True)[0]
+            # t <= g + 2|l| (1 - b) ; t <= -g + 2 h b
+            m.add_rows([([tj, res[j], bj], np.array([[1.0, -1.0, 2 * M1]]))], -np.inf, 2 * M1)
+            m.add_rows([([tj, res[j], bj], np.array([[1.0, 1.0, -2 * M2]]))], -np.inf, 0.0)
+            obj_cols.append(tj); obj_coef.append(1.0)
+            absb.append(bj); abst.append(tj); abspos.append(j)
+    trivial = float(np.maximum(np.abs(rl), np.abs(rh)).sum())
+    return obj_cols, obj_coef, (absb, abst, abspos), trivial
 
 
 def _reinterval(ivs, t0, order, mats, dsets):
@@ -530,11 +520,7 @@ def _reinterval(ivs, t0, order, mats, dsets):
     for t in range(t0, len(order)):
         vl, vh = ivs[t]
         ul, uh = _switch_interval(vl, vh, *dsets[order[t]])
-        M = mats[t]
-        mid, rad = (uh + ul) / 2, (uh - ul) / 2
-        c = M @ mid
-        r = np.abs(M) @ rad
-        nl, nh = _widen(c - r, c + r)
+        nl, nh = affine_interval(mats[t], None, ul, uh)
         ol, oh = ivs[t + 1]
         ivs[t + 1] = (np.maximum(nl, ol), np.minimum(nh, oh))
     return ivs
@@ -564,9 +550,8 @@ def tighten_chain_bounds(layers, lo, hi, bounds, mode, vec, select, deadline=Non
             continue
         mm = build_mip(layers, lo, hi, bounds, mode, vec, select, chain_ivs=ivs)
         cols = mm.extra["stage_cols"][t - 1]["v"]
-        h, (A, clb, cub, rl, ru) = mm.model.to_highs(np.zeros(mm.model.n_cols), maximize=True, relax=True)
+        prob, (A, clb, cub, rl, ru) = mm.model.to_highs(np.zeros(mm.model.n_cols), maximize=True, relax=True)
         vl, vh = ivs[t][0].copy(), ivs[t][1].copy()
-        allc = np.arange(mm.model.n_cols, dtype=np.int32)
         for pos_k, j in enumerate(targets):
             if deadline is not None and time.perf_counter() > deadline:
                 ivs[t] = (vl, vh)
@@ -575,13 +560,11 @@ def tighten_chain_bounds(layers, lo, hi, bounds, mode, vec, select, deadline=Non
             for sense in (1.0, -1.0):
                 cost = np.zeros(mm.model.n_cols)
                 cost[col] = sense
-                h.changeColsCost(len(allc), allc, cost)
-                h.run()
+                r = prob.set_cost(cost).solve()
                 n_lps += 1
-                if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+                if r.status != Status.OPTIMAL or r.row_dual is None:
                     continue
-                y = np.asarray(h.getSolution().row_dual, dtype=np.float64)
-                bnd = certified_lp_max(cost, A, clb, cub, rl, ru, y)
+                bnd = certified_lp_max(cost, A, clb, cub, rl, ru, r.row_dual)
                 if sense > 0:
                     vh[j] = min(vh[j], bnd)
                 else:
@@ -658,8 +641,11 @@ def mip_tighten(layers, lo, hi, bounds, deadline=None, per_solve: float = 1.0, s
         W = layers[k].W
         opts = {"mip_rel_gap": 1e-4, "mip_abs_gap": 1e-7, "mip_heuristic_run_rins": False,
                 "mip_heuristic_run_rens": False}
-        h, _ = m.to_highs(np.zeros(m.n_cols), maximize=True, options=opts)
-        allc = np.arange(m.n_cols, dtype=np.int32)
+        prob, _ = m.to_highs(np.zeros(m.n_cols), maximize=True, options=opts)
+        if not prob.is_mip:
+            # no unstable neuron below layer k: the program is an LP, which lp_tighten already solved with a
+            # certified (dual) bound; HiGHS's mip_dual_bound of an LP is meaningless (0.0)
+            continue
         for j in todo:
             cost = _h_objective(W[j], idx["h_terms"], m.n_cols)
             for sense in (1.0, -1.0):
@@ -668,16 +654,14 @@ def mip_tighten(layers, lo, hi, bounds, deadline=None, per_solve: float = 1.0, s
                     if left <= 0.05:
                         bounds[k] = (l, u)
                         return repropagate(layers, lo, hi, bounds), False
-                    h.setOptionValue("time_limit", float(min(per_solve, left)))
+                    prob.set_options(time_limit=float(min(per_solve, left)))
                 else:
-                    h.setOptionValue("time_limit", float(per_solve))
-                h.changeColsCost(m.n_cols, allc, sense * cost)
+                    prob.set_options(time_limit=float(per_solve))
                 # only the sign matters for stability; stop as soon as the bound crosses 0
-                h.run()
+                r = prob.set_cost(sense * cost).solve()
                 n_mips += 1
-                dual = float(h.getInfo().mip_dual_bound)
-                st = h.getModelStatus()
-                if st == highspy.HighsModelStatus.kInfeasible or not math.isfinite(dual):
+                dual = r.dual_bound
+                if r.status == Status.INFEASIBLE or dual is None or not math.isfinite(dual):
                     continue
                 bnd = dual + 1e-6 * abs(dual) + 1e-7 + sense * layers[k].b[j]
                 if sense > 0:

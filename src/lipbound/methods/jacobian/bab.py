@@ -180,14 +180,12 @@ def branch_and_bound(net, ctx: MethodContext) -> MethodResult:
     if ctx.region is None:
         raise Unsupported("crown-bab bounds a box region (give center and eps, or a box over the input domain)")
     t_start = time.perf_counter()
-    budget = ctx.time_limit if ctx.time_limit is not None else float(ctx.option("budget", DEFAULT_BUDGET))
+    budget = ctx.time_limit if ctx.time_limit is not None else ctx.option("budget")
     deadline = ctx.start + budget
-    batch = int(ctx.option("batch", 128))
-    max_domains = int(ctx.option("max_domains", 200_000))
-    refresh = str(ctx.option("refresh", "auto"))
-    if refresh not in ("auto", "all", "input", "final"):
-        raise Unsupported(f"refresh must be auto, all, input or final, not {refresh!r}")
-    alpha = bool(ctx.option("alpha", True))
+    batch = ctx.option("batch")
+    max_domains = ctx.option("max_domains")
+    refresh = ctx.option("refresh")  # validated: auto, all, input or final
+    alpha = ctx.option("alpha")
     norm = ctx.norm
     if norm not in (2, math.inf):
         raise Unsupported("crown-bab supports norms inf and 2")
@@ -230,14 +228,14 @@ def branch_and_bound(net, ctx: MethodContext) -> MethodResult:
     details["batch"] = batch
 
     lp = None
-    lp_opt = str(ctx.option("lp_prune", "auto")).lower()
-    if lp_opt in ("auto", "true", "1") and net.n_inputs <= 2000:
+    lp_opt = ctx.option("lp_prune")  # True, False or "auto" (= True)
+    if lp_opt in ("auto", True) and net.n_inputs <= 2000:
         try:
             lp = PatternLP(net, G, split_acts, offsets, ctx.region)
         except Unsupported:
             lp = None
     details["lp_prune"] = lp is not None
-    lp_eager = bool(ctx.option("lp_eager", False))
+    lp_eager = ctx.option("lp_eager")
     pruned = 0
 
     und_root = {k: (G.s[k][1] > G.s[k][0]).unsqueeze(0).expand(len(classes), -1) for k in G.acts}

@@ -30,7 +30,6 @@ import dataclasses
 import torch
 
 from ... import traversal
-from ...crown import derivative_range
 from ...errors import Unsupported
 from ...network import DTYPE, Activation, Add, Conv2d, ElementwiseAffine, Linear, MaxPool2d, Network
 
@@ -130,7 +129,7 @@ class JacobianGraph:
         self.index = {id(n): i for i, n in enumerate(net.nodes)}
         self.acts = [i for i, n in enumerate(net.nodes) if isinstance(n.op, Activation)]
         self.fwd = fwd
-        self.s = {k: derivative_range(net.nodes[k].op, *fwd[k]) for k in self.acts}
+        self.s = {k: net.nodes[k].op.fn.derivative_range(*fwd[k]) for k in self.acts}
         self._abs_cache: dict = {}
         self._down: dict = {}
         self.m = net.n_outputs
@@ -138,14 +137,19 @@ class JacobianGraph:
 
     # ---- s bounds of a batch --------------------------------------------------------------------
     def s_batch(self, B: int, decisions: dict | None = None) -> dict:
-        """s bounds expanded to the batch; ``decisions[k]`` (B, n) int8: +1 fixes the active slope,
-        -1 the inactive one (piecewise-linear activations only), 0 leaves it."""
+        """s bounds expanded to the batch; ``decisions[k]`` (B, n) int8: +1 fixes the active slope 1,
+        -1 the inactive one a, 0 leaves it; only for activations of the ReLU-like form
+        max(z, 0) + a min(z, 0) (``fn.relu_like_slope`` = a), whose Clarke derivative at the kink is the
+        segment between a and 1."""
         out = {}
         for k in self.acts:
             sl, su = (t.unsqueeze(0).expand(B, -1) for t in self.s[k])
             if decisions is not None and k in decisions:
-                op = self.net.nodes[k].op
-                neg = 0.0 if op.name == "relu" else op.param
+                fn = self.net.nodes[k].op.fn
+                neg = fn.relu_like_slope
+                if neg is None:
+                    raise Unsupported(f"cannot split {fn.describe()} neurons: only the ReLU-like form "
+                                      "max(z, 0) + a min(z, 0) has two slopes to branch on")
                 d = decisions[k]
                 sl = torch.where(d > 0, torch.ones_like(sl), torch.where(d < 0, torch.full_like(sl, neg), sl))
                 su = torch.where(d > 0, torch.ones_like(su), torch.where(d < 0, torch.full_like(su, neg), su))

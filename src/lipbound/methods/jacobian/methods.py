@@ -4,7 +4,7 @@ Methods (all ``upper``, box regions only; a "global" box over an input domain is
   * ``crown``: forward pre-activation bounds by CROWN (option ``alpha``: alpha-CROWN), then the
     backward (Clarke-Jacobian) graph bounded by CROWN with the exact chord relaxation of the product
     s*u and the chord of |v|, back-substituted to the one-hot start. All outputs in one batch.
-  * ``crown-bab``: ``crown`` plus branch and bound on undecided forward ReLU / leaky-ReLU neurons
+  * ``crown-bab``: ``crown`` plus branch and bound on undecided forward ReLU-like neurons
     (anytime, default 30 s when no time limit is given; on dense ReLU chains unrealisable patterns are
     pruned by LP, so it converges to the exact local constant; see `bab`).
   * ``recurjac``: the same code with RecurJac's weaker relaxation (constant intervals for products
@@ -19,9 +19,14 @@ the Frobenius norm, hence on the spectral norm of every Clarke Jacobian (sound, 
 l1 -> l1 norm, max over inputs i of sum_j |df_j/dx_i|, bounded by sum_j max|v_ji| over the per-entry
 CROWN bounds (sound, loose; one output: max_i |v_i|).
 
-Sigmoid / tanh: the derivative s = f'(z) is bounded by its exact range over the forward interval and the
-product s*u by the (projected) McCormick relaxation, i.e. the convex hull of {s u} over the box, treating
-s as a free variable in its range (no back-substitution into the forward graph). MaxPool2d: unsupported.
+Activations: every entry of the activation table (`lipbound.activations`), monotone or not. The Clarke
+derivative s of an activation is bounded by the table's derivative range over the forward interval
+(`fn.derivative_range`: ends, inflections and both one-sided slopes of every kink inside; s may be
+negative) and the product s*u by the (projected) McCormick relaxation, i.e. the convex hull of {s u}
+over the box, treating s as a free variable in its range (no back-substitution into the forward graph);
+the forward bounds use the table's relaxations (`crown`). crown-bab splits only neurons of the ReLU-like
+form max(z, 0) + a min(z, 0) (``fn.relu_like_slope``: relu, leaky_relu, abs); the others keep their
+whole derivative range in every domain (sound, not refined). MaxPool2d, MaxMin: unsupported.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ import torch
 from ...crown import forward_bounds
 from ...errors import Unsupported
 from ...norms import INF
-from ...registry import AFFINE_OPS, MethodContext, MethodResult, register_method
+from ...registry import AFFINE_OPS, BOOL_OR_AUTO, MethodContext, MethodResult, Option, register_method
+from ...registry import ALL_ACTIVATIONS
 from .graph import JacobianGraph
 
 OPS = AFFINE_OPS | {"Activation", "Add"}
@@ -57,8 +63,12 @@ class one_thread:
     def __exit__(self, *exc):
         if self.small:
             torch.set_num_threads(self.old)
-ACTS = {"relu", "leaky_relu", "sigmoid", "tanh"}
+#: every activation of the table: the forward bounds need only the table's derivative ranges, default
+#: slopes and line offsets, the Jacobian graph only derivative ranges (any sign: the product relaxations
+#: are sign-agnostic); crown-bab splits the ReLU-like ones and bounds the others without splitting
+ACTS = ALL_ACTIVATIONS
 BAB_DEFAULT_TIME = 30.0
+_ALPHA = Option(bool, True, "optimise forward relaxation slopes (alpha-CROWN; false: plain CROWN)")
 
 
 def _classes(net, ctx) -> list[int]:
@@ -79,7 +89,7 @@ def run_propagation(net, ctx: MethodContext, mode: str):
     if ctx.region is None:
         raise Unsupported("this method bounds a box region (give center and eps, or a box over the input domain)")
     t0 = time.perf_counter()
-    alpha = bool(ctx.option("alpha", True)) if mode != "ibp" else False
+    alpha = ctx.option("alpha") if mode != "ibp" else False
     fwd = forward_bounds(net, ctx.region, alpha=alpha, method="ibp" if mode == "ibp" else "crown")
     t_fwd = time.perf_counter() - t0
     graph = JacobianGraph(net, fwd)
@@ -106,7 +116,7 @@ def run_propagation(net, ctx: MethodContext, mode: str):
 
 @register_method("crown", kind="upper", norms=(1, 2, INF), regions=("box",), ops=OPS, activations=ACTS,
                  description="local bound: CROWN on the Clarke-Jacobian graph (Shi et al. 2022)",
-                 options={"alpha": "optimise forward relaxation slopes (alpha-CROWN; default true, false: plain CROWN)"},
+                 options={"alpha": _ALPHA},
                  family=FAMILY)
 def crown_method(net, ctx: MethodContext) -> MethodResult:
     """Certified upper bound on the local Lipschitz constant over a box (norm inf natively; 2 and 1
@@ -120,7 +130,7 @@ def crown_method(net, ctx: MethodContext) -> MethodResult:
 
 @register_method("recurjac", kind="upper", norms=(1, 2, INF), regions=("box",), ops=OPS, activations=ACTS,
                  description="local bound: RecurJac-style relaxation of the Jacobian graph (baseline)",
-                 options={"alpha": "optimise forward relaxation slopes (alpha-CROWN; default true, false: plain CROWN)"},
+                 options={"alpha": _ALPHA},
                  family=FAMILY)
 def recurjac_method(net, ctx: MethodContext) -> MethodResult:
     """Certified upper bound on the local Lipschitz constant over a box: the `crown` code with constant
@@ -143,14 +153,16 @@ def ibp_jacobian_method(net, ctx: MethodContext) -> MethodResult:
 
 @register_method("crown-bab", kind="upper", norms=(2, INF), regions=("box",), ops=OPS, activations=ACTS,
                  description="local bound: CROWN on the Jacobian graph + branch and bound on unstable ReLUs",
-                 options={"alpha": "alpha-CROWN forward bounds, default true",
-                          "batch": "domains split per step (default 128)",
-                          "refresh": "intermediate bounds recomputed per child: all | input | final | auto (default)",
-                          "max_domains": "stop at this many domains (default 200000)",
-                          "lp_prune": "drop domains whose decided neurons no input realises (LP, dense chains; "
-                                      "default auto: on for dense ReLU chains)",
-                          "lp_eager": "run the pattern LP on every child at once instead of when it is popped (default false)",
-                          "budget": f"seconds when no time limit is given (default {BAB_DEFAULT_TIME:g})"},
+                 options={"alpha": Option(bool, True, "alpha-CROWN forward bounds (false: plain CROWN)"),
+                          "batch": Option(int, 128, "domains split per step", min=1),
+                          "refresh": Option(str, "auto", "intermediate bounds recomputed per child",
+                                            choices=("auto", "all", "input", "final")),
+                          "max_domains": Option(int, 200_000, "stop at this many domains", min=1),
+                          "lp_prune": Option(BOOL_OR_AUTO, "auto", "drop domains whose decided neurons no input "
+                                             "realises (LP, dense chains, at most 2000 inputs; auto = true)"),
+                          "lp_eager": Option(bool, False, "run the pattern LP on every child at once instead of "
+                                             "when it is popped"),
+                          "budget": Option(float, BAB_DEFAULT_TIME, "seconds when no time limit is given", min=0)},
                  family=FAMILY)
 def crown_bab_method(net, ctx: MethodContext) -> MethodResult:
     """Certified upper bound on the local Lipschitz constant over a box (norm inf; norm 2 as `crown`):

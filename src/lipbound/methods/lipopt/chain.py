@@ -1,5 +1,6 @@
 """From a network's dense chain to LiPopt scalar problems: derivative ranges (global slope bounds or
-interval pre-activation bounds on a box) and the per-output (l_inf) / per-input (l_1) polynomials."""
+the table's derivative ranges on interval pre-activation bounds of a box) and the per-output (l_inf) /
+per-input (l_1) polynomials."""
 
 from __future__ import annotations
 
@@ -7,103 +8,22 @@ import math
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
-from ...errors import Unsupported
-from .core import ScalarProblem, gamma
-
-_MARGIN = 1e-12  # relative outward margin on transcendental function values
-
-
-def _act_value(act, x: np.ndarray) -> np.ndarray:
-    import torch
-
-    with torch.no_grad():
-        return act.forward(torch.as_tensor(x, dtype=torch.float64)).numpy()
-
-
-def _act_deriv(act, x: np.ndarray) -> np.ndarray:
-    import torch
-
-    with torch.no_grad():
-        return act.derivative(torch.as_tensor(x, dtype=torch.float64)).numpy()
-
-
-def _outward(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return lo - _MARGIN * (1 + np.abs(lo)), hi + _MARGIN * (1 + np.abs(hi))
-
-
-def interval_bounds(chain, lower: np.ndarray, upper: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Pre-activation intervals [l, u] of every hidden layer for inputs in the box [lower, upper]
-    (interval arithmetic, midpoint-radius form, enlarged by a float64 rounding-error bound).
-    Cost: two mat-vecs per layer."""
-    xl, xu = np.asarray(lower, dtype=np.float64).ravel(), np.asarray(upper, dtype=np.float64).ravel()
-    out = []
-    for layer in chain[:-1]:
-        W, b = layer.W, layer.b
-        mid, rad = (xl + xu) / 2, (xu - xl) / 2
-        absW = np.abs(W)
-        zc = W @ mid + b
-        zr = absW @ rad
-        slack = gamma(W.shape[1] + 4) * (absW @ np.abs(mid) + np.abs(b) + zr) + gamma(4) * (np.abs(zc) + zr)
-        lo, hi = zc - zr - slack, zc + zr + slack
-        out.append((lo, hi))
-        act = layer.activation
-        # each supported activation is monotone on (-inf, 0] and on [0, inf): the image of [lo, hi] is
-        # the hull of the images of lo, hi and (when inside) 0
-        vl, vh = _act_value(act, lo), _act_value(act, hi)
-        v0 = _act_value(act, np.zeros(1))[0]
-        inside = (lo <= 0) & (hi >= 0)
-        nl = np.minimum(vl, vh)
-        nh = np.maximum(vl, vh)
-        nl = np.where(inside, np.minimum(nl, v0), nl)
-        nh = np.where(inside, np.maximum(nh, v0), nh)
-        xl, xu = _outward(nl, nh)
-    return out
+from ...intervals import dense_chain_intervals
+from .core import ScalarProblem
 
 
 def derivative_ranges(act, lo: np.ndarray | None = None, hi: np.ndarray | None = None):
-    """Interval [s_lo, s_hi] containing every (Clarke) derivative of ``act`` at pre-activations in
-    [lo, hi] (the global slope bounds [alpha, beta] when lo/hi are None). Stable ReLU/leaky neurons get
-    exact constants."""
-    ga, gb = float(act.alpha), float(act.beta)
-    if act.name == "elu":
-        ga = min(0.0, float(act.param))
+    """Interval [s_lo, s_hi] containing every (Clarke) derivative of the activation op ``act`` at
+    pre-activations in [lo, hi]: the global slope bounds [alpha, beta] when lo/hi are None, else the
+    table's `derivative_range` (sound, outward-rounded; exact constants on the linear pieces of
+    piecewise-linear activations, e.g. stable ReLU neurons)."""
     if lo is None:
-        return ga, gb
-    n = len(lo)
-    name, prm = act.name, float(act.param)
-    if name in ("relu", "leaky_relu"):
-        neg = 0.0 if name == "relu" else prm
-        s_lo = np.full(n, min(neg, 1.0))
-        s_hi = np.full(n, max(neg, 1.0))
-        pos_side, neg_side = lo > 0, hi < 0
-        s_lo[pos_side], s_hi[pos_side] = 1.0, 1.0
-        s_lo[neg_side], s_hi[neg_side] = neg, neg
-        return s_lo, s_hi
-    dl, dh = _act_deriv(act, lo), _act_deriv(act, hi)
-    if name in ("tanh", "sigmoid"):
-        # the derivative is even and decreasing in |x|, maximal at 0
-        d0 = 1.0 if name == "tanh" else 0.25
-        s_lo = np.minimum(dl, dh)
-        s_hi = np.where((lo <= 0) & (hi >= 0), d0, np.maximum(dl, dh))
-    elif name == "softplus":
-        if prm <= 0:
-            raise Unsupported("softplus with a non-positive beta")
-        s_lo, s_hi = dl, dh  # sigmoid(beta x): increasing
-    elif name == "elu":
-        # alpha e^x on x < 0 (increasing), 1 on x > 0; both one-sided values at 0 when 0 is inside
-        a = prm
-        left_lo = a * np.exp(np.minimum(lo, 0.0))
-        left_hi = a * np.exp(np.minimum(hi, 0.0))
-        s_lo = np.where(hi < 0, left_lo, np.where(lo > 0, 1.0, np.minimum(left_lo, 1.0)))
-        s_hi = np.where(hi < 0, left_hi, np.where(lo > 0, 1.0, np.maximum(a, 1.0)))
-    else:  # pragma: no cover
-        raise Unsupported(f"activation {name}")
-    s_lo, s_hi = _outward(np.asarray(s_lo, dtype=np.float64), np.asarray(s_hi, dtype=np.float64))
-    exact_one = (name == "elu") & (lo > 0)
-    s_lo = np.where(exact_one, 1.0, np.maximum(s_lo, ga))
-    s_hi = np.where(exact_one, 1.0, np.minimum(s_hi, gb))
-    return s_lo, s_hi
+        return float(act.alpha), float(act.beta)
+    s_lo, s_hi = act.fn.derivative_range(torch.as_tensor(np.asarray(lo, dtype=np.float64)),
+                                         torch.as_tensor(np.asarray(hi, dtype=np.float64)))
+    return s_lo.numpy().astype(np.float64), s_hi.numpy().astype(np.float64)
 
 
 def hidden_ranges(chain, region=None) -> tuple[list, list, dict]:
@@ -113,7 +33,7 @@ def hidden_ranges(chain, region=None) -> tuple[list, list, dict]:
     info = {"stable": 0, "unstable": 0}
     bounds = None
     if region is not None:
-        bounds = interval_bounds(chain, region.lower, region.upper)
+        bounds = dense_chain_intervals(chain, region.lower, region.upper)
     for li, layer in enumerate(chain[:-1]):
         n = layer.W.shape[0]
         if bounds is None:

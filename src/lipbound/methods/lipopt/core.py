@@ -463,55 +463,33 @@ def certify(lp: LP, lam: float, c: np.ndarray) -> tuple[float, float]:
 
 
 def solve_lp(lp: LP, time_limit: float | None = None, solver: str = "ipm", threads: int = 1) -> LPSolution:
-    """Solve min lambda with HiGHS (highspy) and certify the result with `certify`.
+    """Solve min lambda with HiGHS (`lipbound.highs`) and certify the result with `certify`.
 
     ``solver``: 'ipm' (interior point without crossover; fast on large LPs) or 'simplex'. A solve that
-    stops on the time limit still yields a certified value when HiGHS returns a primal point."""
-    import highspy
+    stops on the time limit still yields a certified value when HiGHS returns a primal point (feasible or
+    not: the residual correction accounts for any violation)."""
+    from ... import highs
 
-    t0 = time.perf_counter()
-    n_rows, n_prod = lp.A_prod.shape
+    n_rows = lp.A_prod.shape[0]
     # column 0 = lambda (coefficient -1 on the constant row), then the products
     lam_col = sp.csc_matrix((np.array([-1.0]), (np.array([lp.const_row]), np.array([0]))), shape=(n_rows, 1))
     A = sp.hstack([lam_col, lp.A_prod], format="csc")
-    A.sort_indices()
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
-    h.setOptionValue("threads", int(threads))
-    if solver == "ipm":
-        h.setOptionValue("solver", "ipm")
-        h.setOptionValue("run_crossover", "off")
-    elif solver == "simplex":
-        h.setOptionValue("solver", "simplex")
-    if time_limit is not None and math.isfinite(time_limit):
-        h.setOptionValue("time_limit", max(1.0, float(time_limit)))
-    inf = highspy.kHighsInf
-    lp_model = highspy.HighsLp()
-    lp_model.num_col_ = A.shape[1]
-    lp_model.num_row_ = n_rows
     cost = np.zeros(A.shape[1])
     cost[0] = 1.0
-    lp_model.col_cost_ = cost
     lower = np.zeros(A.shape[1])
-    lower[0] = -inf
-    lp_model.col_lower_ = lower
-    lp_model.col_upper_ = np.full(A.shape[1], inf)
-    lp_model.row_lower_ = lp.b
-    lp_model.row_upper_ = lp.b
-    lp_model.a_matrix_.format_ = highspy.MatrixFormat.kColwise
-    lp_model.a_matrix_.start_ = A.indptr.astype(np.int32)
-    lp_model.a_matrix_.index_ = A.indices.astype(np.int32)
-    lp_model.a_matrix_.value_ = A.data
-    h.passModel(lp_model)
-    h.run()
-    status = h.modelStatusToString(h.getModelStatus())
-    sol = h.getSolution()
-    info = h.getInfo()
-    x = np.asarray(sol.col_value, dtype=np.float64)
+    lower[0] = -np.inf
+    opts = {"threads": int(threads), "solver": solver if solver in ("ipm", "simplex") else None,
+            "crossover": False if solver == "ipm" else None}
+    if time_limit is not None and math.isfinite(time_limit):
+        opts["time_limit"] = max(1.0, float(time_limit))
+    t0 = time.perf_counter()
+    r = highs.solve(cost, A, lp.b, lp.b, lower, None, sense="min", **opts)
     solve_time = time.perf_counter() - t0
-    extra = {"highs_status": status, "highs_objective": float(info.objective_function_value),
-             "ipm_iterations": int(info.ipm_iteration_count), "simplex_iterations": int(info.simplex_iteration_count)}
-    if len(x) != A.shape[1] or not np.isfinite(x).all() or not sol.value_valid:
+    status = r.highs_status
+    extra = {"highs_status": status, "highs_objective": r.objective if r.objective is not None else math.nan,
+             "ipm_iterations": r.ipm_iterations, "simplex_iterations": r.simplex_iterations}
+    x = r.primal
+    if x is None or len(x) != A.shape[1] or not np.isfinite(x).all():
         return LPSolution(None, None, status, solve_time, info=extra)
     lam = float(x[0])
     value, corr = certify(lp, lam, x[1:])

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 from ...errors import MethodFailed, Unsupported
 from ...norms import INF
-from ...registry import AFFINE_OPS, ALL_ACTIVATIONS, MethodResult, register_method
+from ...registry import AFFINE_OPS, ALL_ACTIVATIONS, MethodResult, Option, register_method
 from .chain import hidden_ranges, scalar_problems
 from .core import (CoverageError, build_lp, clique_subsets, count_clique_products, count_products_dense,
                    dense_subsets, gradient_polynomial, input_cliques, path_subsets, solve_lp)
@@ -88,15 +89,18 @@ def solve_scalar(pr, poly, cliques, k: int, sparse: bool, time_limit=None, solve
     "lipopt", kind="upper", norms=(INF, 1), regions=("global", "box"), ops=DENSE_CHAIN_OPS,
     activations=ALL_ACTIVATIONS,
     description="LiPopt: LP (Krivine/Handelman) hierarchy on the norm-gradient polynomial, HiGHS, certified",
-    options={"degree": "LP level k >= number of weight matrices (default: the number of weight matrices)",
-             "sparse": "products only inside the reachability clique of each input, each containing that input's "
-                       "variable (default true)",
-             "products": "sparse product family: cliques (default; every k-subset of an input's clique that "
-                         "contains the input) or paths (only the variable sets of the polynomial's monomials, "
-                         "degree = depth only; much smaller, possibly looser)",
-             "solver": "HiGHS algorithm: ipm (default, no crossover) or simplex",
-             "max_columns": f"size guard on the LP columns per scalar problem (default {DEFAULT_MAX_COLUMNS:,})",
-             "max_terms": "size guard on the gradient polynomial's terms, checked before expanding it (global only)"},
+    options={"degree": Option(int, None, "LP level k >= the number of weight matrices (auto: the number of weight "
+                              "matrices)", min=1),
+             "sparse": Option(bool, True, "products only inside the reachability clique of each input, each "
+                              "containing that input's variable"),
+             "products": Option(str, "cliques", "sparse product family: cliques (every k-subset of an input's clique "
+                                "that contains the input) or paths (only the variable sets of the polynomial's "
+                                "monomials, degree = depth only; much smaller, possibly looser)",
+                                choices=("cliques", "paths")),
+             "solver": Option(str, "ipm", "HiGHS algorithm: ipm (no crossover) or simplex", choices=("ipm", "simplex")),
+             "max_columns": Option(int, DEFAULT_MAX_COLUMNS, "size guard on the LP columns per scalar problem", min=1),
+             "max_terms": Option(int, DEFAULT_MAX_TERMS, "size guard on the gradient polynomial's terms, checked "
+                                 "before expanding it (global only)", min=1)},
     family="lipopt")
 def lipopt(net, ctx):
     """Certified upper bound (l_inf, or l_1 through the transposed chain) by the LiPopt LP hierarchy;
@@ -115,81 +119,111 @@ def _lipopt(net, ctx):
     sparse. Cost: HiGHS interior point on that LP; the value is lambda plus a residual correction
     computed in float64, so it is valid whatever the solver tolerance."""
     chain = net.dense_chain()
-    d = len(chain)
-    k = ctx.option("degree", d, int)
-    if k < d:
-        raise Unsupported(f"degree {k} is below the number of weight matrices ({d}): the LP could not match the "
-                          f"top-degree monomials of the gradient polynomial; use degree >= {d}")
-    sparse = ctx.option("sparse", True, bool)
-    products = ctx.option("products", "cliques", str)
-    if products not in ("cliques", "paths"):
-        raise Unsupported(f"products={products!r}: use cliques or paths")
-    if products == "paths" and (k != d or not sparse):
-        raise Unsupported("products=paths is the sparse level-k LP with k = the number of weight matrices only")
-    solver = ctx.option("solver", "ipm", str)
-    if solver not in ("ipm", "simplex"):
-        raise Unsupported(f"solver {solver!r}: use ipm or simplex")
-    max_columns = ctx.option("max_columns", DEFAULT_MAX_COLUMNS, int)
-    max_terms = ctx.option("max_terms", DEFAULT_MAX_TERMS, int)
+    st = _settings(ctx, len(chain))
     if ctx.region is None:
         # cheap guard before the expansion: input-output paths through non-zero weights bound the number
         # of terms of the gradient polynomial (a dense MNIST net has 5e7 per output)
         n_paths = _max_path_count(chain, ctx.norm, ctx.output)
-        if n_paths > max_terms:
+        if n_paths > st.max_terms:
             raise Unsupported(f"the gradient polynomial would have up to {n_paths:,.0f} terms (> max_terms="
-                              f"{max_terms:,}): LiPopt needs a sparse (e.g. pruned) or small network")
+                              f"{st.max_terms:,}): LiPopt needs a sparse (e.g. pruned) or small network")
+    prepared, range_info, t_prep = _prepare_problems(chain, ctx, st)
+    solved = _solve_problems(prepared, ctx, st)
+    return _lipopt_result(ctx, st, prepared, range_info, t_prep, solved)
+
+
+@dataclass
+class _Settings:
+    k: int
+    sparse: bool
+    products: str
+    solver: str
+    max_columns: int
+    max_terms: int
+
+
+def _settings(ctx, d: int) -> _Settings:
+    """The LP level and product family, the HiGHS algorithm and the size guards (``d`` weight matrices)."""
+    k = ctx.option("degree")
+    if k is None:  # auto: the number of weight matrices
+        k = d
+    if k < d:
+        raise Unsupported(f"degree {k} is below the number of weight matrices ({d}): the LP could not match the "
+                          f"top-degree monomials of the gradient polynomial; use degree >= {d}")
+    sparse = ctx.option("sparse")
+    products = ctx.option("products")  # validated: cliques or paths
+    if products == "paths" and (k != d or not sparse):
+        raise Unsupported("products=paths is the sparse level-k LP with k = the number of weight matrices only")
+    solver = ctx.option("solver")  # validated: ipm or simplex
+    max_columns = ctx.option("max_columns")
+    max_terms = ctx.option("max_terms")
+    return _Settings(k, sparse, products, solver, max_columns, max_terms)
+
+
+def _prepare_problems(chain, ctx, st: _Settings):
+    """The scalar problems (derivative ranges, pruning, polynomial expansion, product sets), refused above
+    max_columns. Returns ([(problem, pruned, poly, cliques, columns)], range summary, seconds)."""
     a_list, w_list, range_info = hidden_ranges(chain, ctx.region)
     probs = scalar_problems(chain, a_list, w_list, ctx.norm, ctx.output)
     prepared = []
     t_prep = time.perf_counter()
     for prob in probs:
-        pr, poly, cliques, count = _prepare(prob, k, sparse, products)
-        if count > max_columns:
-            raise Unsupported(f"the degree-{k} {'sparse' if sparse else 'dense'} LP of {prob.label} would have "
-                              f"{count:,} product columns (> max_columns={max_columns:,}); "
+        pr, poly, cliques, count = _prepare(prob, st.k, st.sparse, st.products)
+        if count > st.max_columns:
+            raise Unsupported(f"the degree-{st.k} {'sparse' if st.sparse else 'dense'} LP of {prob.label} would "
+                              f"have {count:,} product columns (> max_columns={st.max_columns:,}); "
                               f"{poly.m} variables after pruning")
         prepared.append((prob, pr, poly, cliques, count))
-    t_prep = time.perf_counter() - t_prep
-    per_problem, values = [], []
-    status, fallback = "ok", []
-    bar = ctx.progress(total=len(prepared), desc=f"lipopt-{k}")
+    return prepared, range_info, time.perf_counter() - t_prep
+
+
+def _solve_problems(prepared, ctx, st: _Settings) -> dict:
+    """One certified LP per scalar problem; out of time, the naive |W|-product instead (status
+    time_limit). Returns per_problem records, values, status and the labels that fell back."""
+    out = {"per_problem": [], "values": [], "status": "ok", "fallback": []}
+
+    def fall_back(prob, why: str, **extra):
+        v = prob.naive_bound()
+        out["fallback"].append(prob.label)
+        out["values"].append(v)
+        out["per_problem"].append({"label": prob.label, "value": v, "source": f"naive |W|-product ({why})", **extra})
+        out["status"] = "time_limit"
+
+    bar = ctx.progress(total=len(prepared), desc=f"lipopt-{st.k}")
     for prob, pr, poly, cliques, count in prepared:
+        bar.update(1)
         if ctx.out_of_time():
-            v = prob.naive_bound()
-            fallback.append(prob.label)
-            values.append(v)
-            per_problem.append({"label": prob.label, "value": v, "source": "naive |W|-product (out of time)"})
-            status = "time_limit"
-            bar.update(1)
+            fall_back(prob, "out of time")
             continue
         try:
-            res = solve_scalar(pr, poly, cliques, k, sparse, ctx.time_left(), solver)
+            res = solve_scalar(pr, poly, cliques, st.k, st.sparse, ctx.time_left(), st.solver)
         except CoverageError as e:  # a bug in the product set: never return a number
             raise MethodFailed(f"coefficient matching: {e}") from None
         except MemoryError:
             raise MethodFailed(f"out of memory building the LP of {prob.label} ({count:,} columns)") from None
         val = res["value"]
+        timed_out = "time" in str(res.get("status", "")).lower()
         if val is None or not math.isfinite(val):
-            if ctx.out_of_time() or "time" in str(res.get("status", "")).lower():
-                v = prob.naive_bound()
-                fallback.append(prob.label)
-                values.append(v)
-                per_problem.append({"label": prob.label, "value": v, "source": "naive |W|-product (LP timed out)",
-                                    "highs_status": res.get("status")})
-                status = "time_limit"
-                bar.update(1)
+            if ctx.out_of_time() or timed_out:
+                fall_back(prob, "LP timed out", highs_status=res.get("status"))
                 continue
             raise MethodFailed(f"HiGHS returned no usable point for {prob.label} (status {res.get('status')})")
-        if "time" in str(res.get("status", "")).lower():
-            status = "time_limit"
-        values.append(val)
-        per_problem.append({"label": prob.label, "value": val, "source": "lp", **res})
-        bar.update(1)
+        if timed_out:
+            out["status"] = "time_limit"
+        out["values"].append(val)
+        out["per_problem"].append({"label": prob.label, "value": val, "source": "lp", **res})
     bar.close()
+    return out
+
+
+def _lipopt_result(ctx, st: _Settings, prepared, range_info, t_prep, solved) -> MethodResult:
+    """The maximum over the scalar problems, with sizes, times and per-problem records."""
+    per_problem, values, fallback = solved["per_problem"], solved["values"], solved["fallback"]
     value = max(values) if values else 0.0
     sizes = [p["sizes"] for p in per_problem if "sizes" in p]
     details = {
-        "degree": k, "sparse": sparse, "products": products if sparse else "all k-subsets", "solver": f"HiGHS {solver}", "n_problems": len(prepared),
+        "degree": st.k, "sparse": st.sparse, "products": st.products if st.sparse else "all k-subsets",
+        "solver": f"HiGHS {st.solver}", "n_problems": len(prepared),
         "scalar": "per output (l_inf)" if ctx.norm == INF else "per input (l_1, transposed chain)",
         "derivative_ranges": "global slope bounds" if ctx.region is None else "interval bounds on the box",
         "neurons_constant": range_info["stable"], "neurons_variable": range_info["unstable"],
@@ -212,7 +246,7 @@ def _lipopt(net, ctx):
         details["fallback_naive"] = fallback
         reason = (f"out of time: {len(fallback)} of {len(prepared)} scalar problems bounded by the naive |W|-product "
                   "instead of the LP")
-    return MethodResult(value, status=status, details=details, reason=reason)
+    return MethodResult(value, status=solved["status"], details=details, reason=reason)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -226,9 +260,11 @@ DEFAULT_MAX_ORDER = 700
     "shor-sdp", kind="upper", norms=(INF,), regions=("global", "box"), ops=DENSE_CHAIN_OPS,
     activations=ALL_ACTIVATIONS,
     description="Shor SDP relaxation of the norm-gradient polynomial (1-2 hidden layers), SCS, certified",
-    options={"max_order": f"size guard on the PSD matrix order per output (default {DEFAULT_MAX_ORDER})",
-             "tol": "SCS tolerance eps_abs = eps_rel (default 1e-6)", "sdp_solver": "auto (default: CLARABEL up to order 200, else EIG), SCS, CLARABEL, or EIG "
-                                 "(L-BFGS eigenvalue optimisation of the dual; any iterate is certified)"},
+    options={"max_order": Option(int, DEFAULT_MAX_ORDER, "size guard on the PSD matrix order per output", min=1),
+             "tol": Option(float, 1e-6, "SCS tolerance eps_abs = eps_rel", min=0, min_exclusive=True),
+             "sdp_solver": Option(str, "auto", "auto (clarabel up to order 200, else eig), scs, clarabel, or eig "
+                                  "(L-BFGS eigenvalue optimisation of the dual; any iterate is certified)",
+                                  choices=("auto", "scs", "clarabel", "eig"))},
     family="lipopt")
 def shor_sdp(net, ctx):
     """Certified upper bound on the l_inf Lipschitz constant from the Shor SDP (one or two hidden
@@ -250,11 +286,9 @@ def _shor_sdp(net, ctx):
     d = len(chain)
     if d > 3:
         raise Unsupported(f"shor-sdp handles one or two hidden layers; this network has {d - 1}")
-    max_order = ctx.option("max_order", DEFAULT_MAX_ORDER, int)
-    eps = ctx.option("tol", 1e-6, float)
-    sdp_solver = ctx.option("sdp_solver", "auto", str).upper()
-    if sdp_solver not in ("AUTO", "SCS", "CLARABEL", "EIG"):
-        raise Unsupported(f"sdp_solver {sdp_solver!r}: use auto, SCS, CLARABEL or EIG")
+    max_order = ctx.option("max_order")
+    eps = ctx.option("tol")
+    sdp_solver = ctx.option("sdp_solver").upper()  # validated: auto, scs, clarabel or eig (any case)
     if ctx.region is None and _max_path_count(chain, INF, ctx.output) > DEFAULT_MAX_TERMS:
         raise Unsupported(f"the gradient polynomial would have more than {DEFAULT_MAX_TERMS:,} terms: the Shor SDP "
                           "of this network is far beyond max_order")

@@ -1,13 +1,16 @@
 """Certified lower bounds: the Jacobian norm at witness points.
 
 For a function differentiable at x, ||J(x)||_{p->p} <= L (the Lipschitz constant over any open set
-containing x), so the norm of the autograd Jacobian at a point where every piecewise-linear activation
-is strictly away from its kink is a certified lower bound with that point as witness. Points on a kink
-are never used as witnesses.
+containing x), so the norm of the autograd Jacobian at a point where every activation input is strictly
+away from every kink of its activation (``fn.kinks()``: ReLU's 0, hardtanh's ends, hardswish's +-3, ...)
+and every MaxMin pair strictly away from a tie is a certified lower bound with that point as witness
+(`differentiable_mask`). Points on a kink are never used as witnesses. Every activation of the table and
+MaxMin are handled (the Jacobian comes from autograd).
 
 * `lower-sample`: the largest Jacobian norm over random points of the region.
-* `lower-grad`: multi-start gradient ascent on the Jacobian norm of a smoothed network (ReLU ->
-  softplus with a decreasing temperature), each iterate re-evaluated on the true network.
+* `lower-grad`: multi-start gradient ascent on the Jacobian norm of a smoothed network (every kink
+  smoothed by the table's surrogate ``fn.smooth(z, t)``, MaxMin through a smoothed ReLU, with a
+  decreasing temperature), each iterate re-evaluated on the true network; Adam from `lipbound.optim`.
 """
 
 from __future__ import annotations
@@ -17,11 +20,15 @@ import math
 import numpy as np
 import torch
 
-from ...network import DTYPE, Activation, Network
+from ...activations import make as make_activation
+from ...network import DTYPE, Activation, Add, MaxMin, MaxPool2d, Network
 from ...norms import operator_norm
-from ...registry import ALL_ACTIVATIONS, ALL_OPS, MethodContext, MethodResult, register_method
+from ...optim import Adam
+from ...registry import ALL_ACTIVATIONS, ALL_OPS, MethodContext, MethodResult, Option, register_method
 
-KINK_TOL = 1e-9  # a witness must have every ReLU pre-activation at least this far from 0 (relative)
+#: MaxMin (GroupSort-2) is handled besides the default operations: autograd differentiates it, ties are kinks
+OPS = ALL_OPS | {"MaxMin"}
+KINK_TOL = 1e-9  # a witness must have every activation input at least this far from every kink (relative)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -29,25 +36,76 @@ KINK_TOL = 1e-9  # a witness must have every ReLU pre-activation at least this f
 # --------------------------------------------------------------------------------------------------
 
 
+def _magnitude(net: Network, vals: list, i: int) -> torch.Tensor:
+    """Per entry of node i, the magnitude of the terms summed into its value (|A| |x| + |c| for an affine
+    producer; otherwise, per point, the largest |value| of the node): the scale of its rounding error."""
+    node, z = net.nodes[i], vals[i]
+    if node.op.is_affine:
+        prev = vals[node.inputs[0]]
+        const = node.op.constant_term(net.nodes[node.inputs[0]].shape)
+        return (node.op.abs_linear(prev.abs()) + const.abs()).expand_as(z)
+    return z.abs().flatten(1).amax(1).reshape((-1,) + (1,) * (z.ndim - 1)).expand_as(z)
+
+
+def _local_dependence(net: Network, vals: list) -> list:
+    """Per node, a bool tensor of its batch shape: False where the value is constant on a neighbourhood
+    of the point (an entry none of whose inputs varies, or the output of a piecewise-linear activation
+    on a flat piece strictly off its kinks); True when unsure. Cost: one pass of |A| per affine op."""
+    dep = [torch.ones_like(vals[0], dtype=torch.bool)]
+    for node in net.nodes[1:]:
+        op, ins = node.op, [dep[j] for j in node.inputs]
+        if op.is_affine:
+            d = op.abs_linear(ins[0].to(DTYPE)) > 0
+        elif isinstance(op, Activation):
+            z, fn = vals[node.inputs[0]], op.fn
+            flat = torch.zeros_like(ins[0])
+            if fn.piecewise_linear:
+                flat = fn.derivative(z) == 0
+                for p, _, _ in fn.kinks():
+                    flat &= z != p
+            d = ins[0] & ~flat
+        elif isinstance(op, Add):
+            d = ins[0] | ins[1]
+        elif isinstance(op, MaxMin):
+            f = ins[0].to(DTYPE)  # max of the pair's flags at the max position, min at the min position
+            d = (op.forward(f) - op.forward(-f)) > 0  # -> (or + and) > 0 at both: either partner varies
+        elif isinstance(op, MaxPool2d):
+            d = op.forward(ins[0].to(DTYPE)) > 0
+        else:
+            d = torch.ones((vals[0].shape[0],) + tuple(node.shape), dtype=torch.bool)
+        dep.append(d.expand((vals[0].shape[0],) + tuple(node.shape)))
+    return dep
+
+
 def differentiable_mask(net: Network, x: torch.Tensor) -> torch.Tensor:
-    """True for the points of the batch where every ReLU/LeakyReLU pre-activation is clearly off its
-    kink: |z| larger than KINK_TOL times the magnitude of the terms summed into z (so the sign of z is
-    not a rounding artefact). There the autograd Jacobian is the true derivative."""
-    ok = torch.ones(x.shape[0], dtype=torch.bool)
+    """True for the points of the batch where the network is differentiable with the autograd Jacobian
+    as its derivative: every activation input z is clearly off every kink p of its activation
+    (``fn.kinks()``: |z - p| larger than KINK_TOL times the magnitude of the terms summed into z plus
+    |p|, so the side of the kink is not a rounding artefact) and the two entries of every MaxMin pair are
+    clearly apart (a tie a = b is a kink of max / min), unless the entries involved are constant near
+    the point (`_local_dependence`). Points where the mask is False are never witnesses."""
+    B = x.shape[0]
     with torch.no_grad():
         vals = net.forward_all(x)
+        ok = torch.isfinite(x.reshape(B, -1)).all(1) & torch.isfinite(vals[-1].reshape(B, -1)).all(1)
+        dep = None
         for node in net.nodes:
-            if isinstance(node.op, Activation) and node.op.is_piecewise_linear:
-                src = net.nodes[node.inputs[0]]
-                z = vals[node.inputs[0]]
-                if src.op.is_affine:
-                    prev = vals[src.inputs[0]]
-                    const = src.op.constant_term(net.nodes[src.inputs[0]].shape)
-                    scale = src.op.abs_linear(prev.abs()) + const.abs()
-                else:
-                    scale = z.abs().flatten(1).amax(1).reshape((-1,) + (1,) * (z.ndim - 1)).expand_as(z)
-                z, scale = z.reshape(x.shape[0], -1), scale.reshape(x.shape[0], -1)
-                ok &= ((z.abs() > KINK_TOL * scale) | ((z == 0) & (scale == 0))).all(1)
+            op = node.op
+            kinks = op.fn.kinks() if isinstance(op, Activation) else ()
+            if not kinks and not isinstance(op, MaxMin):
+                continue
+            if dep is None:
+                dep = _local_dependence(net, vals)
+            i = node.inputs[0]
+            z, scale, varies = (t.reshape(B, -1) for t in (vals[i], _magnitude(net, vals, i), dep[i]))
+            if isinstance(op, MaxMin):
+                hi, lo = (torch.as_tensor(t) for t in op.pairs(net.nodes[i].shape))
+                near = (z[:, hi] - z[:, lo]).abs() <= KINK_TOL * (scale[:, hi] + scale[:, lo])
+                ok &= ~(near & (varies[:, hi] | varies[:, lo])).any(1)
+                continue
+            for p, _, _ in kinks:
+                near = (z - p).abs() <= KINK_TOL * (scale + abs(p))
+                ok &= ~(near & varies).any(1)
     return ok
 
 
@@ -131,15 +189,15 @@ def _result(best_val, best_x, ctx, details, status="ok") -> MethodResult:
 
 
 @register_method(
-    "lower-sample", kind="lower", norms=(1, 2, math.inf), regions=("global", "box"), ops=ALL_OPS,
+    "lower-sample", kind="lower", norms=(1, 2, math.inf), regions=("global", "box"), ops=OPS,
     activations=ALL_ACTIVATIONS,
     description="largest Jacobian norm over random points of the region (certified lower bound, witness)",
-    options={"samples": "number of random points (default 2000)"}, family="lower",
+    options={"samples": Option(int, 2000, "number of random points", min=1)}, family="lower",
 )
 def lower_sample(net: Network, ctx: MethodContext) -> MethodResult:
     """Certified lower bound (any norm, global or box): max of ||J(x)|| over random points x, with
     the best point as witness. Cost: samples x (number of outputs) backward passes."""
-    n = ctx.option("samples", 2000, int)
+    n = ctx.option("samples")
     rng = ctx.rng()
     best_val, best_x, done, _ = _run_sampling(net, ctx, n, rng)
     status = "ok" if done >= n else "time_limit"
@@ -151,23 +209,61 @@ def lower_sample(net: Network, ctx: MethodContext) -> MethodResult:
 # --------------------------------------------------------------------------------------------------
 
 
-def _smooth_forward(net: Network, x: torch.Tensor, temps: list[torch.Tensor]) -> torch.Tensor:
-    """The network with each ReLU/LeakyReLU replaced by t*softplus(z/t), temperature temps[k]
-    (a tensor broadcastable to the batch of pre-activations)."""
+#: the smooth surrogate of relu(a - b) inside a smoothed MaxMin (max = b + relu(a - b), min = a - relu(a - b))
+_RELU = make_activation("relu")
+
+
+def smoothed_nodes(net: Network) -> list[int]:
+    """The nodes `_smooth_forward` smooths: activations with kinks (``fn.kinks()``) and MaxMin."""
+    return [i for i, n in enumerate(net.nodes)
+            if (isinstance(n.op, Activation) and n.op.fn.kinks()) or isinstance(n.op, MaxMin)]
+
+
+def _maxmin_parts(op, x: torch.Tensor, shape):
+    """(a, b, order) with a = x[hi], b = x[lo] over the pairs of ``op`` (flattened) and the permutation
+    that puts cat([max, min]) back into the node's layout."""
+    hi, lo = (torch.as_tensor(t) for t in op.pairs(shape))
+    xf = x.reshape(x.shape[0], -1)
+    return xf[:, hi], xf[:, lo], torch.argsort(torch.cat([hi, lo]))
+
+
+def _smooth_forward(net: Network, x: torch.Tensor, temps: dict) -> torch.Tensor:
+    """The network with every kink smoothed: an activation with kinks by its table surrogate
+    ``fn.smooth(z, t)``, a MaxMin pair by max = b + s(a - b), min = a - s(a - b) with s the smoothed ReLU;
+    ``temps[i]``: the temperature of node i (a tensor broadcastable to the batch of its inputs)."""
     vals = [x]
-    k = 0
-    for node in net.nodes[1:]:
+    for i, node in enumerate(net.nodes[1:], start=1):
         op = node.op
         ins = [vals[j] for j in node.inputs]
-        if isinstance(op, Activation) and op.is_piecewise_linear:
-            t = temps[k]
-            k += 1
-            z = ins[0]
-            sp = t * torch.nn.functional.softplus(z / t)
-            vals.append(sp if op.name == "relu" else op.param * z + (1 - op.param) * sp)
-        else:
+        if i not in temps:
             vals.append(op.forward(*ins))
+        elif isinstance(op, MaxMin):
+            a, b, order = _maxmin_parts(op, ins[0], net.nodes[node.inputs[0]].shape)
+            r = _RELU.smooth(a - b, temps[i])
+            vals.append(torch.cat([b + r, a - r], 1)[:, order].reshape(ins[0].shape))
+        else:
+            vals.append(op.fn.smooth(ins[0], temps[i]))
     return vals[-1]
+
+
+def _temperature_scales(net: Network, xb: torch.Tensor, nodes: list[int]) -> dict:
+    """Per smoothed node and point, the median distance of its inputs to the nearest kink (|a - b| for
+    MaxMin) plus 1e-6, so the smoothing follows each point's scale."""
+    with torch.no_grad():
+        vals = net.forward_all(xb)
+    out = {}
+    for i in nodes:
+        node = net.nodes[i]
+        z = vals[node.inputs[0]]
+        if isinstance(node.op, MaxMin):
+            a, b, _ = _maxmin_parts(node.op, z, net.nodes[node.inputs[0]].shape)
+            dist = (a - b).abs()
+        else:
+            zf = z.reshape(z.shape[0], -1)
+            dist = torch.stack([(zf - p).abs() for p, _, _ in node.op.fn.kinks()]).amin(0)
+        shape = (xb.shape[0],) + (1,) * (1 if isinstance(node.op, MaxMin) else len(net.nodes[node.inputs[0]].shape))
+        out[i] = (dist.median(1).values + 1e-6).reshape(shape)
+    return out
 
 
 def _norm_directions(J: torch.Tensor, norm, output: int | None):
@@ -202,42 +298,32 @@ def _directional_objective(net: Network, x: torch.Tensor, c: torch.Tensor, d: to
 
 
 @register_method(
-    "lower-grad", kind="lower", norms=(1, 2, math.inf), regions=("global", "box"), ops=ALL_OPS,
+    "lower-grad", kind="lower", norms=(1, 2, math.inf), regions=("global", "box"), ops=OPS,
     activations=ALL_ACTIVATIONS,
     description="multi-start gradient ascent on the Jacobian norm (smoothed ReLUs), certified lower bound",
-    options={"restarts": "number of starting points (default 32)", "steps": "ascent steps (default 150)",
-             "samples": "random points screened for starts, as in lower-sample (default 2000)"},
+    options={"restarts": Option(int, 32, "number of starting points", min=1),
+             "steps": Option(int, 150, "ascent steps", min=0),
+             "samples": Option(int, 2000, "random points screened for starts, as in lower-sample (at least "
+                               "restarts)", min=0)},
     family="lower",
 )
 def lower_grad(net: Network, ctx: MethodContext) -> MethodResult:
     """Certified lower bound (any norm, global or box): gradient ascent on ||J(x)|| from the best of
     random samples. The objective is c^T J(x) d with c, d the output weights / input direction that
-    attain the operator norm at the current point (re-aimed every 5 steps), on a network whose ReLUs
-    are replaced by t*softplus(z/t), t shrinking from 0.3 to 1e-3 of each point's pre-activation
-    scale, so the objective has a gradient; every iterate is re-evaluated on
+    attain the operator norm at the current point (re-aimed every 5 steps), on a network whose kinks
+    are smoothed (`_smooth_forward`: ReLU -> t*softplus(z/t), ...), t shrinking from 0.3 to 1e-3 of each
+    point's distance to the kinks, so the objective has a gradient; every iterate is re-evaluated on
     the true network at differentiable points, and the best one is the witness.
     Cost: restarts x steps x (one double-backward pass) + restarts x steps/5 x (m backward passes)."""
-    restarts = ctx.option("restarts", 32, int)
-    steps = ctx.option("steps", 150, int)
-    n_samples = ctx.option("samples", 2000, int)
+    restarts = ctx.option("restarts")
+    steps = ctx.option("steps")
+    n_samples = ctx.option("samples")
     rng = ctx.rng()
     # screen random points exactly as lower-sample does (same seed, same points), so lower-grad is never
     # below lower-sample; the best half of the starts are the best samples, the rest random ones
     best_val, best_x, _, starts = _run_sampling(net, ctx, max(n_samples, restarts), rng, keep=max(1, restarts // 2))
     sample_best = best_val
-    pl_nodes = [n for n in net.nodes if isinstance(n.op, Activation)]
-    pl_mask = [n.op.is_piecewise_linear for n in pl_nodes]
-
-    def temperature_scales(xb: torch.Tensor) -> list[torch.Tensor]:
-        # per point and layer: the median |pre-activation|, so the smoothing follows each start's scale
-        with torch.no_grad():
-            pre = net.preactivations(xb)
-        out = []
-        for z, node, is_pl in zip(pre, pl_nodes, pl_mask):
-            if is_pl:
-                shape = (xb.shape[0],) + (1,) * len(net.nodes[node.inputs[0]].shape)
-                out.append((z.abs().median(1).values + 1e-6).reshape(shape))
-        return out
+    smooth = smoothed_nodes(net)
 
     if ctx.region is not None:
         lo = torch.as_tensor(ctx.region.lower, dtype=DTYPE)
@@ -251,13 +337,17 @@ def lower_grad(net: Network, ctx: MethodContext) -> MethodResult:
         point_scale = rms.clamp_min(0.05).reshape((-1,) + (1,) * len(net.input_shape))
     step_size = 0.05
     u = (starts / point_scale).clone().requires_grad_(True)
-    # Adam by hand: torch.optim's first use imports torch._dynamo, which costs seconds
-    adam_m, adam_v = torch.zeros_like(u), torch.zeros_like(u)
+
+    def project(v):  # back into the box (in the scaled coordinates)
+        if lo is not None:
+            v.copy_(torch.maximum(torch.minimum(v * point_scale, hi), lo) / point_scale)
+
+    adam = Adam([u], eps=1e-12, maximize=True, project=project)
     status = "ok"
     bar = ctx.progress(total=steps, desc=f"{ctx.method}: ascent")
     history = []
     with torch.no_grad():
-        scales = temperature_scales(starts)
+        scales = _temperature_scales(net, starts, smooth)
         c, d = _norm_directions(net.jacobian(starts), ctx.norm, ctx.output)
     for it in range(steps):
         if ctx.out_of_time():
@@ -265,20 +355,19 @@ def lower_grad(net: Network, ctx: MethodContext) -> MethodResult:
             break
         frac = it / max(1, steps - 1)
         rel_t = 0.3 * (1e-3 / 0.3) ** frac  # geometric annealing of the temperature
-        temps = [rel_t * sc for sc in scales]
+        temps = {i: rel_t * sc for i, sc in scales.items()}
         with torch.enable_grad():
             obj = _directional_objective(net, u * point_scale, c, d, temps)
             (grad,) = torch.autograd.grad(obj.sum(), u)
-        lr = step_size * (1 - 0.9 * frac)  # decay the step as the temperature shrinks
-        adam_m.mul_(0.9).add_(0.1 * grad)
-        adam_v.mul_(0.999).add_(0.001 * grad * grad)
-        m_hat, v_hat = adam_m / (1 - 0.9 ** (it + 1)), adam_v / (1 - 0.999 ** (it + 1))
-        u.data += lr * m_hat / (v_hat.sqrt() + 1e-12)  # ascent
+        # a surrogate's second derivative can come out NaN where it underflows (logaddexp's double
+        # backward far below a kink): its true value there is ~0, and a NaN would poison the iterate
+        grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+        adam.step([grad], step_size * (1 - 0.9 * frac))  # ascent; the step decays as the temperature shrinks
         with torch.no_grad():
-            if lo is not None:
-                u.data = torch.maximum(torch.minimum(u.data * point_scale, hi), lo) / point_scale
             if it % 5 == 4 or it == steps - 1:
                 x_now = (u * point_scale).detach()
+                if lo is not None:  # the rescaling may round a coordinate just outside the box
+                    x_now = torch.maximum(torch.minimum(x_now, hi), lo)
                 J = net.jacobian(x_now)
                 vals = torch.where(differentiable_mask(net, x_now), operator_norm(J, ctx.norm, ctx.output),
                                    torch.tensor(-math.inf, dtype=DTYPE))
@@ -287,7 +376,7 @@ def lower_grad(net: Network, ctx: MethodContext) -> MethodResult:
                     best_val, best_x = float(vals[i]), x_now[i].clone()
                 history.append(best_val)
                 c, d = _norm_directions(J, ctx.norm, ctx.output)  # re-aim at the current maximiser
-                scales = temperature_scales(x_now)
+                scales = _temperature_scales(net, x_now, smooth)
         bar.update(1)
     bar.close()
     details = {"restarts": restarts, "steps": steps, "sample_best": sample_best, "history": history}

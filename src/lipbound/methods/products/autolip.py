@@ -20,13 +20,17 @@ import time
 import numpy as np
 import torch
 
+from ... import activations as _activations
 from ... import opnorms
 from ...errors import Unsupported
 from ...network import DTYPE, Network, tensor_view
-from ...registry import ALL_ACTIVATIONS, ALL_OPS, MethodResult, register_method
+from ...registry import ALL_ACTIVATIONS, ALL_OPS, MethodResult, Option, register_method
 from .naive import lipschitz_product
 
-SEQLIP_ACTIVATIONS = frozenset({"relu", "leaky_relu", "tanh", "sigmoid", "elu", "softplus"})
+#: SeqLip's theorem needs every activation derivative in [0, beta]: the monotone activations of the table (with
+#: their default parameters; a parameter making one non-monotone, leaky ReLU with a negative slope, is refused
+#: when the method runs)
+SEQLIP_ACTIVATIONS = frozenset(n for n in _activations.ACTIVATIONS if _activations.make(n).monotone)
 CHAIN_OPS = frozenset({"Linear", "Conv2d", "ElementwiseAffine", "AvgPool2d", "Pad", "Reshape", "Transpose",
                        "Activation"})
 
@@ -36,7 +40,7 @@ CHAIN_OPS = frozenset({"Linear", "Conv2d", "ElementwiseAffine", "AvgPool2d", "Pa
 # --------------------------------------------------------------------------------------------------
 
 
-@register_method("autolip", kind="upper", norms=(2,), regions=("global", "box"), ops=ALL_OPS,
+@register_method("autolip", kind="upper", norms=(2,), regions=("global", "box"), ops=ALL_OPS | {"MaxMin"},
                  activations=ALL_ACTIVATIONS,
                  description="AutoLip graph recursion with certified spectral norms (power-method product in details)",
                  family="autolip")
@@ -77,9 +81,9 @@ def _chain(net: Network, max_entries: int = 60_000_000):
     if not net.is_chain():
         raise Unsupported("SeqLip needs an affine / activation chain; this network has residual connections")
     for op in net.activations():
-        if op.name not in SEQLIP_ACTIVATIONS or op.alpha < 0:
-            raise Unsupported(f"SeqLip needs activation derivatives in [0, beta]; {op.describe()} has slopes "
-                              f"in [{op.alpha:g}, {op.beta:g}]")
+        if not op.fn.monotone:
+            raise Unsupported(f"SeqLip needs activation derivatives in [0, beta] (a monotone activation); "
+                              f"{op.describe()} is not monotone: its slopes lie in [{op.alpha:g}, {op.beta:g}]")
     layers = net.dense_chain(max_entries)
     Ws = [tensor_view(layer.W) for layer in layers]
     scales = [layer.activation.beta for layer in layers[:-1]]
@@ -194,42 +198,15 @@ def greedy_factor(A: torch.Tensor, B: torch.Tensor, mode: str = "best", max_swee
     whose screening lower bound already exceeds the current value (rank-one update of M), at most
     ``max_sweeps`` sweeps. Returns (value, pattern, sweeps)."""
     n = A.shape[1]
-    s = torch.ones(n, dtype=DTYPE)
-    M = A @ B
-    val, u, v = _top_pair(M)
-    # alternating ascent of u^T A diag(s) B v: the best s for fixed (u, v) is s_j = [(A^T u)_j (B v)_j > 0],
-    # the best (u, v) for fixed s the top singular pair; keep its end point if it beats the all-ones start
-    s2, val2, u2, v2 = s, val, u, v
-    for _ in range(50):
-        if ctx is not None and ctx.out_of_time():
-            break
-        s_new = (((A.T @ u2) * (B @ v2)) > 0).to(DTYPE)
-        if torch.equal(s_new, s2):
-            break
-        s2 = s_new
-        val2, u2, v2 = _top_pair(A @ (s2[:, None] * B))
-    if val2 > val:
-        s, val, u, v = s2, val2, u2, v2
-        M = A @ (s[:, None] * B)
+    s, M, val, u, v = _alternating_start(A, B, ctx)
     sweeps = 0
     max_sweeps = max_sweeps if max_sweeps is not None else (10 if mode == "first" else 10 * n)
-
     a2, b2 = (A * A).sum(0), (B * B).sum(1)
-
-    def screen(M, u, v, s):
-        sign = 1 - 2 * s  # +1 switches a unit on, -1 off
-        Mv, MTu = M @ v, M.T @ u
-        bv, au = B @ v, A.T @ u  # (n,)
-        # ||M v + sign_j a_j (b_j.v)||^2 and ||M^T u + sign_j b_j (a_j.u)||^2
-        g1 = (Mv @ Mv) + 2 * sign * bv * (A.T @ Mv) + bv ** 2 * a2
-        g2 = (MTu @ MTu) + 2 * sign * au * (B @ MTu) + au ** 2 * b2
-        return torch.maximum(g1, g2).clamp_min(0).sqrt(), sign
-
     while sweeps < max_sweeps:
         if ctx is not None and ctx.out_of_time():
             break
         sweeps += 1
-        lb, sign = screen(M, u, v, s)
+        lb, sign = _screen(A, B, a2, b2, M, u, v, s)
         if mode == "best":
             order = torch.argsort(lb, descending=True)[:exact_candidates]
             cand = M[None] + sign[order, None, None] * torch.einsum("ik,kj->kij", A[:, order], B[order])
@@ -242,31 +219,73 @@ def greedy_factor(A: torch.Tensor, B: torch.Tensor, mode: str = "best", max_swee
             s[idx] = 1 - s[idx]
             val, u, v = _top_pair(M)
         else:
-            improved = False
-            j = 0
-            while True:
-                if ctx is not None and ctx.out_of_time():
-                    break
-                hits = torch.nonzero(lb[j:] > val * (1 + 1e-12)).flatten()
-                if hits.numel() == 0:
-                    break
-                j = j + int(hits[0])
-                M = M + sign[j] * torch.outer(A[:, j], B[j])
-                s[j] = 1 - s[j]
-                val = lb[j].item()
-                for _ in range(3):  # refresh the top pair by warm power steps (val stays a lower bound)
-                    v = M.T @ u
-                    v = v / v.norm()
-                    u = M @ v
-                    val = max(val, u.norm().item())
-                    u = u / u.norm()
-                improved = True
-                lb, sign = screen(M, u, v, s)
-                j += 1
-            val, u, v = _top_pair(M)
+            M, val, u, v, improved = _first_improvement_sweep(A, B, a2, b2, M, s, val, u, v, lb, sign, ctx)
             if not improved:
                 break
     return val, s, sweeps
+
+
+def _alternating_start(A: torch.Tensor, B: torch.Tensor, ctx=None):
+    """The start of `greedy_factor`: s = 1, replaced by the end point of the alternating ascent of
+    u^T A diag(s) B v (the best s for fixed (u, v) is s_j = [(A^T u)_j (B v)_j > 0], the best (u, v) for
+    fixed s the top singular pair) when that is better. Returns (s, M = A diag(s) B, value, u, v)."""
+    s = torch.ones(A.shape[1], dtype=DTYPE)
+    M = A @ B
+    val, u, v = _top_pair(M)
+    s2, val2, u2, v2 = s, val, u, v
+    for _ in range(50):
+        if ctx is not None and ctx.out_of_time():
+            break
+        s_new = (((A.T @ u2) * (B @ v2)) > 0).to(DTYPE)
+        if torch.equal(s_new, s2):
+            break
+        s2 = s_new
+        val2, u2, v2 = _top_pair(A @ (s2[:, None] * B))
+    if val2 > val:
+        s, val, u, v = s2, val2, u2, v2
+        M = A @ (s[:, None] * B)
+    return s, M, val, u, v
+
+
+def _screen(A, B, a2, b2, M, u, v, s):
+    """Lower bounds on ||M'||_2 after flipping each coordinate j (M' = M +- a_j b_j^T): the larger of
+    ||M' v|| and ||M'^T u|| for the current top singular pair; and the flip signs (+1 on, -1 off)."""
+    sign = 1 - 2 * s  # +1 switches a unit on, -1 off
+    Mv, MTu = M @ v, M.T @ u
+    bv, au = B @ v, A.T @ u  # (n,)
+    # ||M v + sign_j a_j (b_j.v)||^2 and ||M^T u + sign_j b_j (a_j.u)||^2
+    g1 = (Mv @ Mv) + 2 * sign * bv * (A.T @ Mv) + bv ** 2 * a2
+    g2 = (MTu @ MTu) + 2 * sign * au * (B @ MTu) + au ** 2 * b2
+    return torch.maximum(g1, g2).clamp_min(0).sqrt(), sign
+
+
+def _first_improvement_sweep(A, B, a2, b2, M, s, val, u, v, lb, sign, ctx=None):
+    """One sweep of ``mode='first'``: scan the coordinates and accept every flip whose screening lower bound
+    exceeds the current value (rank-one update of M, ``s`` flipped in place, the top pair refreshed by warm
+    power steps). Returns (M, value, u, v, improved)."""
+    improved = False
+    j = 0
+    while True:
+        if ctx is not None and ctx.out_of_time():
+            break
+        hits = torch.nonzero(lb[j:] > val * (1 + 1e-12)).flatten()
+        if hits.numel() == 0:
+            break
+        j = j + int(hits[0])
+        M = M + sign[j] * torch.outer(A[:, j], B[j])
+        s[j] = 1 - s[j]
+        val = lb[j].item()
+        for _ in range(3):  # refresh the top pair by warm power steps (val stays a lower bound)
+            v = M.T @ u
+            v = v / v.norm()
+            u = M @ v
+            val = max(val, u.norm().item())
+            u = u / u.norm()
+        improved = True
+        lb, sign = _screen(A, B, a2, b2, M, u, v, s)
+        j += 1
+    val, u, v = _top_pair(M)
+    return M, val, u, v, improved
 
 
 # --------------------------------------------------------------------------------------------------
@@ -283,21 +302,21 @@ def _seqlip_common(net, ctx, variant: str):
         return MethodResult(v, kind="upper", details={"layers": [], "note": "no hidden layer: exact norm"})
     k = None
     if variant == "topk":
-        k = ctx.option("k", 200)
+        k = ctx.option("k")
     elif variant == "greedy":
-        gk = ctx.option("max_rank", 256)
+        gk = ctx.option("max_rank")
         if max(min(W.shape) for W in Ws) > gk:
             k = gk
     factors, svds = seqlip_factors(Ws, k=k)
     records, value, status, autolip_split = [], 1.0, "ok", 1.0
-    max_width = ctx.option("max_width", 20)
     if variant == "exact":
+        max_width = ctx.option("max_width")
         for i, (A, B) in enumerate(factors):
             if A.shape[1] > max_width:
                 raise Unsupported(f"exact SeqLip enumerates 2^n patterns per hidden layer: hidden layer {i + 1} has "
                                   f"width {A.shape[1]} > max_width={max_width} (use seqlip-greedy / seqlip-topk, or "
                                   "raise max_width)")
-    clock = _Clock(ctx, None if variant == "exact" else ctx.option("budget", 60.0))
+    clock = _Clock(ctx, None if variant == "exact" else ctx.option("budget"))
     bar = ctx.progress(total=len(factors), desc=f"seqlip-{variant}")
     for i, (A, B) in enumerate(factors):
         split = svds[i + 1][3][0].item() * svds[i][3][0].item()
@@ -313,8 +332,8 @@ def _seqlip_common(net, ctx, variant: str):
                 rec["active"] = int(pat.sum().item())
         else:
             # best-flip sweeps for layers up to max_rank wide; wider ones first-improvement sweeps
-            mode = "best" if variant == "greedy" and A.shape[1] <= ctx.option("max_rank", 256) else "first"
-            f, pat, sweeps = greedy_factor(A, B, mode=mode, ctx=clock, max_sweeps=ctx.option("max_sweeps", None, int))
+            mode = "best" if variant == "greedy" and A.shape[1] <= ctx.option("max_rank") else "first"
+            f, pat, sweeps = greedy_factor(A, B, mode=mode, ctx=clock, max_sweeps=ctx.option("max_sweeps"))
             rec["sweeps"], rec["active"], rec["search"] = sweeps, int(pat.sum().item()), mode
         rec["factor"] = f * scales[i]
         rec["ratio_to_autolip"] = f / split if split > 0 else None
@@ -349,7 +368,8 @@ class _Clock:
 @register_method("seqlip", kind="upper", norms=(2,), regions=("global", "box"), ops=CHAIN_OPS,
                  activations=SEQLIP_ACTIVATIONS,
                  description="exact SeqLip: {0,1}^n enumeration per hidden layer (widths <= max_width)",
-                 options={"max_width": "widest hidden layer to enumerate (default 20)"}, family="autolip")
+                 options={"max_width": Option(int, 20, "widest hidden layer to enumerate", min=1)},
+                 family="autolip")
 def seqlip(net: Network, ctx) -> MethodResult:
     """Certified upper bound on the global l2 Lipschitz constant of an affine/activation chain with
     activation derivatives in [0, beta]: the SeqLip product over hidden layers of
@@ -362,9 +382,12 @@ def seqlip(net: Network, ctx) -> MethodResult:
 @register_method("seqlip-greedy", kind="estimate", norms=(2,), regions=("global", "box"), ops=CHAIN_OPS,
                  activations=SEQLIP_ACTIVATIONS,
                  description="greedy SeqLip (best single flip per sweep): an estimate",
-                 options={"max_rank": "layers above this rank use their top singular vectors (default 256)",
-                          "max_sweeps": "limit on the number of sweeps",
-                          "budget": "seconds when no time limit is given (default 60)"}, family="autolip")
+                 options={"max_rank": Option(int, 256, "layers above this rank use their top singular vectors "
+                                             "and first-improvement sweeps", min=1),
+                          "max_sweeps": Option(int, None, "sweeps per hidden layer (auto: 10 x width for best-flip "
+                                               "sweeps, 10 for first-improvement ones)", min=0),
+                          "budget": Option(float, 60.0, "seconds when no time limit is given", min=0)},
+                 family="autolip")
 def seqlip_greedy(net: Network, ctx) -> MethodResult:
     """Estimate (neither an upper nor a lower bound) of the SeqLip bound, l2, global: per hidden layer a
     local search from the all-ones pattern applying the best single flip per sweep until none improves
@@ -376,9 +399,10 @@ def seqlip_greedy(net: Network, ctx) -> MethodResult:
 @register_method("seqlip-topk", kind="estimate", norms=(2,), regions=("global", "box"), ops=CHAIN_OPS,
                  activations=SEQLIP_ACTIVATIONS,
                  description="top-k singular-vector greedy SeqLip for wide layers and convolutions: an estimate",
-                 options={"k": "singular triplets kept per layer (default 200)",
-                          "max_sweeps": "sweeps of first-improvement flips (default 10)",
-                          "budget": "seconds when no time limit is given (default 60)"}, family="autolip")
+                 options={"k": Option(int, 200, "singular triplets kept per layer", min=1),
+                          "max_sweeps": Option(int, 10, "sweeps of first-improvement flips per hidden layer", min=0),
+                          "budget": Option(float, 60.0, "seconds when no time limit is given", min=0)},
+                 family="autolip")
 def seqlip_topk(net: Network, ctx) -> MethodResult:
     """Estimate of the SeqLip bound (l2, global) for wide dense layers and convolutions (via the dense
     chain): each layer truncated to its top-k singular triplets (randomised SVD), then per hidden layer

@@ -7,6 +7,7 @@ traversal (`lipbound.traversal.forward`) with a rule per operation:
   ``L_in * ||A||_p`` with ``||A||_p`` from `lipbound.opnorms` (exact in l1/l_inf, certified in l2);
 * activation: ``L_in * max(|alpha|, |beta|)``;
 * max pooling: ``L_in * {1, sqrt(c), c}`` in l_inf / l2 / l1 (c = windows per pixel);
+* MaxMin (GroupSort-2): ``L_in`` (locally a permutation of the entries: 1-Lipschitz in every l_p);
 * residual Add: ``L_a + L_b``.
 
 With ``output=j`` the trailing run of affine ops before the output is folded into the row functional
@@ -22,7 +23,7 @@ import math
 import torch
 
 from ... import opnorms, traversal
-from ...network import DTYPE, Activation, Add, AffineOp, MaxPool2d, Network
+from ...network import DTYPE, Activation, Add, AffineOp, MaxMin, MaxPool2d, Network
 from ...norms import norm_name
 from ...registry import ALL_ACTIVATIONS, ALL_OPS, MethodResult, register_method
 
@@ -61,7 +62,11 @@ def lipschitz_rules(net: Network, norm, records: list, affine_norm=None) -> dict
         records.append({"node": node.name, "op": "Add", "factor": None, "how": "sum of branches", "L": La + Lb})
         return La + Lb
 
-    return {"affine": affine, Activation: activation, MaxPool2d: maxpool, Add: add}
+    def maxmin(op, node, L):
+        records.append({"node": node.name, "op": op.describe(), "factor": 1.0, "how": "a permutation locally", "L": L})
+        return L
+
+    return {"affine": affine, Activation: activation, MaxPool2d: maxpool, Add: add, MaxMin: maxmin}
 
 
 def trailing_affine_run(net: Network) -> list[int]:
@@ -106,7 +111,7 @@ def lipschitz_product(net: Network, norm, output=None, affine_norm=None) -> tupl
     return value, details
 
 
-@register_method("naive", kind="upper", norms=(1, 2, math.inf), regions=("global", "box"), ops=ALL_OPS,
+@register_method("naive", kind="upper", norms=(1, 2, math.inf), regions=("global", "box"), ops=ALL_OPS | {"MaxMin"},
                  activations=ALL_ACTIVATIONS,
                  description="product of the operator norms along the graph (residual: sum of branches)",
                  family="naive")

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ...errors import MethodFailed
+from ...opnorms import cholesky_factor
 from .prepare import Prepared, _t, gram_t, lam_max
 
 # relative margin added to every certified value (absorbs rounding in the last pivot and eigenvalue)
@@ -46,13 +47,10 @@ class CertificateError(MethodFailed):
 
 
 def chol(M) -> torch.Tensor:
-    """Lower Cholesky factor (float64 LAPACK potrf, lower triangle of M read); CertificateError if M is
-    not positive definite."""
-    R, info = torch.linalg.cholesky_ex(_t(M))
-    if int(info) != 0:
-        raise CertificateError("not positive definite")
-    d = torch.diagonal(R)
-    if not bool(torch.all(torch.isfinite(d))) or bool(torch.any(d <= 0)):
+    """Lower Cholesky factor (float64 LAPACK potrf, lower triangle of M read: `opnorms.cholesky_factor`);
+    CertificateError if M is not positive definite. The rounding margins are the caller's (`_pivot`)."""
+    R = cholesky_factor(_t(M))
+    if R is None:
         raise CertificateError("not positive definite")
     return R
 
@@ -119,13 +117,28 @@ def _scaled_gram(R, W: torch.Tensor, f: float, m) -> torch.Tensor:
 
 def _p_term_K(Mprev: torch.Tensor | None, W: torch.Tensor, f: float, lam: torch.Tensor, p, m) -> torch.Tensor:
     """D_m V X^{-1} V^T D_m with V = f W and X = M_{k-1} + V^T diag(p lam) V (the alpha*beta term of §2,
-    reference §6 for per-neuron slopes)."""
-    plam = lam * (float(p) if np.ndim(p) == 0 else torch.from_numpy(np.asarray(p, dtype=np.float64)))
+    reference §6 for per-neuron slopes), X factorised by Cholesky (CertificateError if it is not positive
+    definite: X is a pivot of the decomposition).
+
+    X is formed minus a diagonal rounding margin, like `_pivot`: with alpha*beta < 0 (GELU, SiLU, Abs, ...)
+    it is a difference that can cancel. An entry of V^T diag(p lam) V carries a rounding error up to
+    g v_j v_l, v_j = f sqrt(sum_i |p_i| lam_i W_ij^2) (Cauchy-Schwarz), and the sum with M_{k-1} adds
+    u |X_jl|; the diagonal r_j = g (v_j sum_l v_l + sum_l |M_{k-1, jl}|), g = PIVOT_MARGIN (n + 2), n the
+    length of the inner products, dominates each row of that error (Gershgorin), so the X used lies below
+    the exact one: its Cholesky factorisation certifies the exact pivot, and its inverse only enlarges K
+    (a smaller next pivot, a larger final value: conservative)."""
+    pt = float(p) if np.ndim(p) == 0 else torch.from_numpy(np.asarray(p, dtype=np.float64))
+    plam = lam * pt
     X = (f * f) * (W.T * plam[None, :]) @ W
+    v = f * torch.sqrt(((W * W) * (lam * abs(pt) if np.ndim(p) == 0 else lam * pt.abs())[:, None]).sum(0))
+    g = PIVOT_MARGIN * (W.shape[0] + 2)
     if Mprev is None:
         X.diagonal().add_(1.0)
+        rows = torch.ones(X.shape[0], dtype=X.dtype)
     else:
         X += Mprev
+        rows = Mprev.abs().sum(1)
+    X.diagonal().sub_(g * (v * v.sum() + rows))
     RX = chol(X)
     return _scaled_gram(RX, W, f, m)
 
@@ -170,24 +183,25 @@ def run_chain(prep: Prepared, policy: Policy, *, ctx=None, fallback: Policy | No
         if top <= 0:
             raise MethodFailed(f"all multipliers of layer {k + 1} are zero")
         lam = torch.from_numpy(np.maximum(lam_np, FLOOR * top))
-        KX = _p_term_K(M, W, inv[k], lam, p, m) if _has_p(p) else K
         Rk = Mk = None
         for attempt in range(REPAIR_ATTEMPTS):
-            Mk = _pivot(lam, KX, W.shape[1])
+            KX = None
             try:
+                # the p-term depends on lam (X = M_{k-1} + p W^T L W, a pivot itself: with alpha*beta < 0 it
+                # can fail too, and shrinking L brings it back to M_{k-1}, which is positive definite)
+                KX = _p_term_K(M, W, inv[k], lam, p, m) if _has_p(p) else K
+                Mk = _pivot(lam, KX, W.shape[1])
                 Rk = chol(Mk)
                 break
             except CertificateError:
                 if attempt == 0:
                     repaired += 1
                     sq = torch.sqrt(lam)
-                    mu = lam_max(KX * sq[:, None] * sq[None, :], exact=False)
+                    mu = lam_max((K if KX is None else KX) * sq[:, None] * sq[None, :], exact=False)
                     t = min(REPAIR_SAFETY / mu, REPAIR_SAFETY) if mu > 0 else REPAIR_HALVING
                 else:
                     t = REPAIR_HALVING
                 lam = lam * t
-                if _has_p(p):  # the p-term depends on lam: recompute X
-                    KX = _p_term_K(M, W, inv[k], lam, p, m)
         if Rk is None:
             raise MethodFailed(f"could not make the pivot of layer {k + 1} positive definite")
         Ls.append(lam.numpy())

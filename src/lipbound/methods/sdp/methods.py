@@ -14,27 +14,35 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ...errors import MethodFailed, Unsupported
-from ...registry import AFFINE_OPS, ALL_ACTIVATIONS, MethodResult, register_method
+from ...registry import AFFINE_OPS, ALL_ACTIVATIONS, FLOATS, MethodResult, Option, register_method
 from .certificate import CertificateError, ChainResult, full_lmi_min_eig, run_chain, single_matrix_bound
 from .closed_forms import G1_GRID, family_members, policy_g1, policy_g2, policy_g3
 from .prepare import Prepared, prepare
 
 OPS = AFFINE_OPS | {"Activation"}
+# the options every method of this module reads (lipsdp-neuron/-layer: global only, no max_width check,
+# so without max_width and slopes)
+_CHAIN_OPTIONS = {
+    "full_check_max": Option(int, 1500, "largest LMI size (n0 + hidden neurons) for the full eigenvalue check",
+                             min=0),
+    "blas_threads": Option(int, None, "BLAS/torch threads during the method (auto: 1 when every layer has < 400 "
+                           "neurons, since small matrices are slower with threads; else the cores that other "
+                           "processes leave free, measured over 0.1 s)", min=1),
+    "max_entries": Option(int, None, "largest dense matrix of dense_chain() (auto: that of lipbound.network)",
+                          min=1),
+}
 COMMON_OPTIONS = {
-    "full_check_max": "largest LMI size (n0 + hidden neurons) for the full eigenvalue check (default 1500)",
-    "max_width": "refuse layers wider than this (default 5000; the dense matrices are n^2 floats)",
-    "blas_threads": "BLAS/torch threads during the method (default: 1 when every layer has < 400 neurons, "
-                    "since small matrices are slower with threads; else the cores that other processes leave "
-                    "free, measured over 0.1 s)",
-    "max_entries": "largest dense matrix of dense_chain() (default that of lipbound.network)",
-    "slopes": "box regions: auto (default: the smaller of the relaxed local and the global bound; for "
-              "lipsdp-opt of the local and the relaxed one), relaxed "
-              "([global alpha, local beta] per neuron), local (each neuron's derivative range on the box) or "
-              "global",
+    **_CHAIN_OPTIONS,
+    "max_width": Option(int, 5000, "refuse layers wider than this (the dense matrices are n^2 floats)", min=1),
+    "slopes": Option(str, "auto", "box regions: auto (the smaller of the relaxed local and the global bound; for "
+                     "lipsdp-opt of the local and the relaxed one), relaxed ([global alpha, local beta] per "
+                     "neuron), local (each neuron's derivative range on the box) or global",
+                     choices=("auto", "relaxed", "local", "global")),
 }
 
 # LipSDP through cvxpy: the largest LMI (n0 + hidden neurons) attempted by default. Measured on the 2-core
@@ -48,9 +56,9 @@ ECLIPSE_MAX_WIDTH = 100
 
 def _threads(ctx, net=None):
     """The BLAS thread count: the option, else 1 for small layers and the free cores for wide ones."""
-    n = ctx.option("blas_threads", None)
+    n = ctx.option("blas_threads")
     if n is not None:
-        return int(n)
+        return n
     try:
         widest = max(int(np.prod(node.shape)) for node in net.nodes)
     except Exception:
@@ -60,7 +68,7 @@ def _threads(ctx, net=None):
 
 def _prepare(net, ctx):
     prep = prepare(net, ctx)
-    max_width = ctx.option("max_width", 5000)
+    max_width = ctx.option("max_width")
     widest = max(prep.widths)
     if widest > max_width:
         raise Unsupported(f"a layer of the dense chain has {widest} neurons (> max_width={max_width}); raise "
@@ -97,7 +105,7 @@ def _finish(prep, cr: ChainResult, ctx, details: dict, status: str = "ok") -> Me
                            "Frobenius norms")
     N = prep.widths[0] + prep.n_hidden
     if cr.cut_at is None:
-        if N <= ctx.option("full_check_max", 1500):
+        if N <= ctx.option("full_check_max"):
             lmin = full_lmi_min_eig(prep, cr.Ls, cr.value_hat)
             details["full_lmi_min_eig"] = lmin
             if lmin < -1e-8:
@@ -117,7 +125,7 @@ def _slope_models(prep, ctx) -> list:
     the global one of the same method), or a single model."""
     if prep.slope_bounds is None:
         return [prep]
-    which = str(ctx.option("slopes", "auto"))
+    which = ctx.option("slopes")
     names = ["relaxed", "global"] if which == "auto" else [which]
     return [prep.with_slopes(n) for n in names]
 
@@ -146,6 +154,46 @@ def eclipse_fast(net, ctx):
     return _run_policy(net, ctx, lambda prep: policy_g1(0.5))
 
 
+@dataclass
+class _Best:
+    """The outcome of `_best_closed_form`: the smallest certified result, its key and chain, every member's
+    value (or failure) and time, and whether ``stop`` ended the run early."""
+
+    cr: ChainResult | None = None
+    name: str | None = None
+    prep: Prepared | None = None
+    values: dict = field(default_factory=dict)
+    times: dict = field(default_factory=dict)
+    stopped: bool = False
+
+
+def _best_closed_form(candidates, ctx, *, stop=None, keep_cut: bool = False) -> _Best:
+    """Run each candidate (key, Prepared chain, policy factory) through the certificate (`run_chain`) and
+    keep the smallest certified value. A member whose certificate fails is recorded as failed and skipped.
+    ``stop()`` is asked before each member once a value exists (True ends the run, ``stopped`` set). A
+    result cut by the time limit (``cut_at``) counts only while no uncut one exists, and only with
+    ``keep_cut``. Cost: one `run_chain` per candidate."""
+    out = _Best()
+    for key, prep, make in candidates:
+        if out.cr is not None and stop is not None and stop():
+            out.stopped = True
+            break
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            cr = run_chain(prep, make(prep), ctx=ctx)
+        except MethodFailed as e:
+            out.values[key] = f"failed: {e}"
+            continue
+        finally:
+            out.times[key] = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
+        out.values[key] = prep.unscale(cr.value_hat)
+        if cr.cut_at is not None and (not keep_cut or out.cr is not None):
+            continue
+        if out.cr is None or out.cr.cut_at is not None or cr.value_hat < out.cr.value_hat:
+            out.cr, out.name, out.prep = cr, key, prep
+    return out
+
+
 def _min_over(net, ctx, members: list, details: dict | None = None, member_details: bool = True):
     """Run several policies (name, policy factory), on every slope model of a box region, and return the
     smallest certified value."""
@@ -155,58 +203,38 @@ def _min_over(net, ctx, members: list, details: dict | None = None, member_detai
         if triv is not None:
             return triv
         models = _slope_models(prep0, ctx)
-        best, best_name, best_prep, values, status, times = None, None, None, {}, "ok", {}
         if callable(members):
             members = members(prep0)
-        for prep in models:
-            for name, make in members:
-                if best is not None and ctx.out_of_time():
-                    status = "time_limit"
-                    break
-                key = name if len(models) == 1 else f"{name} [{prep.slope_model} slopes]"
-                t0, c0 = time.perf_counter(), time.process_time()
-                try:
-                    cr = run_chain(prep, make(prep), ctx=ctx)
-                except MethodFailed as e:
-                    values[key] = f"failed: {e}"
-                    continue
-                finally:
-                    times[key] = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
-                values[key] = prep.unscale(cr.value_hat)
-                if cr.cut_at is not None and best is not None:
-                    continue
-                if best is None or cr.value_hat < best.value_hat or (best.cut_at is not None and cr.cut_at is None):
-                    best, best_name, best_prep = cr, key, prep
-        if best is None:
+        cands = [(name if len(models) == 1 else f"{name} [{prep.slope_model} slopes]", prep, make)
+                 for prep in models for name, make in members]
+        best = _best_closed_form(cands, ctx, stop=ctx.out_of_time, keep_cut=True)
+        if best.cr is None:
             raise MethodFailed("no member of the family produced a certified value")
         d = dict(details or {})
-        if member_details or len(values) > 1:
-            d["members"] = values
-            d["member_times"] = times
-            d["best_member"] = best_name
-        return _finish(best_prep, best, ctx, d, status)
+        if member_details or len(best.values) > 1:
+            d["members"] = best.values
+            d["member_times"] = best.times
+            d["best_member"] = best.name
+        return _finish(best.prep, best.cr, ctx, d, "time_limit" if best.stopped else "ok")
 
 
 @register_method("eclipse-g1", description="closed-form family G1: L_k = c I / lambda_max(K_k), min over a grid "
                  "of step sizes c (c = 1/2 is ECLipsE-Fast)",
-                 options={**COMMON_OPTIONS, "c": "one step size in (0,1), or a list (default 0.5..0.9)"}, **_REG_BOX)
+                 options={**COMMON_OPTIONS, "c": Option(FLOATS, G1_GRID, "step size(s) c of G1: one, or a list "
+                                                        "(the minimum over them)", min=0, max=1, min_exclusive=True,
+                                                        max_exclusive=True)}, **_REG_BOX)
 def eclipse_g1(net, ctx):
     """Certified upper bound on the global l2 Lipschitz constant: the minimum over step sizes c of the G1
     closed form (reconstruction of Syed & Hu 2025). Cost: O(sum n_k^3) per step size."""
-    c = ctx.option("c", None)
-    grid = G1_GRID if c is None else (tuple(c) if isinstance(c, (list, tuple)) else (float(c),))
-    for v in grid:
-        if not 0 < float(v) < 1:
-            raise Unsupported(f"step size c={v} must lie in (0, 1)")
+    c = ctx.option("c")  # validated: each in (0, 1)
+    grid = tuple(c) if isinstance(c, tuple) else (c,)
     return _min_over(net, ctx, [(f"c={v:g}", (lambda prep, v=float(v): policy_g1(v))) for v in grid],
                      {"grid": list(grid)})
 
 
 def _g2_method(kind):
     def fn(net, ctx):
-        c = float(ctx.option("c", 0.5))
-        if not 0 < c < 1:
-            raise Unsupported(f"step size c={c} must lie in (0, 1)")
+        c = ctx.option("c")  # validated: in (0, 1)
         return _run_policy(net, ctx, lambda prep: policy_g2(kind, c), {"scaling": kind, "c": c})
 
     fn.__name__ = f"eclipse_g2_{kind}"
@@ -218,37 +246,42 @@ def _g2_method(kind):
 for _kind, _desc in (("balance", "p_j = sqrt(||W_{k+1}[:,j]||^2 / K_jj)"), ("jacobi", "p_j = 1 / K_jj"),
                      ("gershgorin", "p_j = 1 / sum_l |K_jl|")):
     register_method(f"eclipse-g2-{_kind}", description=f"closed-form family G2: diagonal scaling {_desc}, "
-                    "L_k = c P / lambda_max(P^1/2 K P^1/2)", options={**COMMON_OPTIONS, "c": "step in (0,1), default 0.5"},
+                    "L_k = c P / lambda_max(P^1/2 K P^1/2)",
+                    options={**COMMON_OPTIONS, "c": Option(float, 0.5, "step size c", min=0, max=1,
+                                                           min_exclusive=True, max_exclusive=True)},
                     **_REG_BOX)(_g2_method(_kind))
 
 
 @register_method("eclipse-g3", description="closed-form family G3: per layer the scalar multiplier minimising the "
                  "next layer's lambda_max (golden-section search, one eigendecomposition per layer)",
-                 options={**COMMON_OPTIONS, "iters": "golden-section steps per layer (default 24)"}, **_REG_BOX)
+                 options={**COMMON_OPTIONS, "iters": Option(int, 24, "golden-section steps per layer", min=0)},
+                 **_REG_BOX)
 def eclipse_g3(net, ctx):
     """Certified upper bound on the global l2 Lipschitz constant: greedy scalar multipliers (G3). Cost:
     O(sum n_k^3) with one eigendecomposition per layer plus ~iters small eigenvalue problems."""
-    it = int(ctx.option("iters", 24))
+    it = ctx.option("iters")
     return _run_policy(net, ctx, lambda prep: policy_g3(None, it))
 
 
 @register_method("eclipse-g3-balance", description="G3 search in the balance-scaled coordinates of G2 "
                  "(L_k = s P_balance, s chosen greedily)",
-                 options={**COMMON_OPTIONS, "iters": "golden-section steps per layer (default 24)"}, **_REG_BOX)
+                 options={**COMMON_OPTIONS, "iters": Option(int, 24, "golden-section steps per layer", min=0)},
+                 **_REG_BOX)
 def eclipse_g3_balance(net, ctx):
     """Certified upper bound on the global l2 Lipschitz constant: G3's greedy scalar search along the G2
     balance scaling. Cost: as eclipse-g3."""
-    it = int(ctx.option("iters", 24))
+    it = ctx.option("iters")
     return _run_policy(net, ctx, lambda prep: policy_g3("balance", it))
 
 
 CHEAP_FAMILY_WIDTH = 500
+_MEMBERS_OPTION = Option(str, "auto", f"closed-form members: auto (all, or cheap when a hidden layer has more than "
+                         f"{CHEAP_FAMILY_WIDTH} neurons), all, or cheap (no G3 searches)",
+                         choices=("auto", "all", "cheap"))
 
 
 def _which_members(ctx, prep) -> str:
-    which = str(ctx.option("members", "auto"))
-    if which not in ("auto", "all", "cheap"):
-        raise Unsupported(f"members={which!r}: use auto, all or cheap")
+    which = ctx.option("members")  # validated: auto, all or cheap
     if which == "auto":
         hidden = max(prep.widths[1:-1], default=0)
         which = "cheap" if hidden > CHEAP_FAMILY_WIDTH else "all"
@@ -257,8 +290,7 @@ def _which_members(ctx, prep) -> str:
 
 @register_method("eclipse-family", description="minimum over every closed-form member (ECLipsE-Fast, G1 grid, "
                  "G2 balance/Jacobi/Gershgorin, G3, G3-balance)",
-                 options={**COMMON_OPTIONS, "members": f"auto (default: all, or cheap when a layer has more than "
-                          f"{CHEAP_FAMILY_WIDTH} neurons), all, or cheap (no G3 searches)"}, **_REG_BOX)
+                 options={**COMMON_OPTIONS, "members": _MEMBERS_OPTION}, **_REG_BOX)
 def eclipse_family(net, ctx):
     """Certified upper bound on the global l2 Lipschitz constant: the minimum over the closed-form family.
     Never above ECLipsE-Fast (its first member). Cost: about ten closed-form passes, O(sum n_k^3) each;
@@ -273,10 +305,13 @@ def eclipse_family(net, ctx):
 
 @register_method("eclipse", description="ECLipsE: one small SDP per layer (cvxpy), certified by the exact "
                  "decomposition; layers after a time limit use the ECLipsE-Fast choice",
-                 options={**COMMON_OPTIONS, "solver": "auto (default: clarabel for per-layer LMIs up to size 60, else scs with eps 1e-5 "
-                                    "and 5000 iterations), scs or clarabel",
-                          "max_stage_width": f"refuse hidden layers wider than this (default {ECLIPSE_MAX_WIDTH})",
-                          "verbose": "solver output"}, **_REG_BOX)
+                 options={**COMMON_OPTIONS,
+                          "solver": Option(str, "auto", "per-layer SDP solver: auto (clarabel for per-layer LMIs up to "
+                                           "size 60, else scs with eps 1e-5 and 5000 iterations), scs or clarabel",
+                                           choices=("auto", "scs", "clarabel")),
+                          "max_stage_width": Option(int, ECLIPSE_MAX_WIDTH, "refuse hidden layers wider than this",
+                                                    min=1),
+                          "verbose": Option(bool, False, "solver output")}, **_REG_BOX)
 def eclipse(net, ctx):
     """Certified upper bound on the global l2 Lipschitz constant (ECLipsE, Xu & Sivaranjani 2024).
     Cost: L-1 SDPs of size about 2 n_k with n_k + 1 variables (interior point: O(n_k^6) worst case)."""
@@ -288,17 +323,17 @@ def eclipse(net, ctx):
         triv = _trivial(prep)
         if triv is not None:
             return triv
-        mw = int(ctx.option("max_stage_width", ECLIPSE_MAX_WIDTH))
+        mw = ctx.option("max_stage_width")
         widest = max(prep.widths[1:-1])
         if widest > mw:
             raise Unsupported(f"a hidden layer has {widest} neurons (> max_stage_width={mw}): the per-layer SDP "
                               "is too slow through cvxpy and cannot be interrupted (option max_stage_width)")
-        pol = eclipse_stage_policy(ctx.option("solver", "auto"), bool(ctx.option("verbose", False)), stats)
+        pol = eclipse_stage_policy(ctx.option("solver"), ctx.option("verbose"), stats)
         cr = run_chain(prep, pol, ctx=ctx, fallback=policy_g1(0.5))
         status = "time_limit" if stats.get("sdp_stages", 0) < prep.L - 1 else "ok"
         if status == "time_limit":
             stats["note"] = "time limit: the layers after it used the ECLipsE-Fast multipliers"
-        return _finish(prep, cr, ctx, {"solver": ctx.option("solver", "auto"), **stats}, status)
+        return _finish(prep, cr, ctx, {"solver": ctx.option("solver"), **stats}, status)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -310,17 +345,15 @@ def _lipsdp(net, ctx, layer: bool):
     from .solvers import solve_lipsdp
 
     with blas_threads(_threads(ctx, net)):
-        prep = prepare(net, ctx, check_slopes=False)
+        prep = prepare(net, ctx)
         triv = _trivial(prep)
         if triv is not None:
             return triv
-        split = ctx.option("split", None)
-        solver = str(ctx.option("solver", "scs")).lower()
-        max_neurons = int(ctx.option("max_neurons", LIPSDP_MAX_NEURONS))
+        split = ctx.option("split")  # validated: None or >= 1
+        solver = ctx.option("solver")
+        max_neurons = ctx.option("max_neurons")
         L = prep.L
-        size = 2 if split is None else int(split)
-        if split is not None and size < 1:
-            raise Unsupported("split must be >= 1")
+        size = 2 if split is None else split
         chunks = [(0, L)] if split is None else [(i, min(i + size, L)) for i in range(0, L, size)]
         for a, b in chunks:
             N = prep.widths[a] + sum(prep.widths[a + 1:b])
@@ -340,7 +373,7 @@ def _lipsdp(net, ctx, layer: bool):
                 raw_log += math.log(v)
             else:
                 tl = ctx.time_left()
-                Ls, rho, info = solve_lipsdp(sub, layer=layer, solver=solver, verbose=bool(ctx.option("verbose", False)),
+                Ls, rho, info = solve_lipsdp(sub, layer=layer, solver=solver, verbose=ctx.option("verbose"),
                                              time_limit=tl if math.isfinite(tl) else None)
                 try:
                     cr = run_chain(sub, None, fixed=Ls)
@@ -368,10 +401,13 @@ def _lipsdp(net, ctx, layer: bool):
         return MethodResult(value, details=details)
 
 
-_LIPSDP_OPTIONS = {**COMMON_OPTIONS, "solver": "scs (default; eps 1e-6, 50000 iterations) or clarabel",
-                   "split": "cut into chunks of k weight matrices and multiply the chunk bounds",
-                   "max_neurons": f"refuse LMIs larger than this (default {LIPSDP_MAX_NEURONS})",
-                   "verbose": "solver output"}
+_LIPSDP_OPTIONS = {**_CHAIN_OPTIONS,
+                   "solver": Option(str, "scs", "SDP solver: scs (eps 1e-6, 50000 iterations) or clarabel",
+                                    choices=("scs", "clarabel")),
+                   "split": Option(int, None, "cut into chunks of k weight matrices and multiply the chunk bounds "
+                                   "(auto: no split)", min=1),
+                   "max_neurons": Option(int, LIPSDP_MAX_NEURONS, "refuse LMIs larger than this", min=1),
+                   "verbose": Option(bool, False, "solver output")}
 
 
 @register_method("lipsdp-neuron", description="LipSDP-Neuron (Fazlyab et al. 2019) through cvxpy, the solver's "
@@ -407,18 +443,23 @@ OPT_DIRECT_FIRST = 200
                  "jointly (log-det barrier path following by L-BFGS, torch float64 autograd) from the best closed "
                  "form; every iterate Cholesky-checked, the best certified",
                  options={**COMMON_OPTIONS,
-                          "budget": "seconds for the optimisation (default: 120 without a time limit, the time "
-                                    "left with one); running out gives status time_limit with the best bound",
-                          "max_iter": "L-BFGS iterations in total (default 5000)",
-                          "start": "family (default: best closed-form member) or fast",
-                          "members": "closed-form members of the start (as eclipse-family)",
-                          "phases": "barrier (path following of the log-det barrier, reaches the LipSDP-Neuron "
-                                    "optimum), direct (only the PD-by-construction parameterisation, stalls "
-                                    "above it), both (direct until it slows down, then barrier) or auto "
-                                    f"(default: barrier up to {OPT_DIRECT_FIRST} hidden neurons, else both)",
-                          "rtol": "target relative accuracy of the bound: the barrier path ends at "
-                                  "eps = 2 rtol in log F (default 2e-5); direct phase: stop when the bound "
-                                  "improved by less than this over 10 iterations"}, **_REG_BOX)
+                          "budget": Option(float, None, "seconds for the optimisation (auto: 120 without a time "
+                                           "limit, the time left with one); running out gives status time_limit "
+                                           "with the best bound", min=0),
+                          "max_iter": Option(int, 5000, "L-BFGS iterations in total", min=1),
+                          "start": Option(str, "family", "start point: family (the best closed-form member) or "
+                                          "fast (ECLipsE-Fast)", choices=("family", "fast")),
+                          "members": Option(str, "auto", "closed-form members of the start (as eclipse-family)",
+                                            choices=("auto", "all", "cheap")),
+                          "phases": Option(str, "auto", "barrier (path following of the log-det barrier, reaches "
+                                           "the LipSDP-Neuron optimum), direct (only the PD-by-construction "
+                                           "parameterisation, stalls above it), both (direct until it slows down, "
+                                           f"then barrier) or auto (barrier up to {OPT_DIRECT_FIRST} hidden neurons, "
+                                           "else both)", choices=("auto", "barrier", "direct", "both")),
+                          "rtol": Option(float, 2e-5, "target relative accuracy of the bound: the barrier path ends "
+                                         "at eps = 2 rtol in log F; direct phase: stop when the bound improved by "
+                                         "less than this over 10 iterations", min=0, min_exclusive=True)},
+                 **_REG_BOX)
 def lipsdp_opt(net, ctx):
     """Certified upper bound on the l2 Lipschitz constant (global, or local on a box with per-neuron slopes):
     the multipliers of the exact LipSDP-Neuron decomposition optimised jointly, started from the best
@@ -435,33 +476,29 @@ def lipsdp_opt(net, ctx):
         triv = _trivial(prep0)
         if triv is not None:
             return triv
-        phases = str(ctx.option("phases", "auto"))
-        if phases not in ("auto", "barrier", "direct", "both"):
-            raise Unsupported(f"phases={phases!r}: use auto, barrier, direct or both")
+        phases = ctx.option("phases")  # validated: auto, barrier, direct or both
         t_begin = time.perf_counter()
         left = ctx.time_left()
         # the budget applies when there is no time limit; with one, the time left (minus a margin for the
         # final certificate) unless a budget is also given explicitly
-        budget = float(ctx.option("budget", math.inf if math.isfinite(left) else 120.0))
+        budget = ctx.option("budget")
+        if budget is None:
+            budget = math.inf if math.isfinite(left) else 120.0
         by_time_limit = math.isfinite(left) and left - 0.05 * (ctx.time_limit or 0) - 0.5 <= budget
         if math.isfinite(left):
             budget = min(budget, left - 0.05 * (ctx.time_limit or 0) - 0.5)
         if prep0.slope_bounds is None:
             models = [prep0]
         else:
-            which = str(ctx.option("slopes", "auto"))
+            which = ctx.option("slopes")
             models = [prep0.with_slopes(w) for w in (["local", "relaxed"] if which == "auto" else [which])]
         runs = []
-        if prep0.slope_bounds is not None and str(ctx.option("slopes", "auto")) == "auto":
+        if prep0.slope_bounds is not None and ctx.option("slopes") == "auto":
             # the global closed forms as a floor: a local bound is never above the global family's
             g = prep0.with_slopes("global")
-            for name, make in family_members(_which_members(ctx, g)):
-                try:
-                    cr = run_chain(g, make(g), ctx=ctx)
-                except MethodFailed:
-                    continue
-                if cr.cut_at is None and (not runs or cr.value_hat < runs[0][1].value_hat):
-                    runs = [(g, cr, {"start_member": name, "note": "global closed form (no optimisation)"}, "ok")]
+            fl = _best_closed_form([(name, g, make) for name, make in family_members(_which_members(ctx, g))], ctx)
+            if fl.cr is not None:
+                runs = [(g, fl.cr, {"start_member": fl.name, "note": "global closed form (no optimisation)"}, "ok")]
         floor = list(runs)
         for i, prep in enumerate(models):
             share = (budget - (time.perf_counter() - t_begin)) / (len(models) - i)
@@ -484,30 +521,23 @@ def _opt_one(prep, ctx, phases: str, budget: float, by_time_limit: bool):
 
     if phases == "auto":  # phase 1 drops the alpha*beta term, which is all a local linear neuron offers
         phases = "barrier" if prep.n_hidden <= OPT_DIRECT_FIRST or prep.slope_model == "local" else "both"
-    start = str(ctx.option("start", "family"))
+    start = ctx.option("start")
     members = family_members(_which_members(ctx, prep)) if start == "family" else family_members()[:1]
     t0 = time.perf_counter()
-    best, best_name, values = None, None, {}
-    for name, make in members:
-        if best is not None and (ctx.time_left() < 0.5 * (ctx.time_limit or math.inf)
-                                 or time.perf_counter() - t0 > 0.25 * budget):
-            break
-        try:
-            cr = run_chain(prep, make(prep), ctx=ctx)
-        except MethodFailed as e:
-            values[name] = f"failed: {e}"
-            continue
-        values[name] = prep.unscale(cr.value_hat)
-        if cr.cut_at is None and (best is None or cr.value_hat < best.value_hat):
-            best, best_name = cr, name
+
+    def stop():  # a quarter of the budget (or half of the time limit) for the start point at most
+        return ctx.time_left() < 0.5 * (ctx.time_limit or math.inf) or time.perf_counter() - t0 > 0.25 * budget
+
+    start_run = _best_closed_form([(name, prep, make) for name, make in members], ctx, stop=stop)
+    best, best_name, values = start_run.cr, start_run.name, start_run.values
     if best is None:
         raise MethodFailed("no closed-form start point")
     t_start = time.perf_counter() - t0
     budget = budget - t_start
     details = {"start_member": best_name, "start_value": prep.unscale(best.value_hat),
                "start_members": values, "start_time_s": t_start, "phases": phases}
-    max_iter = int(ctx.option("max_iter", 5000))
-    rtol = float(ctx.option("rtol", 2e-5))
+    max_iter = ctx.option("max_iter")
+    rtol = ctx.option("rtol")
     status = "ok"
     final = best
 

@@ -177,8 +177,9 @@ def local_slopes(net, region) -> list:
     activation's derivative on certified (CROWN) bounds of its pre-activation. For two inputs of the box
     the secant slope of each neuron lies in that range (mean value theorem), so LipSDP's quadratic
     constraints with these slopes hold on the box and the bound is a local Lipschitz constant there.
+    The range is the table's `derivative_range` (sound, outward-rounded; any activation, alpha < 0 too).
     Returns a list of (alpha, beta, unstable count) per activation in graph order. Cost: one CROWN pass."""
-    from ...crown import derivative_range, preactivation_bounds
+    from ...crown import preactivation_bounds
     from ...network import Activation
 
     acts = [n.op for n in net.nodes if isinstance(n.op, Activation)]
@@ -188,20 +189,21 @@ def local_slopes(net, region) -> list:
         raise Unsupported(f"local bounds need certified pre-activation bounds: {e}") from None
     out = []
     for op, (lo, hi) in zip(acts, bounds):
-        a, b = derivative_range(op, lo.reshape(-1), hi.reshape(-1))
+        a, b = op.fn.derivative_range(lo.reshape(-1), hi.reshape(-1))
         a, b = a.numpy().astype(np.float64), b.numpy().astype(np.float64)
         out.append((a, b, int(np.sum(a != b))))
     return out
 
 
-def prepare(net, ctx, *, check_slopes: bool = True) -> Prepared:
+def prepare(net, ctx) -> Prepared:
     """The dense chain of ``net`` (normalised), with the output row selected when ctx.output is set; on a
-    box region (ctx.region) with per-neuron slope bounds from `local_slopes`.
+    box region (ctx.region) with per-neuron slope bounds from `local_slopes`. Any slope bounds alpha <= beta
+    (alpha < 0 too: GELU, SiLU, Abs, ...): the certificate keeps the alpha*beta term exactly.
 
     Raises Unsupported for residual / max-pool networks and for dense matrices that are too large."""
-    max_entries = ctx.option("max_entries", None)
+    max_entries = ctx.option("max_entries")
     try:
-        chain = net.dense_chain() if max_entries is None else net.dense_chain(max_entries=int(max_entries))
+        chain = net.dense_chain() if max_entries is None else net.dense_chain(max_entries=max_entries)
     except Unsupported:
         raise
     except MemoryError as e:  # pragma: no cover - depends on the machine
@@ -212,9 +214,6 @@ def prepare(net, ctx, *, check_slopes: bool = True) -> Prepared:
         if i < len(chain) - 1:
             act = layer.activation
             a, b = float(act.alpha), float(act.beta)
-            if check_slopes and a * b < 0:
-                raise Unsupported(f"activation {act.describe()} has slopes [{a}, {b}] with alpha*beta < 0: the "
-                                  "closed forms of the LipSDP family need alpha*beta >= 0 (use lipsdp-neuron)")
             alphas.append(a)
             betas.append(b)
             names.append(act.describe())
