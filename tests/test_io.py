@@ -141,7 +141,7 @@ def test_built_cnn_matches_onnxruntime(tmp_path):
     by_name = {n.name: n for n in net.nodes}
     assert by_name["conv_asym/pad"].op.kind == "Pad" and by_name["conv_asym"].op.padding == (0, 0)
     assert by_name["conv_grouped"].op.padding == (1, 1) and by_name["conv_grouped"].op.groups == 2
-    assert by_name["bn"].op.label == "BatchNorm" and tuple(by_name["bn"].op.scale.shape) == (4, 1, 1)
+    assert "bn" not in by_name  # per-channel: folded into the convolution before it (fold_scale_shift)
     assert by_name["residual"].op.kind == "Add" and len(by_name["residual"].inputs) == 2
     assert by_name["three_minus"].op.label == "Sub" and float(by_name["three_minus"].op.scale.reshape(-1)[0]) == -1
     assert {"Transpose", "AvgPool2d", "MaxPool2d", "Pad"} <= net.op_kinds()
@@ -179,7 +179,8 @@ def test_built_mlp_variants_match_onnxruntime(tmp_path):
     net = lipbound.load(path)
     assert net.input_shape == (3, 4)
     labels = {n.name: getattr(n.op, "label", None) for n in net.nodes}
-    assert labels["div"] == "Div" and labels["mul_left"] == "Mul" and labels["halve"] == "Div"
+    # scalings right after a Linear fold into it (fold_scale_shift); the others stay
+    assert labels["div"] == "Div" and "mul_left" not in labels and "halve" not in labels
     assert_matches_ort(net, path, n=6, scale=2.0)
 
 
@@ -424,9 +425,8 @@ def test_from_torch_cnn_with_batchnorm_and_pools():
     randomise_batchnorm(cnn, seed=2)
     net = lipbound.from_torch(cnn, (1, 12, 12))
     kinds = net.op_kinds()
-    assert {"Conv2d", "MaxPool2d", "AvgPool2d", "ElementwiseAffine", "Pad", "Reshape", "Linear"} <= kinds
-    bn = [n for n in net.nodes if getattr(n.op, "label", None) == "BatchNorm"]
-    assert len(bn) == 1 and tuple(bn[0].op.scale.shape) == (4, 1, 1)
+    assert {"Conv2d", "MaxPool2d", "AvgPool2d", "Pad", "Reshape", "Linear"} <= kinds
+    assert "ElementwiseAffine" not in kinds  # the BatchNorm folded into the convolution before it
     assert_matches_module(net, cnn, (1, 12, 12))
 
 
@@ -524,7 +524,8 @@ def test_torch_onnx_export_roundtrip(tmp_path):
     onnx_net = lipbound.load(path)
     torch_net = lipbound.from_torch(model, (1, 8, 8))
     assert onnx_net.input_shape == torch_net.input_shape == (1, 8, 8)
-    assert any(getattr(n.op, "label", None) == "BatchNorm" for n in onnx_net.nodes)
+    for net in (onnx_net, torch_net):  # the BatchNorm folded into the convolution in both readings
+        assert not any(getattr(n.op, "label", None) == "BatchNorm" for n in net.nodes)
     x = torch.rand(6, 1, 8, 8, dtype=torch.float64)
     assert torch.allclose(onnx_net(x), torch_net(x), atol=1e-10)
     assert_matches_module(onnx_net, model, (1, 8, 8))

@@ -1,6 +1,8 @@
 """The network representation: evaluation, dense chains, Jacobians, adjoints, interval bounds."""
 
 import numpy as np
+
+import lipbound.network
 import pytest
 import torch
 
@@ -114,3 +116,34 @@ def test_bad_input_shape_is_a_clear_error():
     net = random_mlp([3, 4, 2])
     with pytest.raises(LipboundError, match="does not fit"):
         net(torch.zeros(2, 5, dtype=torch.float64))
+
+
+def test_fold_scale_shift_keeps_the_function_and_only_folds_per_channel_maps():
+    """A per-channel scale/shift after a Linear / Conv2d folds into it (same outputs, one op fewer); a
+    scale that varies over space, or an op whose output is also read elsewhere, is left alone."""
+    import torch
+
+    from lipbound.network import Conv2d, ElementwiseAffine, GraphBuilder, Linear, Node, Reshape, fold_scale_shift
+
+    rng = np.random.default_rng(0)
+    b = GraphBuilder((2, 5, 5))
+    c1 = b.add(Conv2d(rng.standard_normal((3, 2, 3, 3)), rng.standard_normal(3), (1, 1), (1, 1)), [0])
+    bn = b.add(ElementwiseAffine(rng.uniform(0.5, 2, (3, 1, 1)), rng.standard_normal((3, 1, 1)), "BatchNorm"), [c1])
+    c2 = b.add(Conv2d(rng.standard_normal((3, 3, 3, 3)), None, (1, 1), (1, 1)), [bn])
+    spatial = b.add(ElementwiseAffine(rng.uniform(0.5, 2, (3, 5, 5)), np.zeros((3, 1, 1))), [c2])  # not per channel
+    flat = b.add(Reshape((75,)), [spatial])
+    lin = b.add(Linear(rng.standard_normal((4, 75)), rng.standard_normal(4)), [flat])
+    sc = b.add(ElementwiseAffine(np.array([2.0, -1.0, 0.5, 3.0]), np.array([1.0, 0.0, 0.0, -1.0])), [lin])
+    nodes = b.nodes
+    folded = fold_scale_shift(list(nodes))
+    kinds = [n.op.kind for n in folded]
+    assert kinds == ["Input", "Conv2d", "Conv2d", "ElementwiseAffine", "Reshape", "Linear"]
+    x = torch.as_tensor(rng.standard_normal((7, 2, 5, 5)))
+    before, after = Network(nodes), Network(folded)
+    assert torch.allclose(before(x), after(x), rtol=1e-12, atol=1e-12)
+    # an op read twice is not folded
+    b2 = GraphBuilder((3,))
+    l1 = b2.add(Linear(rng.standard_normal((3, 3)), None), [0])
+    s1 = b2.add(ElementwiseAffine(np.array([2.0, 2.0, 2.0]), np.zeros(3)), [l1])
+    b2.add(lipbound.network.Add(), [s1, l1])
+    assert [n.op.kind for n in fold_scale_shift(list(b2.nodes))] == ["Input", "Linear", "ElementwiseAffine", "Add"]

@@ -778,6 +778,54 @@ class Network:
         return W.numpy(), offset.numpy().copy()
 
 
+def _per_channel(t: torch.Tensor, shape: tuple) -> torch.Tensor | None:
+    """``t`` broadcast to ``shape`` as a vector over its first dimension, or None when it varies along
+    the other dimensions (then it is not a per-channel scale or shift)."""
+    full = torch.broadcast_to(t, shape)
+    per = full.reshape(shape[0], -1)[:, 0]
+    return per if torch.equal(full, per.reshape((-1,) + (1,) * (len(shape) - 1)).expand(shape)) else None
+
+
+def fold_scale_shift(nodes: list[Node]) -> list[Node]:
+    """The node list with every per-channel `ElementwiseAffine` (BatchNorm in eval mode, a constant
+    scale) folded into the `Linear` / `Conv2d` feeding it, when nothing else reads that op's output.
+
+    The function is the same; the graph has one affine op where it had two, as ONNX exporters already
+    write it, so that products of operator norms do not count the pair twice and every reader gives
+    the same graph. Cost: one pass over the nodes, one scaled copy of each folded weight."""
+    n_consumers = [0] * len(nodes)
+    for node in nodes:
+        for j in node.inputs:
+            n_consumers[j] += 1
+    out, index = [], {}  # index: old node -> new node
+    for k, node in enumerate(nodes):
+        op, inputs = node.op, tuple(index[j] for j in node.inputs)
+        if isinstance(op, ElementwiseAffine) and n_consumers[node.inputs[0]] == 1:
+            prev = out[inputs[0]]
+            folded = _fold_into(prev.op, op, node.shape)
+            if folded is not None:
+                out[inputs[0]] = Node(prev.name, folded, prev.inputs, prev.shape)
+                index[k] = inputs[0]
+                continue
+        index[k] = len(out)
+        out.append(Node(node.name, op, inputs, node.shape))
+    return out
+
+
+def _fold_into(prev: Op, affine: "ElementwiseAffine", shape: tuple) -> Op | None:
+    """``affine`` after ``prev`` as one op (None when ``prev`` is not a Linear / Conv2d or the scale or
+    shift is not per channel)."""
+    if not isinstance(prev, (Linear, Conv2d)):
+        return None
+    s, t = _per_channel(affine.scale, shape), _per_channel(affine.shift, shape)
+    if s is None or t is None:
+        return None
+    if isinstance(prev, Linear):
+        return Linear(prev.W * s[:, None], prev.b * s + t)
+    return Conv2d(prev.weight * s.reshape(-1, 1, 1, 1), prev.bias * s + t, prev.stride, prev.padding, prev.dilation,
+                  prev.groups)
+
+
 class GraphBuilder:
     """Incremental construction of a `Network` with shape inference."""
 

@@ -35,7 +35,7 @@ import torch
 
 from ..errors import LipboundError, UnsupportedOperator
 from ..network import (Activation, Add, AvgPool2d, Conv2d, ElementwiseAffine, GraphBuilder, Linear, MaxPool2d,
-                       Network, Node, Pad, Reshape, Transpose)
+                       Network, Node, Pad, Reshape, Transpose, fold_scale_shift)
 from . import builders, patterns
 from .patterns import MAX, MIN, Expr, Selection
 from .tables import ONNX_ACTIVATIONS, make_activation
@@ -1362,7 +1362,8 @@ _SHAPE_PRESERVING = frozenset({"Flatten", "Identity", "Dropout", "Add", "Sub", "
 
 
 def _prune(nodes, out_idx: int, name: str, source) -> Network:
-    """The network made of the ancestors of node ``out_idx`` (which becomes the output node)."""
+    """The network made of the ancestors of node ``out_idx`` (which becomes the output node), with
+    per-channel scales and shifts folded into the Linear / Conv2d before them (`fold_scale_shift`)."""
     keep = {0, out_idx}
     for i in range(out_idx, 0, -1):
         if i in keep:
@@ -1371,7 +1372,7 @@ def _prune(nodes, out_idx: int, name: str, source) -> Network:
     remap = {old: new for new, old in enumerate(order)}
     new_nodes = [Node(nodes[o].name, nodes[o].op, tuple(remap[j] for j in nodes[o].inputs), nodes[o].shape)
                  for o in order]
-    return Network(new_nodes, name=name, source=source)
+    return Network(fold_scale_shift(new_nodes), name=name, source=source)
 
 
 def _read_model(path):
