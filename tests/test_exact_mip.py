@@ -145,6 +145,33 @@ def test_relu_like_equals_brute_force_patterns(act, param, seed):
                 assert b.value == pytest.approx(brute, rel=1e-5, abs=1e-9), (method, norm, output)
 
 
+def test_programs_without_binaries():
+    """Sub-programs with no binary variable are LPs, whose HiGHS 'MIP dual bound' is 0.0, not a bound.
+    (1) Every neuron stable: f(x) = relu(x + 3) . (1, 2) on [-0.5, 0.5]^2 is affine there with gradient
+    (1, 2): l_inf constant 3 (by hand), and the upper bound reported must not fall below it. (2) Two stable
+    layers before an unstable one, bounds=mip: the bound-tightening programs of layer 3 have no binary; the
+    value must equal the brute-force enumeration."""
+    tiny = Network.sequential((2,), [Linear(np.eye(2), np.full(2, 3.0)), Activation("relu"),
+                                     Linear(np.array([[1.0, 2.0]]), None)])
+    b = lipbound.bound(tiny, "mip", "inf", region=Region.box(np.zeros(2), 0.5))
+    assert b.kind == "exact" and b.value == pytest.approx(3.0, rel=1e-12)
+    assert b.details["upper"] >= 3.0 and all(e["upper"] >= 3.0 for e in b.details["subproblems"])
+    rng = np.random.default_rng(3)
+    W1, b1 = rng.normal(size=(3, 2)), np.full(3, 5.0)
+    W2 = rng.normal(size=(2, 3))
+    b2 = 20.0 - W2 @ b1
+    W3 = rng.normal(size=(3, 2))
+    b3 = -W3 @ (W2 @ b1 + b2) + 0.1 * rng.normal(size=3)  # layer 3 unstable near the box centre
+    net = Network.sequential((2,), [Linear(W1, b1), Activation("relu"), Linear(W2, b2), Activation("relu"),
+                                    Linear(W3, b3), Activation("relu"), Linear(rng.normal(size=(2, 3)), None)])
+    region = Region.box(np.zeros(2), 0.5)
+    for norm in ("inf", 1):
+        brute = brute_force_constant(net, region.lower, region.upper, norm)
+        m = lipbound.bound(net, "mip", norm, region=region, bounds="mip", samples=1)
+        assert m.kind == "exact" and m.status == "ok", m.reason
+        assert m.value == pytest.approx(brute, rel=1e-6)
+
+
 def test_non_relu_like_piecewise_linear_is_refused():
     """Hardtanh (two kinks) is piecewise linear but not max(z, 0) + s min(z, 0): refused with a reason."""
     net = rand_net([2, 4, 2], 0, "hardtanh", (0.0, 6.0))

@@ -18,7 +18,8 @@ Every LP / MIP of lipbound goes through `Problem` (or the one-shot `solve`):
   ``highs_status`` keeps HiGHS's own wording. ``primal`` is the column vector whenever HiGHS has one
   (``primal_feasible`` says whether HiGHS considers it feasible: an interior point stopped on the time
   limit may not be); ``dual_bound`` is the MIP's best bound in the objective's sense (an upper bound
-  when maximising). Nothing here is certified: callers re-check what they claim (weak duality, residual
+  when maximising), None for an LP (`Problem.is_mip` false: HiGHS's mip_dual_bound is then 0.0, not a
+  bound; bound an LP from its duals). Nothing here is certified: callers re-check what they claim (weak duality, residual
   corrections, re-evaluation of witnesses).
 
 **No output of its own.** ``highspy.Highs()`` prints a two-line banner ("Running HiGHS 1.16.0 ...") on

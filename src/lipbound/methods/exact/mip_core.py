@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-import torch
-
 from ... import highs
 from ...errors import Unsupported
 from ...highs import Status

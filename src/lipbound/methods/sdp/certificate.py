@@ -11,6 +11,12 @@ float64 Cholesky factorisation (`_pivot` subtracts a rounding margin first); the
 sqrt(lambda_max(W_L M_{L-1}^{-1} W_L^T)) by LAPACK, times (1 + REL_MARGIN). `full_lmi_min_eig` is an
 independent check: it assembles the whole LMI (small nets) and returns its smallest eigenvalue.
 `CertificateError` is raised when a pivot is not positive definite.
+
+Any slope bounds alpha <= beta are certified, alpha < 0 included (GELU, SiLU, Mish, Hardswish, Abs, leaky ReLU
+with a negative slope): the alpha*beta term is kept exactly, its pivots X_{k-1} = M_{k-1} + p W_k^T L_k W_k
+are factorised with their own rounding margin (`_p_term_K`), and a policy's multipliers that make an X or an
+M pivot indefinite are shrunk until both are definite. The closed-form policies drop that term when they
+choose the multipliers (they are heuristics: whatever they return is certified here).
 """
 
 from __future__ import annotations

@@ -514,11 +514,71 @@ def lipsdp_opt(net, ctx):
         return _finish(prep, final, ctx, details, status)
 
 
+def _certified_better(prep, Ls, key: str, final: ChainResult, details: dict) -> ChainResult:
+    """Re-certify an optimiser's multipliers by the float64 decomposition; the better of that and ``final``
+    (the failure or the value recorded in ``details`` under ``key``)."""
+    if Ls is None:
+        return final
+    try:
+        cr = run_chain(prep, None, fixed=Ls)
+    except (MethodFailed, CertificateError) as e:
+        details[key + "_check_failed"] = str(e)
+        return final
+    details[key + "_value"] = prep.unscale(cr.value_hat)
+    return cr if cr.value_hat < final.value_hat else final
+
+
+def _run_phases(prep, final: ChainResult, phases: str, budget: float, max_iter: int, rtol: float, details: dict):
+    """lipsdp-opt's optimisation from ``final`` within ``budget`` seconds: the direct phase (PD by
+    construction) and / or the barrier path, each result re-certified. Returns (best ChainResult, whether a
+    phase stopped on its time share)."""
+    from .barrier import optimise, polish
+
+    t_opt = time.perf_counter()
+    hit_limit = False
+    if phases in ("direct", "both"):
+        share = budget if phases == "direct" else 0.5 * budget
+        try:
+            Ls_opt, hist = optimise(prep, final.Ls, time_budget=share, max_iter=max_iter,
+                                    rtol=2 * (rtol if phases == "direct" else max(rtol, 5e-4)))
+        except (RuntimeError, ValueError, np.linalg.LinAlgError) as e:  # numerical failure: keep the best
+            Ls_opt, hist = None, {"failed": f"{type(e).__name__}: {e}"[:300]}
+        details["direct"] = hist
+        final = _certified_better(prep, Ls_opt, "direct", final, details)
+        hit_limit = hist.get("time_s", 0) >= share * 0.98
+    if phases in ("barrier", "both"):
+        remaining = budget - (time.perf_counter() - t_opt)
+        if remaining > 0:
+            try:
+                Ls_opt, hist = polish(prep, final.Ls, time_budget=remaining, eps_final=2 * rtol, max_iter=max_iter)
+            except (RuntimeError, ValueError, np.linalg.LinAlgError) as e:
+                Ls_opt, hist = None, {"failed": f"{type(e).__name__}: {e}"[:300]}
+            details["barrier"] = hist
+            final = _certified_better(prep, Ls_opt, "barrier", final, details)
+            hit_limit = hist.get("time_s", 0) >= remaining * 0.98
+        else:
+            hit_limit = True
+    return final, hit_limit
+
+
+def _summarise_phases(details: dict, phases: str) -> None:
+    """The optimisation summary under the key of earlier versions (JSON contract), the phases' histories
+    inside, and the re-certification failures if any."""
+    phase_hists = {k: details[k] for k in ("direct", "barrier") if k in details}
+    details["optimisation"] = {
+        **{k: sum(h.get(k, 0) for h in phase_hists.values())
+           for k in ("iterations", "evaluations", "infeasible_evaluations")},
+        "time_s": details["optimisation_time_s"], "phases": phases,
+        "best_log": min([h.get("best_log", math.inf) for h in phase_hists.values()] + [math.inf]),
+        **phase_hists}
+    failed = [details[k] for k in ("direct_check_failed", "barrier_check_failed") if k in details]
+    if failed:
+        details["optimised_check_failed"] = "; ".join(failed)
+
+
 def _opt_one(prep, ctx, phases: str, budget: float, by_time_limit: bool):
     """lipsdp-opt on one slope model within ``budget`` seconds (closed-form start included):
     (prep, best ChainResult, details, status)."""
-    from .barrier import optimise, polish
-
     if phases == "auto":  # phase 1 drops the alpha*beta term, which is all a local linear neuron offers
         phases = "barrier" if prep.n_hidden <= OPT_DIRECT_FIRST or prep.slope_model == "local" else "both"
     start = ctx.option("start")
@@ -540,63 +600,16 @@ def _opt_one(prep, ctx, phases: str, budget: float, by_time_limit: bool):
     rtol = ctx.option("rtol")
     status = "ok"
     final = best
-
-    def certify(Ls, key):
-        nonlocal final
-        if Ls is None:
-            return
-        try:
-            cr = run_chain(prep, None, fixed=Ls)
-        except (MethodFailed, CertificateError) as e:
-            details[key + "_check_failed"] = str(e)
-            return
-        details[key + "_value"] = prep.unscale(cr.value_hat)
-        if cr.value_hat < final.value_hat:
-            final = cr
-
     t_opt = time.perf_counter()
     if budget <= 0:
         status = "time_limit"
         details["stopped_by"] = "time limit" if by_time_limit else "budget"
     else:
-        hit_limit = False
-        if phases in ("direct", "both"):
-            share = budget if phases == "direct" else 0.5 * budget
-            try:
-                Ls_opt, hist = optimise(prep, final.Ls, time_budget=share, max_iter=max_iter,
-                                        rtol=2 * (rtol if phases == "direct" else max(rtol, 5e-4)))
-            except (RuntimeError, ValueError, np.linalg.LinAlgError) as e:  # numerical failure: keep the best
-                Ls_opt, hist = None, {"failed": f"{type(e).__name__}: {e}"[:300]}
-            details["direct"] = hist
-            certify(Ls_opt, "direct")
-            hit_limit = hist.get("time_s", 0) >= share * 0.98
-        if phases in ("barrier", "both"):
-            remaining = budget - (time.perf_counter() - t_opt)
-            if remaining > 0:
-                try:
-                    Ls_opt, hist = polish(prep, final.Ls, time_budget=remaining, eps_final=2 * rtol,
-                                          max_iter=max_iter)
-                except (RuntimeError, ValueError, np.linalg.LinAlgError) as e:
-                    Ls_opt, hist = None, {"failed": f"{type(e).__name__}: {e}"[:300]}
-                details["barrier"] = hist
-                certify(Ls_opt, "barrier")
-                hit_limit = hist.get("time_s", 0) >= remaining * 0.98
-            else:
-                hit_limit = True
+        final, hit_limit = _run_phases(prep, final, phases, budget, max_iter, rtol, details)
         if hit_limit:  # stopped by the time limit or the budget before the path's end
             status = "time_limit"
             details["stopped_by"] = "time limit" if by_time_limit else "budget"
     details["optimised_value"] = prep.unscale(final.value_hat)
     details["optimisation_time_s"] = time.perf_counter() - t_opt
-    # summary under the key of earlier versions (JSON contract), the phases' histories inside
-    phase_hists = {k: details[k] for k in ("direct", "barrier") if k in details}
-    details["optimisation"] = {
-        **{k: sum(h.get(k, 0) for h in phase_hists.values())
-           for k in ("iterations", "evaluations", "infeasible_evaluations")},
-        "time_s": details["optimisation_time_s"], "phases": phases,
-        "best_log": min([h.get("best_log", math.inf) for h in phase_hists.values()] + [math.inf]),
-        **phase_hists}
-    failed = [details[k] for k in ("direct_check_failed", "barrier_check_failed") if k in details]
-    if failed:
-        details["optimised_check_failed"] = "; ".join(failed)
+    _summarise_phases(details, phases)
     return prep, final, details, status
