@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 
 import lipbound
 from lipbound.activations import ACTIVATIONS
-from lipbound.crown import preactivation_bounds
-from lipbound.intervals import preactivation_intervals
+from lipbound.crown import forward_bounds, preactivation_bounds
+from lipbound.intervals import interval_bounds, preactivation_intervals
 from lipbound.methods.jacobian.graph import JacobianGraph, product_lines
-from lipbound.network import Activation, Add, Conv2d, ElementwiseAffine, GraphBuilder, Linear, MaxMin, Reshape
+from lipbound.network import Activation, Add, Conv2d, ElementwiseAffine, GraphBuilder, Linear, MaxMin, Network, Reshape
 from lipbound.registry import Region
 
 from _nets import random_graph_net, random_mlp
@@ -122,6 +122,47 @@ def test_preactivation_bounds_graph_net():
     pre = net.preactivations(torch.as_tensor(region.sample(2000, np.random.default_rng(3))))
     for p, (lo, hi) in zip(pre, pb):
         assert bool((p >= lo - 1e-9).all() and (p <= hi + 1e-9).all())
+
+
+def _maxmin_net(seed, layout, order):
+    rng = np.random.default_rng(seed)
+    b = GraphBuilder((4,))
+    x = b.add(Linear(rng.normal(size=(8, 4)), rng.normal(size=8) * 0.3), [0])
+    x = b.add(MaxMin(layout=layout, order=order), [x])
+    y = b.add(Linear(rng.normal(size=(8, 8)) / 3, rng.normal(size=8) * 0.3), [x])
+    y = b.add(Add(), [y, x])
+    y = b.add(MaxMin(layout=layout, order=order), [y])
+    y = b.add(Linear(rng.normal(size=(6, 8)) / 3, rng.normal(size=6) * 0.3), [y])
+    y = b.add(Activation("silu"), [y])
+    b.add(Linear(rng.normal(size=(2, 6)), rng.normal(size=2) * 0.3), [y])
+    return b.build(name="maxmin")
+
+
+@pytest.mark.parametrize("layout,order", [("pairs", "max_min"), ("halves", "min_max")])
+@pytest.mark.parametrize("alpha", [False, True])
+def test_forward_bounds_relax_maxmin(layout, order, alpha):
+    """CROWN on MaxMin (max = b + relu(a - b), min = a - relu(a - b)): the bounds of every pair difference
+    and of the later pre-activations contain sampled values and beat interval propagation."""
+    net = _maxmin_net(len(layout) + len(order), layout, order)
+    region = Region.box(np.random.default_rng(1).normal(size=4), 0.5)
+    fwd = forward_bounds(net, region, alpha=alpha)
+    vals = net.forward_all(torch.as_tensor(region.sample(5000, np.random.default_rng(2))))
+    ivs = interval_bounds(net, region)
+    kinds = []
+    for k, (lo, hi) in fwd.items():
+        node = net.nodes[k]
+        x = vals[node.inputs[0]].reshape(5000, -1)
+        ilo, ihi = (t.reshape(-1) for t in ivs[node.inputs[0]])
+        if isinstance(node.op, MaxMin):
+            h, l = (torch.as_tensor(t) for t in node.op.pairs(node.shape))
+            x, ilo, ihi = x[:, h] - x[:, l], ilo[h] - ihi[l], ihi[h] - ilo[l]
+        kinds.append(node.op.kind)
+        assert bool((x >= lo).all() and (x <= hi).all()), k
+        assert bool((lo >= ilo - 1e-12).all() and (hi <= ihi + 1e-12).all())
+    assert kinds == ["MaxMin", "MaxMin", "Activation"]
+    lo, hi = fwd[len(net.nodes) - 2]
+    ilo, ihi = ivs[len(net.nodes) - 3]
+    assert float((hi - lo).sum()) < 0.8 * float((ihi - ilo).sum())  # regression signal: CROWN is tighter
 
 
 # ---------------------------------------------------------------- relaxations --------------------
@@ -253,6 +294,43 @@ def test_bab_history_non_increasing_and_below_crown():
     for refresh in ("input", "final"):
         other = lipbound.bound(net, "crown-bab", norm="inf", region=region, time_limit=1, refresh=refresh)
         assert sampled_norm(net, region, 5000) - 1e-9 <= other.value <= crown.value + 1e-9
+
+
+@pytest.mark.parametrize("act,param", [("abs", None), ("leaky_relu", -0.3), ("leaky_relu", 2.0)])
+def test_bab_splits_every_relu_like_activation(act, param):
+    """Abs and leaky ReLUs with a negative or > 1 slope are split too (fn.relu_like_slope): with the
+    pattern LP the branch and bound reaches the exact value of the `enumerate` method."""
+    net = random_mlp([4, 6, 5, 3], seed=3, activation=act, param=param)
+    region = Region.box(np.random.default_rng(3).random(4), 0.3)
+    exact = lipbound.bound(net, "enumerate", norm="inf", region=region)
+    if not (exact.ok and exact.kind == "exact"):
+        pytest.skip(f"enumerate did not finish: {exact.status} {exact.reason}")
+    crown = lipbound.bound(net, "crown", norm="inf", region=region)
+    bab = lipbound.bound(net, "crown-bab", norm="inf", region=region, time_limit=10)
+    assert bab.status == "ok" and bab.details["converged"] and bab.details["lp_prune"]
+    assert exact.value - 1e-7 <= bab.value <= 1.01 * exact.value + 1e-9
+    assert bab.value <= crown.value + 1e-9
+
+
+def test_bab_with_unsplittable_neurons_is_sound_and_says_so():
+    """ReLU layers are split, the tanh layer is not: the bound stays between the samples and crown, and
+    the result does not claim convergence to the pattern maximum."""
+    rng = np.random.default_rng(4)
+    ops = [Linear(rng.normal(size=(6, 4)), rng.normal(size=6)), Activation("relu"),
+           Linear(rng.normal(size=(5, 6)), rng.normal(size=5)), Activation("tanh"),
+           Linear(rng.normal(size=(3, 5)), rng.normal(size=3))]
+    net = Network.sequential((4,), ops)
+    region = Region.box(rng.random(4), 0.4)
+    crown = lipbound.bound(net, "crown", norm="inf", region=region)
+    bab = lipbound.bound(net, "crown-bab", norm="inf", region=region, time_limit=5)
+    assert bab.ok
+    assert sampled_norm(net, region, 5000) - 1e-9 <= bab.value <= crown.value + 1e-9
+    assert not bab.details["converged"]
+    assert bab.details.get("stopped") == "unsplittable" or bab.status == "time_limit"
+    tanh_only = random_mlp([4, 6, 3], seed=1, activation="tanh")
+    b = lipbound.bound(tanh_only, "crown-bab", norm=2, region=region, time_limit=5)
+    assert b.ok and b.details["steps"] == 0 and not b.details["converged"] and "tanh" in b.details["note"]
+    assert b.value == pytest.approx(lipbound.bound(tanh_only, "crown", norm=2, region=region).value, rel=1e-12)
 
 
 def test_bab_norm2_single_output_and_outputs():

@@ -3,13 +3,15 @@
 On every shared network and on random networks, in every norm; the exact value of the two scalar
 networks comes from an independent dense grid over the input line."""
 
-import math
-
 import numpy as np
 import pytest
 import torch
 
 import lipbound
+from lipbound.activations import ACTIVATIONS
+from lipbound.activations import make as make_activation
+from lipbound.methods.lower import differentiable_mask
+from lipbound.network import Activation, Add, GraphBuilder, Linear, MaxMin, Network
 from conftest import shared_network_paths
 from _nets import random_graph_net, random_mlp
 
@@ -126,3 +128,87 @@ def test_a_kink_is_never_a_witness():
     x[0, 0] = -b[0] / W[0, 0]
     assert not bool(differentiable_mask(net, x)[0])
     assert bool(differentiable_mask(net, x + 0.01)[0])
+
+
+# ---------------------------------------------------------------- every activation, MaxMin ---------
+
+#: every entry of the activation table with its defaults, plus variants that change the shape
+ACT_CASES = [(n, None) for n in ACTIVATIONS] + [("leaky_relu", -0.3), ("hardtanh", (0.0, 6.0)), ("elu", 0.5)]
+ACT_IDS = [n if p is None else f"{n}-{p}" for n, p in ACT_CASES]
+
+
+@pytest.mark.parametrize("act,param", ACT_CASES, ids=ACT_IDS)
+@pytest.mark.parametrize("norm", NORMS)
+def test_sandwich_for_every_activation(act, param, norm):
+    net = random_mlp([5, 10, 8, 3], seed=len(act), activation=act, param=param, scale=2.0)
+    _check_sandwich(net, norm)
+    region = lipbound.Region.box(np.random.default_rng(1).normal(size=5), 0.5)
+    for b in _check_sandwich(net, norm, region)[:2]:
+        assert region.contains(b.witness, tol=0.0)
+        assert bool(differentiable_mask(net, torch.as_tensor(b.witness)[None])[0])
+
+
+@pytest.mark.parametrize("act,param", ACT_CASES, ids=ACT_IDS)
+def test_no_witness_on_any_kink(act, param):
+    """Every kink of every activation (fn.kinks(): hardtanh's ends, hardswish's +-3, ELU's 0 ...) is
+    rejected by the mask, points next to it are accepted; a neuron that is constant on a kink (zero
+    weights) does not matter."""
+    fn = make_activation(act, param)
+    rng = np.random.default_rng(0)
+    W = np.vstack([[1.0, 0.0], [0.0, 0.0], rng.normal(size=(3, 2))])
+    for p in [k[0] for k in fn.kinks()] or [0.0]:
+        b = np.concatenate([[0.0, p], rng.normal(size=3) + 10.0])  # neuron 1: constant p; 2-4: far away
+        net = Network.sequential((2,), [Linear(W, b), Activation(act, param), Linear(rng.normal(size=(2, 5)), None)])
+        x = torch.tensor([[p, 0.01], [p + 1e-3, 0.01], [p - 1e-3, 0.01]], dtype=torch.float64)
+        mask = differentiable_mask(net, x)
+        assert bool(mask[0]) == (not fn.kinks()), (act, p)  # z_0 = p exactly
+        assert bool(mask[1]) and bool(mask[2])
+
+
+def _orthogonal_maxmin_net(seed, n=6, layout="pairs", order="max_min"):
+    rng = np.random.default_rng(seed)
+    q1, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    q2, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    b = GraphBuilder((n,))
+    x = b.add(Linear(q1, rng.normal(size=n)), [0])
+    x = b.add(MaxMin(layout=layout, order=order), [x])
+    b.add(Linear(q2, rng.normal(size=n)), [x])
+    return b.build(name="orthogonal-maxmin")
+
+
+def test_maxmin_ties_are_kinks():
+    rng = np.random.default_rng(0)
+    b = GraphBuilder((4,))
+    W = np.vstack([np.eye(4)[:2], np.zeros((2, 4))])
+    x = b.add(Linear(W, np.array([0.0, 0.0, 0.5, 0.5])), [0])  # pair (2, 3) constant and tied
+    x = b.add(MaxMin(), [x])
+    b.add(Linear(rng.normal(size=(2, 4)), None), [x])
+    net = b.build()
+    pts = torch.tensor([[0.3, 0.3, 1.0, 2.0], [0.3, 0.3 + 1e-6, 1.0, 2.0], [0.3, -0.2, 5.0, 5.0]], dtype=torch.float64)
+    assert differentiable_mask(net, pts).tolist() == [False, True, True]
+
+
+@pytest.mark.parametrize("layout,order", [("pairs", "max_min"), ("halves", "min_max")])
+def test_maxmin_between_orthogonal_layers_is_exactly_one_in_l2(layout, order):
+    """Q2 MaxMin(Q1 x + b) with orthogonal Q1, Q2: the Jacobian is orthogonal wherever it exists, so the
+    l2 Lipschitz constant is exactly 1 (an independent value): both lower bounds find 1 and never more."""
+    net = _orthogonal_maxmin_net(3, layout=layout, order=order)
+    for method, opts in (("lower-sample", FAST), ("lower-grad", FAST_GRAD)):
+        b = lipbound.bound(net, method, norm=2, **opts)
+        assert b.ok and b.value == pytest.approx(1.0, abs=1e-12)
+    _check_sandwich(net, "inf")
+    _check_sandwich(net, 1, lipbound.Region.box(np.zeros(6), 0.5))
+
+
+def test_lower_grad_on_a_maxmin_residual_net_beats_or_matches_sampling():
+    rng = np.random.default_rng(2)
+    b = GraphBuilder((6,))
+    x = b.add(Linear(rng.normal(size=(8, 6)), rng.normal(size=8) * 0.3), [0])
+    y = b.add(MaxMin(layout="halves"), [x])
+    z = b.add(Linear(rng.normal(size=(8, 8)) / 2, None), [y])
+    s = b.add(Add(), [z, y])
+    t = b.add(Activation("hardtanh"), [s])
+    b.add(Linear(rng.normal(size=(3, 8)), rng.normal(size=3)), [t])
+    net = b.build()
+    for norm in NORMS:
+        _check_sandwich(net, norm)

@@ -36,6 +36,10 @@ from .errors import LipboundError
 #: are accurate to a few ulps; 1e-12 covers that with room and is far below any bound's resolution)
 TRANSCENDENTAL_MARGIN = 1e-12
 
+#: relative outward margin for values of piecewise-linear functions and their relaxation offsets: a z,
+#: (z + 3) / 6 and f(z) - a z are each a few float64 roundings (unit roundoff 2^-53)
+PIECEWISE_LINEAR_MARGIN = 8 * 2.0 ** -53
+
 #: bisection for roots of f'(z) = a on a monotone piece stops at this bracket width: the bracket
 #: correction (width x max|f' - a|, about f'' width^2) keeps the offset sound whatever the width, and at
 #: 1e-7 it loosens it by ~1e-14 only
@@ -136,11 +140,18 @@ class ActivationFunction:
         return f"{self.name}({', '.join(f'{p:g}' for p in self.params)})"
 
     def _margin(self, v: torch.Tensor) -> torch.Tensor:
-        """Outward rounding margin for values of this function (0 for piecewise-linear ones, whose
-        values and slopes are exact in float64 up to the affine rounding handled by callers)."""
+        """Outward rounding margin for computed values of f and of f(z) - a z: TRANSCENDENTAL_MARGIN for
+        smooth functions, PIECEWISE_LINEAR_MARGIN (a few roundings of a z, (z + 3) / 6...) otherwise."""
         if self.piecewise_linear:
-            return torch.zeros_like(v)
+            return PIECEWISE_LINEAR_MARGIN * v.abs()
         return TRANSCENDENTAL_MARGIN * (1 + v.abs())
+
+    def _slope_margin(self, d: torch.Tensor) -> torch.Tensor:
+        """Outward margin for computed derivative values: none for piecewise-linear functions, whose
+        slopes are the exact constants of the table (stable neurons keep exact slopes)."""
+        if self.piecewise_linear:
+            return torch.zeros_like(d)
+        return TRANSCENDENTAL_MARGIN * (1 + d.abs())
 
     def _breaks(self) -> list[float]:
         """Sorted points cutting the line into pieces where f' is monotone (kinks and inflections)."""
@@ -164,7 +175,7 @@ class ActivationFunction:
             dmin = torch.where(inside, torch.minimum(dmin, dc), dmin)
             dmax = torch.where(inside, torch.maximum(dmax, dc), dmax)
         a, b = self.slope_bounds()
-        return (dmin - self._margin(dmin)).clamp(min=a), (dmax + self._margin(dmax)).clamp(max=b)
+        return (dmin - self._slope_margin(dmin)).clamp(min=a), (dmax + self._slope_margin(dmax)).clamp(max=b)
 
     # -- derived: extremes of f(z) - a z ---------------------------------------------------------------
     def line_offsets(self, lo: torch.Tensor, hi: torch.Tensor, slope) -> tuple[torch.Tensor, torch.Tensor]:
@@ -328,8 +339,11 @@ def make(name: str, param=None) -> ActivationFunction:
 
 
 def _softplus(x, t=1.0):
-    """t * log(1 + exp(x / t)), exactly (torch's softplus switches to x above a threshold)."""
-    return t * torch.logaddexp(x / t, torch.zeros_like(x))
+    """t * log(1 + exp(x / t)), exactly (torch's softplus switches to x above a threshold), with finite
+    first and second derivatives everywhere (each branch sees only arguments where exp cannot overflow)."""
+    z = x / t
+    pos, neg = torch.clamp(z, min=0.0), torch.clamp(z, max=0.0)
+    return t * torch.where(z > 0, pos + torch.log1p(torch.exp(-pos)), torch.log1p(torch.exp(neg)))
 
 
 def _smooth_relu(x, t):

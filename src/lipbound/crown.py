@@ -16,7 +16,10 @@ uses only the table's derivative ranges, default slopes and exact line offsets.
 The back-substitution uses the project's one graph traversal (`traversal.backward`) with a rule per
 operation (`crown_rules`): affine ops apply their adjoint ``linear_t`` and collect their constant term,
 activations apply their relaxation, `Add` passes the coefficients to both inputs (coefficients that
-reach a node used twice are summed). MaxPool2d is not supported (raises `Unsupported`).
+reach a node used twice are summed), MaxMin pairs (a, b) are relaxed through max(a, b) = b + relu(a - b),
+min(a, b) = a - relu(a - b) with the ReLU relaxation on the bounds of d = a - b (bounded like a
+pre-activation: intervals, then CROWN on the specifications +-(e_a - e_b)). MaxPool2d is not supported
+(raises `Unsupported`).
 
 Relaxations are sound for any slope: for a slope ``a`` the offsets are the exact minimum and maximum of
 ``f(z) - a z`` over ``[l, u]`` (`ActivationFunction.line_offsets`, outward-rounded).
@@ -32,7 +35,8 @@ import torch
 from . import traversal
 from .errors import Unsupported
 from .intervals import IBP_RULES
-from .network import DTYPE, Activation, Add, MaxPool2d, Network
+from .activations import make as make_activation
+from .network import DTYPE, Activation, Add, MaxMin, MaxPool2d, Network
 from .optim import Adam
 
 #: entries per coefficient tensor before the specifications are processed in chunks
@@ -47,16 +51,13 @@ ALPHA_MAX_WORK = 3e6
 #: are re-evaluated with exact offsets, so the bound stays sound
 GRID_POINTS = 33
 
+#: MaxMin pairs (a, b) = (x[hi], x[lo]) are relaxed through max = b + relu(a - b), min = a - relu(a - b)
+RELU = make_activation("relu")
+
 
 # --------------------------------------------------------------------------------------------------
 # activation relaxations (every fact comes from the activation table, `lipbound.activations`)
 # --------------------------------------------------------------------------------------------------
-
-
-def derivative_range(op: Activation, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Elementwise [min, max] of the Clarke derivative of ``op`` over [lo, hi]: ``op.fn.derivative_range``
-    (kept as an alias for older callers; new code calls the table directly)."""
-    return op.fn.derivative_range(lo, hi)
 
 
 class ActivationRelaxation:
@@ -144,7 +145,8 @@ class _CrownPass:
         self.alphas = alphas or {}
         self.approx = approx  # approximate offsets for bisecting activations (alpha-CROWN's search only)
         self.bias = None
-        self.rules = {"affine": self._affine, Activation: self._activation, Add: self._add, MaxPool2d: self._maxpool}
+        self.rules = {"affine": self._affine, Activation: self._activation, Add: self._add, MaxPool2d: self._maxpool,
+                      MaxMin: self._maxmin}
 
     def _add_bias(self, b):
         self.bias = b if self.bias is None else self.bias + b
@@ -170,6 +172,21 @@ class _CrownPass:
     def _add(self, op, node, A):
         return A, A
 
+    def _maxmin(self, op, node, A):
+        """y[hi] = b + r, y[lo] = a - r with a = x[hi], b = x[lo], r = relu(a - b) relaxed on the bounds of
+        a - b: A.y = A_hi.b + A_lo.a + c.r with c = A_hi - A_lo, and c.r >= c+ (aL d + bL) + c- (aU d + bU)."""
+        k = self.index[id(node)]
+        tl, tu = self.alphas.get(k, (None, None))
+        aL, bL, aU, bU = self.relax[k].lines(tl, tu, approx=self.approx)
+        hi, lo, order = maxmin_pairs(op, node.shape)
+        Af = A.reshape(A.shape[0], -1)
+        A_hi, A_lo = Af[:, hi], Af[:, lo]
+        c = A_hi - A_lo
+        pos, neg = c.clamp(min=0), c.clamp(max=0)
+        self._add_bias((pos * bL + neg * bU).sum(1))
+        lam = pos * aL + neg * aU
+        return torch.cat([A_lo + lam, A_hi - lam], 1)[:, order].reshape(A.shape)
+
     def _maxpool(self, op, node, A):
         raise Unsupported("CROWN bound propagation does not relax max pooling (MaxPool2d)")
 
@@ -192,6 +209,19 @@ class _CrownPass:
 # --------------------------------------------------------------------------------------------------
 
 
+def maxmin_pairs(op: MaxMin, shape) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(hi, lo, order): flat indices of the pairs (y[hi] = max, y[lo] = min of x[hi], x[lo]) and the
+    permutation that puts cat([values at hi, values at lo]) back in the node's flat layout."""
+    hi, lo = (torch.as_tensor(t) for t in op.pairs(shape))
+    return hi, lo, torch.argsort(torch.cat([hi, lo]))
+
+
+def _outward(lo: torch.Tensor, hi: torch.Tensor):
+    """One rounding step outward (for results of a single rounded addition or subtraction)."""
+    return (torch.nextafter(lo, torch.tensor(-np.inf, dtype=lo.dtype)),
+            torch.nextafter(hi, torch.tensor(np.inf, dtype=hi.dtype)))
+
+
 def _box_tensors(net: Network, region):
     if isinstance(region, tuple):
         lo, hi = region
@@ -204,9 +234,24 @@ def _box_tensors(net: Network, region):
 
 def interval_pass(net: Network, box, known: dict, stop: int | None = None) -> list:
     """Interval propagation (the IBP rules) where every Activation's input interval is first
-    intersected with the bounds in ``known`` (activation node index -> (lo, hi) flat)."""
+    intersected with the bounds in ``known`` (activation node index -> (lo, hi) flat), and every MaxMin
+    output with b + relu(d), a - relu(d) for the known bounds of its pair differences d = a - b."""
     index = {id(n): i for i, n in enumerate(net.nodes)}
-    ibp_act = IBP_RULES[Activation]
+    ibp_act, ibp_maxmin = IBP_RULES[Activation], IBP_RULES[MaxMin]
+
+    def maxmin(op, node, iv):
+        out_lo, out_hi = ibp_maxmin(op, node, iv)
+        k = index[id(node)]
+        if k not in known:
+            return out_lo, out_hi
+        hi, lo, order = maxmin_pairs(op, node.shape)
+        dl, du = (t.clamp(min=0) for t in known[k])  # relu(d) in [relu(dl), relu(du)]
+        x_lo, x_hi = iv[0].reshape(1, -1), iv[1].reshape(1, -1)
+        mx = _outward(x_lo[:, lo] + dl, x_hi[:, lo] + du)  # max = b + relu(d)
+        mn = _outward(x_lo[:, hi] - du, x_hi[:, hi] - dl)  # min = a - relu(d)
+        t_lo = torch.cat([mx[0], mn[0]], 1)[:, order].reshape(out_lo.shape)
+        t_hi = torch.cat([mx[1], mn[1]], 1)[:, order].reshape(out_hi.shape)
+        return torch.maximum(out_lo, t_lo), torch.minimum(out_hi, t_hi)
 
     def act(op, node, iv):
         k = index[id(node)]
@@ -217,6 +262,7 @@ def interval_pass(net: Network, box, known: dict, stop: int | None = None) -> li
 
     rules = dict(IBP_RULES)
     rules[Activation] = act
+    rules[MaxMin] = maxmin
     lo, hi = box
     with torch.no_grad():
         return traversal.forward(net, rules, (lo.unsqueeze(0), hi.unsqueeze(0)), what="interval propagation", stop=stop)
@@ -234,8 +280,9 @@ def _needs_refinement(fn, lo, hi):
     return (hi - lo) > 1e-9
 
 
-def _crown_neurons(net, relax, start, idx, box, alpha, alpha_steps, lr):
-    """Lower and upper CROWN bounds of the entries ``idx`` of node ``start``."""
+def _crown_neurons(net, relax, start, idx, box, alpha, alpha_steps, lr, pairs=None):
+    """Lower and upper CROWN bounds of the entries ``idx`` of node ``start`` (with ``pairs`` = (hi, lo):
+    of the differences x[hi[i]] - x[lo[i]] for i in ``idx``)."""
     n_start = net.nodes[start].size
     width = max(node.size for node in net.nodes[: start + 1])
     chunk = max(1, CHUNK_ENTRIES // max(1, 2 * width))
@@ -244,8 +291,13 @@ def _crown_neurons(net, relax, start, idx, box, alpha, alpha_steps, lr):
         sel = idx[c0 : c0 + chunk]
         K = len(sel)
         A = torch.zeros(2 * K, n_start, dtype=DTYPE)
-        A[torch.arange(K), sel] = 1.0
-        A[torch.arange(K, 2 * K), sel] = -1.0
+        if pairs is None:
+            A[torch.arange(K), sel] = 1.0
+            A[torch.arange(K, 2 * K), sel] = -1.0
+        else:
+            A[torch.arange(K), pairs[0][sel]] = 1.0
+            A[torch.arange(K), pairs[1][sel]] = -1.0
+            A[K:] = -A[:K]
         A = A.reshape((2 * K,) + net.nodes[start].shape)
         with torch.no_grad():
             best = _CrownPass(net, relax).lower_bound(start, A, box)
@@ -310,7 +362,9 @@ def _optimise(net, relax, start, A, box, best, steps, lr):
 
 def forward_bounds(net: Network, region, alpha: bool = False, alpha_steps: int = 50, lr: float = 0.5,
                    method: str = "crown") -> dict:
-    """{activation node index: (lower, upper)} of the activation inputs (flat (n,), float64).
+    """{activation node index: (lower, upper)} of the activation inputs (flat (n,), float64); for a MaxMin
+    node, the bounds of its pair differences x[hi] - x[lo] (`maxmin_pairs` order), which CROWN relaxes
+    through max(a, b) = b + relu(a - b), min(a, b) = a - relu(a - b).
 
     ``method``: "crown" (CROWN / alpha-CROWN, see module doc) or "ibp" (plain interval propagation).
     Certified. Cost: for each activation layer, one back-substitution through the graph below it per
@@ -320,25 +374,31 @@ def forward_bounds(net: Network, region, alpha: bool = False, alpha_steps: int =
         if isinstance(node.op, MaxPool2d):
             raise Unsupported("CROWN bound propagation does not relax max pooling (MaxPool2d)")
     box = _box_tensors(net, region)
-    acts = [i for i, n in enumerate(net.nodes) if isinstance(n.op, Activation)]
+    relaxed = [i for i, n in enumerate(net.nodes) if isinstance(n.op, (Activation, MaxMin))]
     known: dict = {}
     relax: dict = {}
-    for k in acts:
-        p = net.nodes[k].inputs[0]
+    for k in relaxed:
+        node = net.nodes[k]
+        p = node.inputs[0]
         ivs = interval_pass(net, box, known, stop=p)
         lo, hi = (t.reshape(-1).clone() for t in ivs[p])
+        pairs = None
+        fn = node.op.fn if isinstance(node.op, Activation) else RELU
+        if isinstance(node.op, MaxMin):  # the relaxed quantity: the pair differences d = x[hi] - x[lo]
+            pairs = maxmin_pairs(node.op, node.shape)[:2]
+            lo, hi = _outward(lo[pairs[0]] - hi[pairs[1]], hi[pairs[0]] - lo[pairs[1]])
         if method == "crown":
-            need = _needs_refinement(net.nodes[k].op.fn, lo, hi)
+            need = _needs_refinement(fn, lo, hi)
             idx = need.nonzero().reshape(-1)
             if len(idx):
-                clo, chi = _crown_neurons(net, relax, p, idx, box, alpha, alpha_steps, lr)
+                clo, chi = _crown_neurons(net, relax, p, idx, box, alpha, alpha_steps, lr, pairs)
                 lo[idx] = torch.maximum(lo[idx], clo)
                 hi[idx] = torch.minimum(hi[idx], chi)
         elif method != "ibp":
             raise ValueError(f"unknown forward bound method {method!r}")
         hi = torch.maximum(hi, lo)  # guards against crossing by rounding
         known[k] = (lo, hi)
-        relax[k] = ActivationRelaxation(net.nodes[k].op.fn, lo, hi)
+        relax[k] = ActivationRelaxation(fn, lo, hi)
     return known
 
 

@@ -35,14 +35,16 @@ import numpy as np
 import torch
 
 from . import traversal
+from .activations import PIECEWISE_LINEAR_MARGIN
 from .network import (Activation, AdaptiveAvgPool2d, Add, AvgPool2d, Conv2d, ElementwiseAffine, Linear, MaxMin,
                       MaxPool2d, Network, Pad, Reshape, Transpose, tensor_view)
 
 #: unit roundoff of float64 (round to nearest)
 U = 2.0 ** -53
 
-#: relative outward widening of piecewise-linear activation values (4 eps = 8 u: at least 4 ulps)
-PL_MARGIN = 8 * U
+#: relative outward widening of piecewise-linear values (4 eps = 8 u); the activation table applies it
+#: to its images and offsets, products of slopes and values elsewhere use it too
+PL_MARGIN = PIECEWISE_LINEAR_MARGIN
 
 #: affine ops that only move, copy or pad values (no arithmetic): applied to both ends, no margin
 EXACT_OPS = (Reshape, Transpose, Pad)
@@ -105,12 +107,9 @@ def _affine(op, node, iv):
 
 
 def activation_image(fn, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """[min f, max f] over [lo, hi] elementwise for the table entry ``fn``, outward-rounded: the
-    table's `image`, widened by `PL_MARGIN` relative for piecewise-linear functions."""
-    a, b = fn.image(lo, hi)
-    if fn.piecewise_linear:
-        a, b = a - PL_MARGIN * a.abs(), b + PL_MARGIN * b.abs()
-    return a, b
+    """[min f, max f] over [lo, hi] elementwise for the table entry ``fn``, outward-rounded (the
+    table's `image` carries the rounding margin of every activation)."""
+    return fn.image(lo, hi)
 
 
 def _activation(op: Activation, node, iv):

@@ -1,16 +1,19 @@
 """Branch and bound for the `crown-bab` method (local Lipschitz bounds on the Clarke-Jacobian graph).
 
-What is split: undecided forward ReLU / leaky-ReLU neurons (their Clarke derivative s is an interval
-[sl, su]); a child fixes s to one end. Sound because the relaxed problem maximises a convex function
-(a norm) of a Jacobian that is affine in each s_i separately, so its maximum over s_i in [sl, su] is
-attained at an end: the larger of the two children's maxima covers the parent. Forward bounds are
+What is split: undecided forward neurons of the ReLU-like form max(z, 0) + a min(z, 0)
+(``fn.relu_like_slope`` = a: ReLU, leaky ReLU, Abs; their Clarke derivative s is the interval between a
+and 1); a child fixes s to one end. Sound because the relaxed problem maximises a convex function (a
+norm) of a Jacobian that is affine in each s_i separately, so its maximum over s_i in [sl, su] is
+attained at an end: the larger of the two children's maxima covers the parent. Neurons of any other
+activation are not split: they keep their whole derivative range in every domain (sound, not refined;
+the search stops when the worst domain has only such neurons left undecided). Forward bounds are
 inherited (never recomputed); the Jacobian-graph bounds of each child are recomputed (``refresh``:
 "all" intermediate bounds, or only the input-gradient bounds ("input"), or only the final bound
 ("final"); "auto" picks by the measured cost). A child's bound is min(child, parent), so the global
 bound (the max over open domains, combined over outputs) never increases.
 
-Pattern pruning (dense ReLU / leaky-ReLU chains, ``lp_prune``): while all neurons of the layers before
-layer k are fixed, the decisions in layer k are linear constraints on x; a child whose constraints no x
+Pattern pruning (dense chains of ReLU-like activations, ``lp_prune``): while all neurons of the layers
+before layer k are fixed, the decisions in layer k are linear constraints on x; a child whose constraints no x
 in the box satisfies (a HiGHS LP with a small slack, skipped when a sampled point or an earlier LP
 point already realises the decisions) is dropped. Without it the branch and bound converges to the
 maximum over all activation patterns consistent with the forward bounds, realisable or not; with it,
@@ -27,6 +30,7 @@ over the Clarke-consistent activation patterns of the forward bounds, for refres
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import math
@@ -42,7 +46,6 @@ from ...registry import MethodContext, MethodResult
 from .graph import JacobianGraph
 
 DEFAULT_BUDGET = 30.0
-SPLITTABLE = ("relu", "leaky_relu")
 
 
 def _scores(G: JacobianGraph, res, und: dict, split_acts: list) -> torch.Tensor:
@@ -60,7 +63,7 @@ def _scores(G: JacobianGraph, res, und: dict, split_acts: list) -> torch.Tensor:
 
 
 class PatternLP:
-    """Infeasibility pruning for dense ReLU / leaky-ReLU chains (optional, sound).
+    """Infeasibility pruning for dense chains of ReLU-like activations (optional, sound).
 
     A domain fixes the slope of some undecided neurons. While every neuron of the layers before layer
     k is fixed (stable or decided), the pre-activations of layer k are affine in x, so the decisions
@@ -77,7 +80,7 @@ class PatternLP:
         self.lo = torch.as_tensor(region.lower.reshape(-1))
         self.hi = torch.as_tensor(region.upper.reshape(-1))
         self.G, self.acts, self.offsets = G, split_acts, offsets
-        self.params = [0.0 if net.nodes[k].op.name == "relu" else net.nodes[k].op.param for k in split_acts]
+        self.params = [net.nodes[k].op.fn.relu_like_slope for k in split_acts]
         # sampled points of the box and their pre-activations: a domain whose checkable decisions
         # agree with the sign pattern of some sample is feasible without an LP
         rng = np.random.default_rng(0)
@@ -175,6 +178,221 @@ class PatternLP:
             return res.status != 2  # 2: infeasible
 
 
+def _plan(refresh: str, batch: int, budget: float, t_root: float, n_classes: int) -> tuple[str, int]:
+    """The cost model: refresh "all" when a full batch of children costs at most 20% of the budget (or
+    1 s), else "input" with a batch that fits 10% of it."""
+    per_elem = t_root / n_classes
+    if refresh == "auto":
+        refresh = "all" if per_elem * 2 * batch <= max(0.2 * budget, 1.0) else "input"
+    if refresh != "all":
+        batch = max(1, min(batch, int(max(0.1 * budget, 1.0) / max(per_elem, 1e-6) / 2)))
+    return refresh, batch
+
+
+@dataclasses.dataclass
+class _Children:
+    """The children of one step: decisions (C, N) int8, the split neuron, the position of the output in
+    ``classes``, the parent's bound and how many decisions the pattern check has already covered."""
+
+    dec: torch.Tensor
+    idx: torch.Tensor
+    cls_pos: list
+    parent: torch.Tensor
+    n_rows: list
+
+    def take(self, keep: list) -> "_Children":
+        k = torch.tensor(keep)
+        return _Children(self.dec[k], self.idx[k], [self.cls_pos[b] for b in keep], self.parent[k],
+                         [self.n_rows[b] for b in keep])
+
+
+class _Search:
+    """One crown-bab run: a priority queue of domains over all outputs, heap items
+    (-bound, tie-break counter, output position, decisions, next neuron to split or -1, LP rows checked);
+    one step is `select` -> `split` -> `prune` -> `bound` -> `record`."""
+
+    def __init__(self, net, G: JacobianGraph, root, classes: list, norm, split_acts: list, ctx):
+        self.net, self.G, self.root, self.classes, self.norm, self.ctx = net, G, root, classes, norm, ctx
+        self.multi = len(classes) > 1
+        self.split_acts = split_acts
+        self.offsets = list(itertools.accumulate([0] + [net.nodes[k].size for k in split_acts]))
+        self.N = self.offsets[-1]
+        #: undecided neurons that cannot be split (not of the ReLU-like form): every domain keeps them
+        self.unsplittable = [k for k in G.acts if k not in split_acts and bool((G.s[k][1] > G.s[k][0]).any())]
+        self.root_vals = {i: float(root.value[i]) for i in range(len(classes))}
+        self.history = [(time.perf_counter() - ctx.start, self.combine(self.root_vals))]
+        self.heap: list = []
+        self.counter = itertools.count()
+        self.lp, self.lp_eager, self.refresh, self.batch = None, False, "all", 1
+        self.pruned = self.steps = 0
+
+    def splittable_undecided(self) -> bool:
+        return self.N > 0 and any(bool((self.G.s[k][1] > self.G.s[k][0]).any()) for k in self.split_acts)
+
+    def combine(self, per_class: dict) -> float:
+        vals = torch.tensor(list(per_class.values()), dtype=torch.float64)
+        if self.norm == 2 and self.multi:
+            return float(torch.sqrt((vals ** 2).sum()))
+        return float(vals.max())
+
+    def current_bound(self) -> float:
+        if not (self.norm == 2 and self.multi):
+            return -self.heap[0][0]
+        per = {}
+        for negb, _, ci, *_ in self.heap:
+            per[ci] = max(per.get(ci, 0.0), -negb)
+        return self.combine(per)
+
+    def push_roots(self):
+        G = self.G
+        und_root = {k: (G.s[k][1] > G.s[k][0]).unsqueeze(0).expand(len(self.classes), -1) for k in G.acts}
+        scores = _scores(G, self.root, und_root, self.split_acts)
+        for i in range(len(self.classes)):
+            nxt = int(scores[i].argmax()) if bool((scores[i] > 0).any()) else -1
+            heapq.heappush(self.heap, (-self.root_vals[i], next(self.counter), i, torch.zeros(self.N, dtype=torch.int8),
+                                       nxt, 0))
+
+    # ---- one step ---------------------------------------------------------------------------------
+    def select(self) -> tuple[list, bool]:
+        """Pop up to ``batch`` domains with the largest bounds (lazy pattern LP on each popped domain whose
+        checkable decisions grew). Returns (popped, done): done when the worst domain has nothing left
+        to split (it and everything popped go back)."""
+        popped, closed, done = [], [], False
+        while self.heap and len(popped) < self.batch:
+            item = heapq.heappop(self.heap)
+            if self.lp is not None:  # lazy pattern check: only domains that reach the top are checked
+                n_rows = self.lp.checkable(item[3])[1]
+                if n_rows > item[5]:
+                    if not self.lp.feasible(item[3]):
+                        self.pruned += 1
+                        continue
+                    item = item[:5] + (n_rows,)
+            if item[4] < 0:
+                if not popped and not closed:
+                    done = True  # the worst remaining domain has no splittable undecided neuron
+                closed.append(item)
+                if done:
+                    break
+                continue
+            popped.append(item)
+        for item in closed:
+            heapq.heappush(self.heap, item)
+        if done:
+            for item in popped:
+                heapq.heappush(self.heap, item)
+        return popped, done
+
+    def split(self, popped: list) -> _Children:
+        """Two children per domain: +1 (active slope) and -1 (inactive slope) on its chosen neuron."""
+        dec = torch.stack([it[3] for it in popped] * 2)
+        idx = torch.tensor([it[4] for it in popped] * 2)
+        sign = torch.tensor([1] * len(popped) + [-1] * len(popped), dtype=torch.int8)
+        dec[torch.arange(dec.shape[0]), idx] = sign
+        return _Children(dec, idx, [it[2] for it in popped] * 2,
+                         torch.tensor([-it[0] for it in popped] * 2, dtype=torch.float64), [it[5] for it in popped] * 2)
+
+    def prune(self, ch: _Children) -> _Children | None:
+        """Drop the children the cheap pattern checks (samples, single rows; the LP itself only with
+        ``lp_eager``) prove unrealisable; None when none is left."""
+        if self.lp is None:
+            return ch
+        keep = []
+        for b in range(ch.dec.shape[0]):
+            n_rows = self.lp.checkable(ch.dec[b])[1]
+            if n_rows > ch.n_rows[b]:
+                ok = self.lp.feasible(ch.dec[b], use_lp=self.lp_eager)
+                if ok is False:
+                    self.pruned += 1
+                    continue
+                if ok:
+                    ch.n_rows[b] = n_rows
+            keep.append(b)
+        if not keep:
+            return None
+        return ch if len(keep) == ch.dec.shape[0] else ch.take(keep)
+
+    def bound(self, ch: _Children) -> tuple[torch.Tensor, torch.Tensor]:
+        """The children's bounds (never above the parent's) and their split scores."""
+        G = self.G
+        decisions = {k: ch.dec[:, self.offsets[i] : self.offsets[i + 1]] for i, k in enumerate(self.split_acts)}
+        cls = [self.classes[c] for c in ch.cls_pos]
+        g_known = v_known = None
+        if self.refresh != "all":
+            sel = torch.tensor(ch.cls_pos)
+            g_known = {k: (self.root.g[k][0][sel], self.root.g[k][1][sel]) for k in G.acts}
+            v_known = (self.root.v[0][sel], self.root.v[1][sel])
+        res = G.bound(cls, self.norm, mode="crown", decisions=decisions, g_known=g_known, v_known=v_known,
+                      refresh=self.refresh)
+        vals = torch.minimum(res.value, ch.parent)
+        und = {k: G._und[k] for k in G.acts}
+        return vals, _scores(G, res, und, self.split_acts)
+
+    def record(self, ch: _Children, vals: torch.Tensor, scores: torch.Tensor):
+        """Push the children back with their next neuron to split (-1: nothing left)."""
+        for b in range(ch.dec.shape[0]):
+            nxt = int(scores[b].argmax()) if bool((scores[b] > 0).any()) else -1
+            heapq.heappush(self.heap, (-float(vals[b]), next(self.counter), ch.cls_pos[b], ch.dec[b].clone(), nxt,
+                                       ch.n_rows[b]))
+
+    def run(self, deadline: float, max_domains: int, details: dict) -> tuple[str, bool]:
+        """Steps until the time budget, ``max_domains`` domains, or the worst domain has nothing left to
+        split. Returns (status, done)."""
+        ctx, last_step = self.ctx, 0.0
+        while True:
+            now = time.perf_counter()
+            if now + last_step > deadline or ctx.out_of_time():
+                return "time_limit", False
+            if len(self.heap) >= max_domains:
+                details["stopped"] = "max_domains"
+                return "time_limit", False
+            if not self.heap:
+                return "time_limit", False
+            popped, done = self.select()
+            if done:
+                return "ok", True
+            if not self.heap and not popped:
+                return "time_limit", False  # every domain pruned (cannot happen for a sound pattern check)
+            if not popped:
+                continue
+            ch = self.prune(self.split(popped))
+            if ch is not None:
+                self.record(ch, *self.bound(ch))
+            self.steps += 1
+            last_step = time.perf_counter() - now
+            self.history.append((time.perf_counter() - ctx.start,
+                                 self.current_bound() if self.heap else self.history[-1][1]))
+
+    def result(self, status: str, done: bool, details: dict, t_start: float) -> MethodResult:
+        history = self.history
+        value = min(self.current_bound(), history[0][1]) if self.heap else history[-1][1]
+        if history[-1][1] != value:
+            history.append((time.perf_counter() - self.ctx.start, value))
+        per = {}
+        for negb, _, ci, *_ in self.heap:
+            per[self.classes[ci]] = max(per.get(self.classes[ci], 0.0), -negb)
+        if self.lp is not None:
+            details["lp_calls"] = self.lp.lp_calls
+        converged = done and not self.unsplittable
+        details.update(steps=self.steps, domains=len(self.heap), converged=converged, per_output=per,
+                       pruned=self.pruned, time_bab_s=time.perf_counter() - t_start)
+        if done and self.unsplittable:
+            details["stopped"] = "unsplittable"
+            details["note"] = self.unsplittable_note()
+        elif converged:
+            if self.lp is not None:
+                details["note"] = ("the worst domain is a fully decided activation pattern that an LP found realisable "
+                                   "in the box: the value is the gradient norm of that pattern")
+            else:
+                details["note"] = ("the worst domain is fully decided: the value is the maximum over the activation "
+                                   "patterns consistent with the forward bounds")
+        return MethodResult(value, status=status, details=details)
+
+    def unsplittable_note(self) -> str:
+        names = sorted({self.net.nodes[k].op.fn.describe() for k in self.unsplittable})
+        return (f"undecided {', '.join(names)} neurons are not split (only the ReLU-like form max(z, 0) + a min(z, 0) "
+                "is): their whole derivative range stays in every domain (sound, not refined)")
+
+
 def branch_and_bound(net, ctx: MethodContext) -> MethodResult:
     """See the module doc. Returns a certified upper bound (kind upper)."""
     if ctx.region is None:
@@ -193,170 +411,32 @@ def branch_and_bound(net, ctx: MethodContext) -> MethodResult:
     fwd = forward_bounds(net, ctx.region, alpha=alpha, method="crown")
     G = JacobianGraph(net, fwd)
     classes = [ctx.output] if ctx.output is not None else list(range(net.n_outputs))
-    multi = len(classes) > 1
     t0 = time.perf_counter()
     root = G.bound(classes, norm, mode="crown")
     t_root = time.perf_counter() - t0
-
-    split_acts = [k for k in G.acts if net.nodes[k].op.name in SPLITTABLE]
-    sizes = [net.nodes[k].size for k in split_acts]
-    offsets = list(itertools.accumulate([0] + sizes))
-    N = offsets[-1]
-
-    def combine_classes(per_class: dict) -> float:
-        vals = torch.tensor(list(per_class.values()), dtype=torch.float64)
-        if norm == 2 and multi:
-            return float(torch.sqrt((vals ** 2).sum()))
-        return float(vals.max())
-
-    root_vals = {i: float(root.value[i]) for i in range(len(classes))}
-    history = [(time.perf_counter() - ctx.start, combine_classes(root_vals))]
+    split_acts = [k for k in G.acts if net.nodes[k].op.fn.relu_like_slope is not None]
+    search = _Search(net, G, root, classes, norm, split_acts, ctx)
+    history = search.history
     details = {"history": history, "root": history[0][1], "forward": "alpha-crown" if alpha else "crown",
                "undecided_neurons": [int((G.s[k][1] > G.s[k][0]).sum()) for k in G.acts]}
-
-    if N == 0 or not any(bool((G.s[k][1] > G.s[k][0]).any()) for k in split_acts):
-        details.update(steps=0, domains=len(classes), converged=True, note="no undecided ReLU: nothing to split")
+    if not search.splittable_undecided():
+        details.update(steps=0, domains=len(classes), converged=not search.unsplittable,
+                       note=search.unsplittable_note() if search.unsplittable
+                       else "no undecided ReLU-like neuron: nothing to split")
         return MethodResult(history[0][1], details=details)
 
-    # cost model: refresh "all" when a full batch of children costs at most 20% of the budget (or 1 s)
-    per_elem = t_root / len(classes)
-    if refresh == "auto":
-        refresh = "all" if per_elem * 2 * batch <= max(0.2 * budget, 1.0) else "input"
-    if refresh != "all":
-        batch = max(1, min(batch, int(max(0.1 * budget, 1.0) / max(per_elem, 1e-6) / 2)))
-    details["refresh"] = refresh
-    details["batch"] = batch
-
-    lp = None
+    search.refresh, search.batch = _plan(refresh, batch, budget, t_root, len(classes))
+    details["refresh"] = search.refresh
+    details["batch"] = search.batch
     lp_opt = ctx.option("lp_prune")  # True, False or "auto" (= True)
     if lp_opt in ("auto", True) and net.n_inputs <= 2000:
         try:
-            lp = PatternLP(net, G, split_acts, offsets, ctx.region)
+            search.lp = PatternLP(net, G, split_acts, search.offsets, ctx.region)
         except Unsupported:
-            lp = None
-    details["lp_prune"] = lp is not None
-    lp_eager = ctx.option("lp_eager")
-    pruned = 0
+            search.lp = None
+    details["lp_prune"] = search.lp is not None
+    search.lp_eager = ctx.option("lp_eager")
 
-    und_root = {k: (G.s[k][1] > G.s[k][0]).unsqueeze(0).expand(len(classes), -1) for k in G.acts}
-    scores = _scores(G, root, und_root, split_acts)
-    counter = itertools.count()
-    heap: list = []
-    for i in range(len(classes)):
-        nxt = int(scores[i].argmax()) if bool((scores[i] > 0).any()) else -1
-        heapq.heappush(heap, (-root_vals[i], next(counter), i, torch.zeros(N, dtype=torch.int8), nxt, 0))
-
-    def current_bound() -> float:
-        if not (norm == 2 and multi):
-            return -heap[0][0]
-        per = {}
-        for negb, _, ci, *_ in heap:
-            per[ci] = max(per.get(ci, 0.0), -negb)
-        return combine_classes(per)
-
-    status, converged, steps = "time_limit", False, 0
-    last_step = 0.0
-    while True:
-        now = time.perf_counter()
-        if now + last_step > deadline or ctx.out_of_time():
-            break
-        if len(heap) >= max_domains:
-            details["stopped"] = "max_domains"
-            break
-        if not heap:
-            break
-        popped, closed = [], []
-        while heap and len(popped) < batch:
-            item = heapq.heappop(heap)
-            if lp is not None:  # lazy pattern check: only domains that reach the top are checked
-                n_rows = lp.checkable(item[3])[1]
-                if n_rows > item[5]:
-                    if not lp.feasible(item[3]):
-                        pruned += 1
-                        continue
-                    item = item[:5] + (n_rows,)
-            if item[4] < 0:
-                if not popped and not closed:
-                    converged = True  # the worst remaining domain is fully decided (and realisable)
-                closed.append(item)
-                if converged:
-                    break
-                continue
-            popped.append(item)
-        for item in closed:
-            heapq.heappush(heap, item)
-        if converged:
-            popped_back = popped
-            for item in popped_back:
-                heapq.heappush(heap, item)
-            status = "ok"
-            break
-        if not heap and not popped:
-            break  # every domain pruned (cannot happen for a sound pattern check)
-        if not popped:
-            continue
-        # children: +1 (active slope) and -1 (inactive slope) on the chosen neuron
-        dec = torch.stack([it[3] for it in popped] * 2)
-        idx = torch.tensor([it[4] for it in popped] * 2)
-        sign = torch.tensor([1] * len(popped) + [-1] * len(popped), dtype=torch.int8)
-        dec[torch.arange(dec.shape[0]), idx] = sign
-        cls_pos = [it[2] for it in popped] * 2
-        parent = torch.tensor([-it[0] for it in popped] * 2, dtype=torch.float64)
-        n_rows_kept = [it[5] for it in popped] * 2
-        if lp is not None:  # cheap checks now (samples, single rows); the LP waits until a domain is popped
-            keep = []
-            for b in range(dec.shape[0]):
-                n_rows = lp.checkable(dec[b])[1]
-                if n_rows > n_rows_kept[b]:
-                    ok = lp.feasible(dec[b], use_lp=lp_eager)
-                    if ok is False:
-                        pruned += 1
-                        continue
-                    if ok:
-                        n_rows_kept[b] = n_rows
-                keep.append(b)
-            if len(keep) < dec.shape[0]:
-                if not keep:
-                    steps += 1
-                    last_step = time.perf_counter() - now
-                    history.append((time.perf_counter() - ctx.start, current_bound() if heap else history[-1][1]))
-                    continue
-                keep_t = torch.tensor(keep)
-                dec, idx, parent = dec[keep_t], idx[keep_t], parent[keep_t]
-                cls_pos = [cls_pos[b] for b in keep]
-                n_rows_kept = [n_rows_kept[b] for b in keep]
-        decisions = {k: dec[:, offsets[i] : offsets[i + 1]] for i, k in enumerate(split_acts)}
-        cls = [classes[c] for c in cls_pos]
-        g_known = v_known = None
-        if refresh != "all":
-            sel = torch.tensor(cls_pos)
-            g_known = {k: (root.g[k][0][sel], root.g[k][1][sel]) for k in G.acts}
-            v_known = (root.v[0][sel], root.v[1][sel])
-        res = G.bound(cls, norm, mode="crown", decisions=decisions, g_known=g_known, v_known=v_known, refresh=refresh)
-        vals = torch.minimum(res.value, parent)
-        und = {k: G._und[k] for k in G.acts}
-        sc = _scores(G, res, und, split_acts)
-        for b in range(dec.shape[0]):
-            nxt = int(sc[b].argmax()) if bool((sc[b] > 0).any()) else -1
-            heapq.heappush(heap, (-float(vals[b]), next(counter), cls_pos[b], dec[b].clone(), nxt, n_rows_kept[b]))
-        steps += 1
-        last_step = time.perf_counter() - now
-        history.append((time.perf_counter() - ctx.start, current_bound()))
-    value = min(current_bound(), history[0][1]) if heap else history[-1][1]
-    if history[-1][1] != value:
-        history.append((time.perf_counter() - ctx.start, value))
-    per = {}
-    for negb, _, ci, *_ in heap:
-        per[classes[ci]] = max(per.get(classes[ci], 0.0), -negb)
-    if lp is not None:
-        details["lp_calls"] = lp.lp_calls
-    details.update(steps=steps, domains=len(heap), converged=converged, per_output=per, pruned=pruned,
-                   time_bab_s=time.perf_counter() - t_start)
-    if converged:
-        if lp is not None:
-            details["note"] = ("the worst domain is a fully decided activation pattern that an LP found realisable "
-                               "in the box: the value is the gradient norm of that pattern")
-        else:
-            details["note"] = ("the worst domain is fully decided: the value is the maximum over the activation "
-                               "patterns consistent with the forward bounds")
-    return MethodResult(value, status=status, details=details)
+    search.push_roots()
+    status, done = search.run(deadline, max_domains, details)
+    return search.result(status, done, details, t_start)

@@ -166,7 +166,7 @@ def ibp_jacobian_method(net, ctx: MethodContext) -> MethodResult:
                  family=FAMILY)
 def crown_bab_method(net, ctx: MethodContext) -> MethodResult:
     """Certified upper bound on the local Lipschitz constant over a box (norm inf; norm 2 as `crown`):
-    `crown` refined by branch and bound on undecided forward ReLU / leaky-ReLU neurons, anytime.
+    `crown` refined by branch and bound on undecided forward ReLU-like neurons (relu, leaky_relu, abs), anytime.
     The bound only decreases; details['history'] lists (seconds, bound) after every step.
     Cost: up to the time limit (default 30 s when none is given)."""
     from .bab import branch_and_bound
