@@ -29,7 +29,8 @@ TORCH = {
     "tanh": lambda f: torch.tanh, "sigmoid": lambda f: torch.sigmoid, "abs": lambda f: torch.abs,
     "elu": lambda f: (lambda x: F.elu(x, f.params[0])), "softplus": lambda f: (lambda x: F.softplus(x, f.params[0], threshold=1e9)),
     "gelu": lambda f: F.gelu, "gelu_tanh": lambda f: (lambda x: F.gelu(x, approximate="tanh")), "silu": F.silu and (lambda f: F.silu),
-    "mish": lambda f: F.mish, "hardswish": lambda f: F.hardswish, "hardsigmoid": lambda f: F.hardsigmoid,
+    "mish": lambda f: F.mish, # torch's hardswish/hardsigmoid kernels hold 1/6 in float32 (derivative 0.16666667): written with relu6
+    "hardswish": lambda f: (lambda x: x * F.relu6(x + 3) / 6), "hardsigmoid": lambda f: (lambda x: F.relu6(x + 3) / 6),
     "softsign": lambda f: F.softsign, "hardtanh": lambda f: (lambda x: F.hardtanh(x, *f.params)),
 }
 
