@@ -58,13 +58,15 @@ class ActivationFunction:
     param_names: ClassVar[tuple] = ()
     defaults: ClassVar[tuple] = ()
     piecewise_linear: ClassVar[bool]
+    #: class-level constants an intermediate class reads its facts from (each table entry states them)
+    _CONSTANTS: ClassVar[tuple] = ()
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
         if cls.__name__.startswith("_"):
             return  # an intermediate class sharing facts, not a table entry
         missing = [f for f in _FACTS if getattr(cls, f) is getattr(ActivationFunction, f)]
-        for attr in ("name", "piecewise_linear"):
+        for attr in ("name", "piecewise_linear", *cls._CONSTANTS):
             if not hasattr(cls, attr):
                 missing.append(attr)
         if missing:
@@ -646,11 +648,32 @@ def _Phi(x):
     return 0.5 * (1 + torch.erf(x / math.sqrt(2)))
 
 
+class _NumericSmooth(_Smooth):
+    """A smooth activation whose f' = a has no closed form (its roots are found by bisection): a subclass
+    states ``forward``, ``derivative`` and the constants ``SLOPE_BOUNDS`` (alpha, beta) and
+    ``INFLECTIONS``."""
+
+    SLOPE_BOUNDS: ClassVar[tuple[float, float]]
+    INFLECTIONS: ClassVar[tuple]
+    _CONSTANTS = ("SLOPE_BOUNDS", "INFLECTIONS")
+
+    def slope_bounds(self):
+        return self.SLOPE_BOUNDS
+
+    def inflections(self):
+        return self.INFLECTIONS
+
+    def slope_points(self, a):
+        return None
+
+
 @activation
-class GELU(_Smooth):
+class GELU(_NumericSmooth):
     """x Phi(x) (exact erf form): f' = Phi + x phi, f'' = phi (2 - x^2)."""
 
     name = "gelu"
+    SLOPE_BOUNDS = (-0.12890414518516, 1.12890414518516)  # f'(-sqrt 2), f'(sqrt 2), rounded outward
+    INFLECTIONS = (-math.sqrt(2.0), math.sqrt(2.0))
 
     def forward(self, x):
         return x * _Phi(x)
@@ -658,25 +681,18 @@ class GELU(_Smooth):
     def derivative(self, x):
         return _Phi(x) + x * _phi(x)
 
-    def slope_bounds(self):
-        return -0.12890414518516, 1.12890414518516  # f'(-sqrt 2), f'(sqrt 2), rounded outward
-
-    def inflections(self):
-        return (-math.sqrt(2.0), math.sqrt(2.0))
-
-    def slope_points(self, a):
-        return None
-
 
 _GELU_C = math.sqrt(2 / math.pi)
 _GELU_K = 0.044715
 
 
 @activation
-class GELUTanh(_Smooth):
+class GELUTanh(_NumericSmooth):
     """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), GELU's tanh approximation."""
 
     name = "gelu_tanh"
+    SLOPE_BOUNDS = (-0.12899306865878, 1.12899306865878)
+    INFLECTIONS = (-1.41850400879083, 1.41850400879083)
 
     def forward(self, x):
         return 0.5 * x * (1 + torch.tanh(_GELU_C * (x + _GELU_K * x ** 3)))
@@ -685,21 +701,14 @@ class GELUTanh(_Smooth):
         t = torch.tanh(_GELU_C * (x + _GELU_K * x ** 3))
         return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _GELU_C * (1 + 3 * _GELU_K * x * x)
 
-    def slope_bounds(self):
-        return -0.12899306865878, 1.12899306865878
-
-    def inflections(self):
-        return (-1.41850400879083, 1.41850400879083)
-
-    def slope_points(self, a):
-        return None
-
 
 @activation
-class SiLU(_Smooth):
+class SiLU(_NumericSmooth):
     """x sigmoid(x) (Swish): f' = s (1 + x (1 - s))."""
 
     name = "silu"
+    SLOPE_BOUNDS = (-0.09983932012887, 1.09983932012887)
+    INFLECTIONS = (-2.39935728051547, 2.39935728051547)
 
     def forward(self, x):
         return x * torch.sigmoid(x)
@@ -708,21 +717,14 @@ class SiLU(_Smooth):
         s = torch.sigmoid(x)
         return s * (1 + x * (1 - s))
 
-    def slope_bounds(self):
-        return -0.09983932012887, 1.09983932012887
-
-    def inflections(self):
-        return (-2.39935728051547, 2.39935728051547)
-
-    def slope_points(self, a):
-        return None
-
 
 @activation
-class Mish(_Smooth):
+class Mish(_NumericSmooth):
     """x tanh(softplus(x))."""
 
     name = "mish"
+    SLOPE_BOUNDS = (-0.11252612238947, 1.08849816125174)
+    INFLECTIONS = (-2.25637639636079, 1.49057117948543)
 
     def forward(self, x):
         return x * torch.tanh(_softplus(x))
@@ -730,15 +732,6 @@ class Mish(_Smooth):
     def derivative(self, x):
         t = torch.tanh(_softplus(x))
         return t + x * (1 - t * t) * torch.sigmoid(x)
-
-    def slope_bounds(self):
-        return -0.11252612238947, 1.08849816125174
-
-    def inflections(self):
-        return (-2.25637639636079, 1.49057117948543)
-
-    def slope_points(self, a):
-        return None
 
 
 @activation

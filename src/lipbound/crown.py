@@ -78,7 +78,7 @@ class ActivationRelaxation:
         safe = torch.where(span > 0, span, torch.ones_like(span))
         self.t_lower0 = torch.where(span > 0, (self.a_lo - self.dmin) / safe, torch.zeros_like(span)).clamp(0, 1)
         self.t_upper0 = torch.where(span > 0, (self.a_up - self.dmin) / safe, torch.zeros_like(span)).clamp(0, 1)
-        self._b_lo = self._b_up = None  # offsets of the default slopes, computed once
+        self._b_default = [None, None]  # offsets of the default slopes (lower, upper), computed once
         #: the table has no closed form for f' = a: its exact offsets bisect (~80 evaluations per piece)
         self.bisects = fn.slope_points(lo[:1]) is None
         self._grid = None
@@ -109,24 +109,21 @@ class ActivationRelaxation:
         """(aL, bL, aU, bU), broadcastable to (S, n) when slopes are per specification. ``approx``: the
         offsets of optimised slopes of a bisecting activation come from `_grid_offsets` (fast, NOT sound:
         for alpha-CROWN's search only; its result is re-evaluated with exact offsets)."""
-        free_lo = t_lower is not None and self.free_lower
-        free_up = t_upper is not None and self.free_upper
         grid = approx and self.bisects
-        if free_lo:
-            a_lo = self.dmin + t_lower.clamp(0, 1) * (self.dmax - self.dmin)
-            b_lo = (self._grid_offsets(a_lo) if grid else self.fn.line_offsets(self.lo, self.hi, a_lo))[0]
-        else:
-            if self._b_lo is None:
-                self._b_lo = self.fn.line_offsets(self.lo, self.hi, self.a_lo)[0]
-            a_lo, b_lo = self.a_lo, self._b_lo
-        if free_up:
-            a_up = self.dmin + t_upper.clamp(0, 1) * (self.dmax - self.dmin)
-            b_up = (self._grid_offsets(a_up) if grid else self.fn.line_offsets(self.lo, self.hi, a_up))[1]
-        else:
-            if self._b_up is None:
-                self._b_up = self.fn.line_offsets(self.lo, self.hi, self.a_up)[1]
-            a_up, b_up = self.a_up, self._b_up
+        a_lo, b_lo = self._line(0, t_lower if self.free_lower else None, grid)
+        a_up, b_up = self._line(1, t_upper if self.free_upper else None, grid)
         return a_lo, b_lo, a_up, b_up
+
+    def _line(self, side: int, t, grid: bool):
+        """(slope, offset) of the lower (``side`` 0, offset min f(z) - a z) or upper (1, max) line: the slope
+        placed by ``t`` in [dmin, dmax], or the default slope when ``t`` is None (its offset computed once)."""
+        if t is not None:
+            a = self.dmin + t.clamp(0, 1) * (self.dmax - self.dmin)
+            return a, (self._grid_offsets(a) if grid else self.fn.line_offsets(self.lo, self.hi, a))[side]
+        a = (self.a_lo, self.a_up)[side]
+        if self._b_default[side] is None:
+            self._b_default[side] = self.fn.line_offsets(self.lo, self.hi, a)[side]
+        return a, self._b_default[side]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,15 +1,39 @@
 """Short sequences of network operations that both readers build the same way (clamp / Clip with one
 or two constant bounds, means over dimensions, adaptive pooling). Each function takes the reader's
-``add(op, inputs, name) -> node index`` callback and an ``err(message, cls=LipboundError)`` callback."""
+``add(op, inputs, name) -> node index`` callback and an ``err(message, cls=LipboundError)`` callback.
+Also the small steps every reader takes alike: unique node names, checking the file it is given."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 
-from ..errors import UnsupportedOperator
+from ..errors import LipboundError, UnsupportedOperator
 from ..network import AdaptiveAvgPool2d, Activation, AvgPool2d, ElementwiseAffine, MaxPool2d, Reshape
+
+
+def unique_name(name: str, used: set) -> str:
+    """``name``, or ``name_2``, ``name_3``... the first not in ``used`` (a reader's node names), which is
+    added to ``used``."""
+    base, k = name, 1
+    while name in used:
+        k += 1
+        name = f"{base}_{k}"
+    used.add(name)
+    return name
+
+
+def existing_file(path, kind: str) -> Path:
+    """``path`` as a Path; a one-line `LipboundError` when there is no such file or it is a directory
+    (``kind`` names what it should be, e.g. "an ONNX file")."""
+    p = Path(path)
+    if not p.exists():
+        raise LipboundError(f"no such file: {str(p)!r}")
+    if p.is_dir():
+        raise LipboundError(f"{str(p)!r} is a directory, not {kind}")
+    return p
 
 
 def clamp_nodes(add, x: int, shape, lo, hi, label: str, err) -> int:

@@ -15,12 +15,12 @@ import contextlib
 import io
 import logging
 import warnings
-from pathlib import Path
 
 import torch
 
 from ..errors import LipboundError
 from ..network import Network
+from .builders import existing_file
 from .torch_reader import _check_shape, _convert, _one_line
 
 
@@ -47,11 +47,7 @@ def load_torch_export(path, name: str | None = None, check: bool = True) -> Netw
     is not a torch.export archive (or was written by an incompatible torch version), a program with
     several inputs or outputs, and `UnsupportedOperator` for an aten operator outside the tables.
     Cost: loading the archive (a few seconds the first time torch.export is used), one pass over the graph."""
-    p = Path(path)
-    if not p.exists():
-        raise LipboundError(f"no such file: {str(p)!r}")
-    if p.is_dir():
-        raise LipboundError(f"{str(p)!r} is a directory, not a .pt2 file")
+    p = existing_file(path, "a .pt2 file")
     try:
         with quiet_torch():
             ep = torch.export.load(str(p))

@@ -27,7 +27,6 @@ message naming the operator / node / tensor: never a wrong network.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 
@@ -96,12 +95,7 @@ class _Reader:
 
     def unique(self, name: str) -> str:
         """``name`` made unique among the network's node names."""
-        base, k = name, 1
-        while name in self.used_names:
-            k += 1
-            name = f"{base}_{k}"
-        self.used_names.add(name)
-        return name
+        return builders.unique_name(name, self.used_names)
 
     def add(self, op, inputs, name: str) -> int:
         """Add a node under a unique name; its index."""
@@ -651,66 +645,68 @@ class _Reader:
         self.set_out(node, e, label)
         return True
 
-    def affine(self, node, label, x, c, scale, shift):
-        """Set the node's output to an ElementwiseAffine labelled with the ONNX op type."""
+    def arith(self, node, label, tensors, affine):
+        """Add / Sub / Mul / Div: a step of a pending expression (`pending_arith`); else, of two live tensors
+        x and y, the node ``tensors(x, y)``; else, of x and a constant c (aligned by `align_const`) on the
+        ``side`` 'left' or 'right', an ElementwiseAffine (scale, shift) = ``affine(c, side)`` labelled with the
+        ONNX op type."""
+        if self.pending_arith(node, label):
+            return
+        x, y, c, side = self.binary(node, label)
+        if y is not None:
+            self.set_out(node, tensors(x, y), label)
+            return
+        c = self.align_const(c, x, label, node.op_type)
+        scale, shift = affine(c, side)
         self.set_out(node, self.add(ElementwiseAffine(scale, shift, label=node.op_type), [x], label), label)
 
     def op_Add(self, node, label, a):
         """x + y: a residual Add, an affine shift, or a step of a pending expression."""
-        if self.pending_arith(node, label):
-            return
-        x, y, c, side = self.binary(node, label)
-        if y is not None:
+        def residual(x, y):
             if self.shape(x) != self.shape(y):
                 self.err(f"Add node {label!r} adds tensors of different shapes {list(self.oshape(x))} and "
                          f"{list(self.oshape(y))} (broadcasting between two network tensors is not supported)")
-            self.set_out(node, self.add(Add(), [x, y], label), label)
-            return
-        c = self.align_const(c, x, label, "Add")
-        self.affine(node, label, x, c, np.ones_like(c), c)
+            return self.add(Add(), [x, y], label)
+
+        self.arith(node, label, residual, lambda c, side: (np.ones_like(c), c))
 
     def op_Sub(self, node, label, a):
         """x - y: a residual difference, an affine shift, or a step of a pending expression."""
-        if self.pending_arith(node, label):
-            return
-        x, y, c, side = self.binary(node, label)
-        if y is not None:
+        def difference(x, y):
             if self.shape(x) != self.shape(y):
                 self.err(f"Sub node {label!r} subtracts tensors of different shapes {list(self.oshape(x))} and "
                          f"{list(self.oshape(y))}")
             neg = self.add(ElementwiseAffine(-np.ones(self.shape(y)), np.zeros(self.shape(y)), label="Neg"), [y],
                            label + "/neg")
-            self.set_out(node, self.add(Add(), [x, neg], label), label)
-            return
-        c = self.align_const(c, x, label, "Sub")
-        if side == "right":  # x - c
-            self.affine(node, label, x, c, np.ones_like(c), 0.0 - c)
-        else:  # c - x
-            self.affine(node, label, x, c, -np.ones_like(c), c)
+            return self.add(Add(), [x, neg], label)
+
+        def shift(c, side):
+            return (np.ones_like(c), 0.0 - c) if side == "right" else (-np.ones_like(c), c)  # x - c, c - x
+
+        self.arith(node, label, difference, shift)
 
     def op_Mul(self, node, label, a):
         """x * c: an affine scale; a product of two tensors starts a pending expression."""
-        if self.pending_arith(node, label):
-            return
-        x, y, c, side = self.binary(node, label)
-        if y is not None:
+        def product(x, y):
             self.err(f"Mul node {label!r} multiplies two tensors that depend on the input (non-constant multiplier):"
                      " not an affine map, not supported", UnsupportedOperator)
-        c = self.align_const(c, x, label, "Mul")
-        self.affine(node, label, x, c, c, np.zeros_like(c))
+
+        self.arith(node, label, product, lambda c, side: (c, np.zeros_like(c)))
 
     def op_Div(self, node, label, a):
         """x / c: an affine scale; a division by a tensor starts a pending expression."""
-        if self.pending_arith(node, label):
-            return
-        x, y, c, side = self.binary(node, label)
-        if y is not None or side == "left":
+        def by_tensor(*_):
             self.err(f"Div node {label!r} divides by a tensor that depends on the input (non-constant divisor): "
                      "not supported", UnsupportedOperator)
-        c = self.align_const(c, x, label, "Div")
-        if np.any(c == 0):
-            self.err(f"Div node {label!r} divides by a constant that contains zeros")
-        self.affine(node, label, x, c, 1.0 / c, np.zeros_like(c))
+
+        def scale(c, side):
+            if side == "left":
+                by_tensor()
+            if np.any(c == 0):
+                self.err(f"Div node {label!r} divides by a constant that contains zeros")
+            return 1.0 / c, np.zeros_like(c)
+
+        self.arith(node, label, by_tensor, scale)
 
     # matrix products ----------------------------------------------------------------------------------
     def right_matmul(self, x: int, W: np.ndarray, b, label: str, op: str):
@@ -753,21 +749,22 @@ class _Reader:
             self.err(f"MatMul node {label!r} multiplies two tensors that depend on the input: not supported",
                      UnsupportedOperator)
         if isinstance(va, _Live):
-            W = self.weight(B, label, "weight")
-            while W.ndim > 2 and W.shape[0] == 1:
-                W = W[0]
-            if W.ndim != 2:
-                self.err(f"MatMul node {label!r}: a constant right operand of shape {list(W.shape)} is not supported "
-                         "(need a matrix)", UnsupportedOperator)
+            W = self.matmul_matrix(B, label, "right")
             self.set_out(node, self.right_matmul(va.idx, W.T, None, label, "MatMul"), label)
         else:
-            W = self.weight(A, label, "weight")
-            while W.ndim > 2 and W.shape[0] == 1:
-                W = W[0]
-            if W.ndim != 2:
-                self.err(f"MatMul node {label!r}: a constant left operand of shape {list(W.shape)} is not supported "
-                         "(need a matrix)", UnsupportedOperator)
+            W = self.matmul_matrix(A, label, "left")
             self.set_out(node, self.left_matmul(W, vb.idx, label, "MatMul"), label)
+
+    def matmul_matrix(self, tensor: str, label: str, side: str) -> np.ndarray:
+        """The constant ``side`` ('left' / 'right') operand of a MatMul as a matrix (leading dimensions of
+        size 1 dropped); `UnsupportedOperator` for anything else."""
+        W = self.weight(tensor, label, "weight")
+        while W.ndim > 2 and W.shape[0] == 1:
+            W = W[0]
+        if W.ndim != 2:
+            self.err(f"MatMul node {label!r}: a constant {side} operand of shape {list(W.shape)} is not supported "
+                     "(need a matrix)", UnsupportedOperator)
+        return W
 
     def op_Gemm(self, node, label, a):
         """alpha A B + beta C with one constant matrix: a Linear node (plus a shift)."""
@@ -1332,21 +1329,15 @@ _UNARY_EXPR = {"Erf": torch.erf, "Exp": torch.exp, "Log": torch.log, "Sqrt": tor
                "Reciprocal": torch.reciprocal}
 _ARITH = {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": torch.div}
 
-#: ONNX op_type -> handler(reader, node, label, attributes) (activations: `tables.ONNX_ACTIVATIONS`)
+#: ONNX op_type -> handler(reader, node, label, attributes) (activations: `tables.ONNX_ACTIVATIONS`): the
+#: method ``op_<op_type>`` of `_Reader`; the unary functions of ``_UNARY_EXPR`` share ``op_expr_unary``
 HANDLERS = {
-    "Gemm": _Reader.op_Gemm, "MatMul": _Reader.op_MatMul, "Conv": _Reader.op_Conv,
-    "Add": _Reader.op_Add, "Sub": _Reader.op_Sub, "Mul": _Reader.op_Mul, "Div": _Reader.op_Div,
-    "Neg": _Reader.op_Neg, "Pow": _Reader.op_Pow, **{op: _Reader.op_expr_unary for op in _UNARY_EXPR},
-    "Clip": _Reader.op_Clip, "HardSigmoid": _Reader.op_HardSigmoid, "PRelu": _Reader.op_PRelu,
-    "AveragePool": _Reader.op_AveragePool, "MaxPool": _Reader.op_MaxPool,
-    "GlobalAveragePool": _Reader.op_GlobalAveragePool, "GlobalMaxPool": _Reader.op_GlobalMaxPool,
-    "ReduceMean": _Reader.op_ReduceMean, "BatchNormalization": _Reader.op_BatchNormalization,
-    "Flatten": _Reader.op_Flatten, "Reshape": _Reader.op_Reshape, "Squeeze": _Reader.op_Squeeze,
-    "Unsqueeze": _Reader.op_Unsqueeze, "Transpose": _Reader.op_Transpose, "Pad": _Reader.op_Pad,
-    "Identity": _Reader.op_Identity, "Dropout": _Reader.op_Dropout, "Cast": _Reader.op_Cast,
-    "Slice": _Reader.op_Slice, "Split": _Reader.op_Split, "Concat": _Reader.op_Concat, "Gather": _Reader.op_Gather,
-    "Max": _Reader.op_Max, "Min": _Reader.op_Min, "ReduceMax": _Reader.op_ReduceMax,
-    "ReduceMin": _Reader.op_ReduceMin, "TopK": _Reader.op_TopK,
+    **{op: getattr(_Reader, f"op_{op}") for op in (
+        "Gemm", "MatMul", "Conv", "Add", "Sub", "Mul", "Div", "Neg", "Pow", "Clip", "HardSigmoid", "PRelu",
+        "AveragePool", "MaxPool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "BatchNormalization",
+        "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Pad", "Identity", "Dropout", "Cast", "Slice",
+        "Split", "Concat", "Gather", "Max", "Min", "ReduceMax", "ReduceMin", "TopK")},
+    **{op: _Reader.op_expr_unary for op in _UNARY_EXPR},
 }
 
 #: operators whose handlers take pending values (expressions, selections); the others get nodes
@@ -1381,11 +1372,7 @@ def _read_model(path):
 
     if isinstance(path, onnx.ModelProto):
         return path, None
-    p = Path(path)
-    if not p.exists():
-        raise LipboundError(f"no such file: {str(p)!r}")
-    if p.is_dir():
-        raise LipboundError(f"{str(p)!r} is a directory, not an ONNX file")
+    p = builders.existing_file(path, "an ONNX file")
     try:
         model = onnx.load(str(p))
     except Exception as e:

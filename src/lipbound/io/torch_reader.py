@@ -185,12 +185,7 @@ class _Converter:
 
     def unique(self, name) -> str:
         """``name`` made unique among the network's node names."""
-        base, k = name, 1
-        while name in self.used:
-            k += 1
-            name = f"{base}_{k}"
-        self.used.add(name)
-        return name
+        return builders.unique_name(name, self.used)
 
     def add_idx(self, op, inputs, name) -> int:
         """`add` returning the node index (the callback of `lipbound.io.patterns`)."""
@@ -397,13 +392,8 @@ class _Converter:
             return self.get_item(args[0], args[1], label)
         if not self.contains_live(args) and not self.contains_live(kwargs):
             return self.constant_call(fn, args, kwargs, label)
-        spec = FUNCTION_ACTIVATIONS.get(fn)
-        if spec is not None:
-            return self.call_activation(spec, args, kwargs, label, f"function {_fname(fn)}")
-        handler = FUNCTION_HANDLERS.get(fn)
-        if handler is None:
-            self.unsupported(f"function {_fname(fn)}", label)
-        return self.dispatch(handler, fn, args, kwargs, label)
+        return self.call_live(FUNCTION_ACTIVATIONS.get(fn), FUNCTION_HANDLERS.get(fn), fn, args, kwargs, label,
+                              f"function {_fname(fn)}")
 
     def call_method(self, node, label):
         """A tensor method call (the tensor is the first argument)."""
@@ -414,13 +404,17 @@ class _Converter:
             if self.contains_live(args[1:]) or self.contains_live(kwargs):
                 return self.constant_method_on_live(meth, args, kwargs, label)
             return self.constant_call(_method_caller(meth), args, kwargs, label)
-        spec = METHOD_ACTIVATIONS.get(meth)
+        return self.call_live(METHOD_ACTIVATIONS.get(meth), METHOD_HANDLERS.get(meth), _method_caller(meth), args,
+                              kwargs, label, f"tensor method .{meth}()")
+
+    def call_live(self, spec, handler, fn, args, kwargs, label, what):
+        """A call ``fn(*args, **kwargs)`` on live values, named ``what`` in messages: the activation
+        ``spec`` from a table, else the operator ``handler`` (through `dispatch`); unsupported with neither."""
         if spec is not None:
-            return self.call_activation(spec, args, kwargs, label, f"tensor method .{meth}()")
-        handler = METHOD_HANDLERS.get(meth)
+            return self.call_activation(spec, args, kwargs, label, what)
         if handler is None:
-            self.unsupported(f"tensor method .{meth}()", label)
-        return self.dispatch(handler, _method_caller(meth), args, kwargs, label)
+            self.unsupported(what, label)
+        return self.dispatch(handler, fn, args, kwargs, label)
 
     def dispatch(self, handler, fn, args, kwargs, label):
         """Run a handler: index operations on selections are applied to their positions; pending values

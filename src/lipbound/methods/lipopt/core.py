@@ -33,13 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-U = 2.0 ** -53  # unit roundoff of float64
-
-
-def gamma(n: int) -> float:
-    """The classical rounding-error factor gamma_n = n u / (1 - n u) (Higham)."""
-    nu = n * U
-    return nu / (1 - nu)
+from ...intervals import gamma  # the rounding-error factor gamma_n = n u / (1 - n u) (Higham)
 
 
 class CoverageError(RuntimeError):

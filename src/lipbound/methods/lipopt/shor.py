@@ -22,7 +22,8 @@ import time
 import numpy as np
 import scipy.sparse as sp
 
-from .core import Poly, U, gamma
+from ...intervals import U, gamma
+from .core import Poly
 
 
 def pm_polynomial(poly: Poly):
@@ -173,16 +174,9 @@ def shor_bound(poly: Poly, time_limit: float | None = None, eps: float = 1e-6, m
     expr = cp.diag(y) - Q
     mu = None
     if cons:
-        ne = len(cons)
-        rows, cols, vals = [], [], []
-        for e, (w, b, c) in enumerate(cons):
-            # E_e = sym(e_0 e_w^T) - sym(e_b e_c^T), stored as vec (column-major) of the full matrix
-            for (i, j, v) in ((0, w, 0.5), (w, 0, 0.5), (b, c, -0.5), (c, b, -0.5)):
-                rows.append(j * N + i)
-                cols.append(e)
-                vals.append(v)
-        T = sp.csr_matrix((vals, (rows, cols)), shape=(N * N, ne))
-        mu = cp.Variable(ne)
+        # E_e = sym(e_0 e_w^T) - sym(e_b e_c^T) is symmetric: its row-major vec is its column-major vec
+        T = _cons_apply(cons, N)
+        mu = cp.Variable(len(cons))
         expr = expr - cp.reshape(T @ mu, (N, N), order="F")
     prob = cp.Problem(cp.Minimize(cp.sum(y)), [expr >> 0])
     if solver == "SCS":
