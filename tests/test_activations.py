@@ -31,7 +31,7 @@ TORCH = {
     "gelu": lambda f: F.gelu, "gelu_tanh": lambda f: (lambda x: F.gelu(x, approximate="tanh")), "silu": F.silu and (lambda f: F.silu),
     "mish": lambda f: F.mish, # torch's hardswish/hardsigmoid kernels hold 1/6 in float32 (derivative 0.16666667): written with relu6
     "hardswish": lambda f: (lambda x: x * F.relu6(x + 3) / 6), "hardsigmoid": lambda f: (lambda x: F.relu6(x + 3) / 6),
-    "softsign": lambda f: F.softsign, "hardtanh": lambda f: (lambda x: F.hardtanh(x, *f.params)),
+    "softsign": lambda f: F.softsign, "selu": lambda f: (lambda x: f.params[1] * F.elu(x, f.params[0])) if f.params != A.SELU.defaults else F.selu, "hardtanh": lambda f: (lambda x: F.hardtanh(x, *f.params)),
 }
 
 GRID = torch.linspace(-12, 12, 240_001, dtype=DT)

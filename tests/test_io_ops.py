@@ -156,7 +156,7 @@ def test_activation_zoo_three_readers(tmp_path):
 @pytest.mark.parametrize("module, name", [
     (nn.GELU(), "gelu"), (nn.GELU(approximate="tanh"), "gelu_tanh"), (nn.SiLU(), "silu"), (nn.Mish(), "mish"),
     (nn.Softsign(), "softsign"), (nn.Hardswish(), "hardswish"), (nn.Hardsigmoid(), "hardsigmoid"),
-    (nn.ReLU6(), "hardtanh"), (nn.Hardtanh(-2.0, 0.5), "hardtanh")])
+    (nn.ReLU6(), "hardtanh"), (nn.Hardtanh(-2.0, 0.5), "hardtanh"), (nn.SELU(), "selu")])
 def test_each_activation_from_torch_and_onnx17(module, name, tmp_path):
     torch.manual_seed(1)
     mlp = nn.Sequential(nn.Linear(3, 6), module, nn.Linear(6, 2))

@@ -640,6 +640,49 @@ class ELU(ActivationFunction):
         return self.forward(x)
 
 
+@activation
+class SELU(ActivationFunction):
+    """scale * ELU(x, alpha) (torch's SELU: alpha 1.6732632423543772, scale 1.0507009873554805; ONNX Selu's
+    alpha and gamma); a kink at 0 with slopes scale * alpha (left) and scale (right)."""
+
+    name = "selu"
+    param_names = ("alpha", "scale")
+    defaults = (1.6732632423543772, 1.0507009873554805)
+    piecewise_linear = False
+
+    def check_params(self):
+        if self.params[0] < 0 or self.params[1] <= 0:
+            raise LipboundError(f"SELU needs alpha >= 0 and scale > 0, got {self.params}")
+
+    def forward(self, x):
+        alpha, scale = self.params
+        return scale * F.elu(x, alpha)
+
+    def derivative(self, x):
+        alpha, scale = self.params
+        return scale * torch.where(x > 0, torch.ones_like(x), alpha * torch.exp(torch.clamp(x, max=0)))
+
+    def slope_bounds(self):
+        alpha, scale = self.params
+        return 0.0, scale * max(1.0, alpha)
+
+    def kinks(self):
+        alpha, scale = self.params
+        return () if alpha == 1.0 else ((0.0, scale * alpha, scale),)
+
+    def inflections(self):
+        return ()
+
+    def slope_points(self, a):
+        alpha, scale = self.params
+        if alpha == 0:
+            return []
+        return [torch.clamp(torch.log(torch.clamp(a, min=1e-300) / (scale * alpha)), max=0.0)]
+
+    def smooth(self, x, t):
+        return self.forward(x)
+
+
 def _phi(x):
     return torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
 

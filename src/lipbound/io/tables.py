@@ -134,6 +134,7 @@ HARDSIGMOID = ActSpec("hardsigmoid")
 SOFTSIGN = ActSpec("softsign")
 MISH = ActSpec("mish")
 ABS = ActSpec("abs")
+SELU = ActSpec("selu")
 PRELU = ActSpec("leaky_relu", (("weight", None),), param=_prelu_param, check=_prelu_check)
 
 #: torch module class -> activation (looked up by exact class)
@@ -141,6 +142,7 @@ MODULE_ACTIVATIONS: dict = {
     nn.ReLU: RELU, nn.LeakyReLU: LEAKY, nn.Tanh: TANH, nn.Sigmoid: SIGMOID, nn.ELU: ELU, nn.Softplus: SOFTPLUS,
     nn.GELU: GELU, nn.SiLU: SILU, nn.Hardtanh: HARDTANH, nn.ReLU6: HARDTANH,  # ReLU6: min_val=0, max_val=6
     nn.Hardswish: HARDSWISH, nn.Hardsigmoid: HARDSIGMOID, nn.Softsign: SOFTSIGN, nn.Mish: MISH, nn.PReLU: PRELU,
+    nn.SELU: SELU,
 }
 
 
@@ -185,6 +187,7 @@ FUNCTION_ACTIVATIONS: dict = _table(
     ([F.mish, *_ops("mish", "mish_")], MISH),
     ([torch.abs, torch.absolute, torch.abs_, *_ops("abs", "abs_")], ABS),
     ([F.prelu, *_ops("prelu", "_prelu_kernel")], PRELU),
+    ([F.selu, torch.selu, *_ops("selu", "selu_")], SELU),
 )
 
 #: tensor method (fx ``call_method`` target) -> activation
@@ -201,4 +204,5 @@ ONNX_ACTIVATIONS: dict = {
     "Elu": ActSpec("elu", (("alpha", 1.0),)),
     "Softplus": ActSpec("softplus", param=lambda a: 1.0),
     "Gelu": GELU, "HardSwish": HARDSWISH, "Softsign": SOFTSIGN, "Mish": MISH, "Abs": ABS,
+    "Selu": ActSpec("selu", (("alpha", 1.67326319217681884765625), ("gamma", 1.05070102214813232421875))),
 }
