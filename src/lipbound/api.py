@@ -232,11 +232,13 @@ def _as_region(net: Network, region=None, center=None, eps=None, domain=None) ->
 
 def bound(net, method: str, norm=2, region: Region | None = None, time_limit: float | None = None, *,
           output: int | None = None, center=None, eps: float | None = None, domain=None, quiet: bool = True,
-          seed: int = 0, **options) -> Bound:
+          seed: int = 0, shared: dict | None = None, **options) -> Bound:
     """Run one registered method and return its `Bound` (never raises for an unsupported request:
     the Bound has status 'unsupported' and a reason). ``options`` are the method's declared options
     (`lipbound.methods()`: 'option_specs'), validated before the method runs. Bad input (unknown method,
-    bad shapes, an option the method does not declare or a value it does not allow) raises `LipboundError`."""
+    bad shapes, an option the method does not declare or a value it does not allow) raises `LipboundError`.
+    ``shared``: the blackboard of a run of several methods (`MethodContext.shared`: best bounds so far, the
+    best witness, cached pre-activation bounds), read and written by the method; `certify` passes one."""
     net = _as_network(net)
     spec = get_method(method)
     p = parse_norm(norm)
@@ -253,7 +255,8 @@ def bound(net, method: str, norm=2, region: Region | None = None, time_limit: fl
         return Bound(None, spec.kind, method, norm_name(p), region_json, 0.0, "unsupported", details={}, output=output,
                      reason=reason)
     ctx = MethodContext(norm=p, region=region, output=output, time_limit=time_limit, options=dict(options),
-                        quiet=quiet, seed=seed, start=t0, method=method)
+                        quiet=quiet, seed=seed, start=t0, method=method,
+                        shared=shared if shared is not None else {})
     try:
         res: MethodResult = spec.func(net, ctx)
     except Unsupported as e:
@@ -331,3 +334,100 @@ def compare(net, methods: Iterable[str] | None = None, norm=2, region: Region | 
     if bar is not None:
         bar.close()
     return Report(results, net.summary(), norm_name(p), None if region is None else region.to_json(), output)
+
+
+@dataclass
+class UnionReport:
+    """`compare` on a union of boxes (a VNN-LIB disjunction), box by box: one `Report` per box.
+
+    ``best_lower`` = the max over the boxes of their best lower bounds, ``best_upper`` = the max of their
+    best upper bounds (None unless every box has one): a certified interval on the largest local Lipschitz
+    constant over the boxes (the sup of the Jacobian norm over the union; the constant for pairs of points
+    in one box). It is a lower bound on the constant of f over the union as a whole, not an upper one."""
+
+    reports: list[Report]
+    network: dict
+    norm: str
+    output: int | None = None
+
+    @property
+    def results(self) -> list[Bound]:
+        return [b for r in self.reports for b in r.results]
+
+    @property
+    def region(self) -> dict:
+        return {"type": "union", "n_boxes": len(self.reports), "boxes": [r.region for r in self.reports]}
+
+    @property
+    def best_lower(self) -> float | None:
+        vals = [r.best_lower for r in self.reports if r.best_lower is not None]
+        return max(vals) if vals else None
+
+    @property
+    def best_upper(self) -> float | None:
+        vals = [r.best_upper for r in self.reports]
+        return max(vals) if vals and all(v is not None for v in vals) else None
+
+    @property
+    def gap(self) -> float | None:
+        lo, up = self.best_lower, self.best_upper
+        if lo is None or up is None:
+            return None
+        if lo <= 0:
+            return INF if up > 0 else 1.0
+        return up / lo
+
+    def table(self) -> str:
+        parts = [f"box {i} of {len(self.reports)}:\n{r.table()}" for i, r in enumerate(self.reports)]
+        parts.append(f"union of {len(self.reports)} boxes (max over the boxes): best lower {_fmt(self.best_lower)}, "
+                     f"best upper {_fmt(self.best_upper)}, gap {_fmt(self.gap)}")
+        return "\n\n".join(parts)
+
+    def to_json(self) -> dict:
+        """The keys of `Report.to_json` (results flattened, each with its "box" index; region of type
+        "union"), and "boxes": each box's own report."""
+        results = []
+        for i, r in enumerate(self.reports):
+            for b in r.results:
+                results.append({**b.to_json(), "box": i})
+        return {"network": _jsonable(self.network), "norm": self.norm, "region": _jsonable(self.region),
+                "output": self.output, "results": results, "best_lower": _json_float(self.best_lower),
+                "best_upper": _json_float(self.best_upper), "gap": _json_float(self.gap),
+                "boxes": [r.to_json() for r in self.reports]}
+
+    def plot(self, path: str) -> str:
+        """The comparison plot with every box's results (method names suffixed with the box)."""
+        import dataclasses
+
+        renamed = [dataclasses.replace(b, method=f"{b.method} [box {i}]")
+                   for i, r in enumerate(self.reports) for b in r.results]
+        merged = _FixedEnds(renamed, self.network, self.norm, self.region, self.output)
+        merged.ends = (self.best_lower, self.best_upper)  # the union's interval is shaded, not min / max of all
+        return merged.plot(path)
+
+
+class _FixedEnds(Report):
+    """A `Report` whose best_lower / best_upper are given (``ends``), for plotting a union."""
+
+    ends: tuple = (None, None)
+
+    @property
+    def best_lower(self):
+        return self.ends[0]
+
+    @property
+    def best_upper(self):
+        return self.ends[1]
+
+
+def compare_boxes(net, regions: list, methods: Iterable[str] | None = None, norm=2, time_limit: float | None = None,
+                  *, output: int | None = None, quiet: bool = True, seed: int = 0,
+                  options: dict | None = None) -> UnionReport:
+    """`compare` on each box of ``regions`` (a list of `Region`, e.g. from `lipbound.vnnlib.read_vnnlib`), each
+    method with ``time_limit`` seconds per box; see `UnionReport` for what the union's interval means."""
+    net = _as_network(net)
+    if not regions:
+        raise LipboundError("the list of regions is empty")
+    reports = [compare(net, methods, norm, r, time_limit, output=output, quiet=quiet, seed=seed, options=options)
+               for r in regions]
+    return UnionReport(reports, net.summary(), reports[0].norm, output)

@@ -6,7 +6,13 @@
                    [--center FILE.npy --eps E] [--domain LO HI] [--time-limit S]
                    [--option KEY=VALUE ...] [--json OUT] [--quiet]
     lipbound compare MODEL [same options] [--plot out.png]
+    lipbound certify MODEL [--norm N] [--center C.npy --eps E | --vnnlib FILE] [--domain LO HI] [--output J]
+                     [--time-limit T] [--target-gap G] [-m METHOD ...] [--exclude METHOD ...] [--seed S]
+                     [--json OUT] [--plot PNG] [--quiet]
     lipbound demo [--plot out.png] [--json OUT] [--quiet]
+
+``--vnnlib FILE`` (bound, compare, certify): the input box(es) of a VNN-LIB property; a disjunction of
+boxes is bounded box by box and the constant reported is the maximum over the boxes.
 
 MODEL is a path to an .onnx file or a built-in example (``example:digits_mlp``, ``example:digits_cnn``).
 Bad input prints one line ``lipbound: error: ...`` and exits with status 2.
@@ -17,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +55,27 @@ def _parse_options(items: list[str], method_names: list[str]) -> dict[str, dict]
         key, value = item.split("=", 1)
         triples.append((None, key.strip(), value))  # the declaration parses the text (Option.validate)
     return route_option_items(method_names, triples)
+
+
+def _vnnlib_regions(args, net) -> list | None:
+    """The boxes of ``--vnnlib FILE`` fitted to the network input (clipped to ``--domain``), or None."""
+    if getattr(args, "vnnlib", None) is None:
+        return None
+    if args.center is not None or args.eps is not None:
+        raise LipboundError("--vnnlib gives the region: do not combine it with --center / --eps")
+    from .registry import Region
+    from .vnnlib import read_vnnlib
+
+    boxes = read_vnnlib(args.vnnlib, net.n_inputs)
+    out = []
+    for r in boxes:
+        if args.domain is not None:
+            lo, hi = np.maximum(r.lower, args.domain[0]), np.minimum(r.upper, args.domain[1])
+            if (lo > hi).any():
+                raise LipboundError(f"a box of {args.vnnlib} does not meet --domain {args.domain[0]:g} {args.domain[1]:g}")
+            r = Region.from_bounds(lo, hi)
+        out.append(r.fit(net))
+    return out
 
 
 def _region_args(args, net):
@@ -88,6 +114,9 @@ def _add_common(p: argparse.ArgumentParser, require_methods: bool):
     p.add_argument("--eps", type=float, default=None, help="box radius (l_inf)")
     p.add_argument("--domain", type=float, nargs=2, metavar=("LO", "HI"), default=None,
                    help="input domain to clip the box to (alone: the box [LO, HI]^n)")
+    p.add_argument("--vnnlib", default=None, metavar="FILE",
+                   help="the input box(es) of a VNN-LIB property (a disjunction: bounded box by box, the maximum "
+                        "reported); not with --center / --eps")
     p.add_argument("--time-limit", type=float, default=None, help="seconds per method")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="method option, e.g. degree=4 (or METHOD.KEY=VALUE); repeatable")
@@ -108,13 +137,36 @@ def build_parser() -> argparse.ArgumentParser:
     pc = sub.add_parser("compare", help="run every applicable method (or those given with -m)")
     _add_common(pc, require_methods=False)
     pc.add_argument("--plot", default=None, metavar="PNG", help="write a comparison plot")
-    pd = sub.add_parser("demo", help="compare on the built-in digits MLP")
-    pd.add_argument("--plot", default="lipbound_demo.png", metavar="PNG")
+    _add_certify(sub)
+    pd = sub.add_parser("demo", help="certify the built-in digits MLP (the certified interval in ~20 s)")
+    pd.add_argument("--plot", default="lipbound_demo.png", metavar="PNG", help="the interval against time")
     pd.add_argument("--json", default=None, metavar="OUT")
     pd.add_argument("--norm", default="2")
-    pd.add_argument("--time-limit", type=float, default=10.0, help="seconds per method (default 10)")
+    pd.add_argument("--time-limit", type=float, default=20.0, help="the budget of certify in seconds (default 20)")
     pd.add_argument("--quiet", action="store_true")
     return parser
+
+
+def _add_certify(sub) -> None:
+    pc = sub.add_parser("certify", help="the tightest certified interval on the constant within a time budget")
+    pc.add_argument("model", help="an .onnx file or example:digits_mlp / example:digits_cnn")
+    pc.add_argument("--norm", default="2", help="1, 2 or inf (default 2)")
+    pc.add_argument("--output", type=int, default=None, help="bound only output J (a scalar function)")
+    pc.add_argument("--center", default=None, help="box center, a .npy file of the input shape")
+    pc.add_argument("--eps", type=float, default=None, help="box radius (l_inf)")
+    pc.add_argument("--domain", type=float, nargs=2, metavar=("LO", "HI"), default=None,
+                    help="input domain to clip the box to (alone: the box [LO, HI]^n)")
+    pc.add_argument("--vnnlib", default=None, metavar="FILE",
+                    help="the input box(es) of a VNN-LIB property; not with --center / --eps")
+    pc.add_argument("--time-limit", type=float, default=60.0, help="the budget in seconds (default 60)")
+    pc.add_argument("--target-gap", type=float, default=1.01, help="stop once upper / lower <= G (default 1.01)")
+    pc.add_argument("-m", "--method", action="append", dest="methods", default=None,
+                    help="use only these methods (repeatable; default: the planner's choice)")
+    pc.add_argument("--exclude", action="append", default=[], metavar="METHOD", help="never use METHOD (repeatable)")
+    pc.add_argument("--seed", type=int, default=0)
+    pc.add_argument("--json", default=None, metavar="OUT", help="write the result as JSON")
+    pc.add_argument("--plot", default=None, metavar="PNG", help="plot the interval against time")
+    pc.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
 def _print_methods(as_json: bool):
@@ -161,25 +213,13 @@ def _run(args) -> int:
         print(json.dumps(net.summary(), indent=2))
         return 0
     if args.command == "demo":
-        from .examples import digits_mlp
-
-        net = digits_mlp()
-        print(f"lipbound demo: every method on the built-in digits MLP {net.summary()['input_shape']} -> 10, "
-              f"norm {args.norm}, global, {args.time_limit:g} s per method")
-        t0 = time.perf_counter()
-        report = api.compare(net, norm=args.norm, time_limit=args.time_limit, quiet=args.quiet)
-        print(report.table())
-        print(f"total {time.perf_counter() - t0:.1f} s")
-        if args.plot:
-            report.plot(args.plot)
-            print(f"plot written to {args.plot}")
-        if args.json:
-            Path(args.json).write_text(json.dumps(report.to_json(), indent=2))
-        return 0
-
+        return _demo(args)
+    if args.command == "certify":
+        return _certify(args)
     norm = parse_norm(args.norm)
     net = _load_model(args.model)
-    region = _region_args(args, net)
+    boxes = _vnnlib_regions(args, net)
+    region = _region_args(args, net) if boxes is None else boxes[0]
     if args.output is not None and not 0 <= args.output < net.n_outputs:
         raise LipboundError(f"--output {args.output} is out of range: the network has {net.n_outputs} outputs")
     if args.command == "compare" and not args.methods:
@@ -190,8 +230,12 @@ def _run(args) -> int:
         for n in names:
             api.get_method(n)
     options = _parse_options(args.option, names)
-    report = api.compare(net, names, norm=norm, region=region, time_limit=args.time_limit, output=args.output,
-                         quiet=args.quiet, seed=args.seed, options=options)
+    if boxes is not None and len(boxes) > 1:
+        report = api.compare_boxes(net, boxes, names, norm=norm, time_limit=args.time_limit, output=args.output,
+                                   quiet=args.quiet, seed=args.seed, options=options)
+    else:
+        report = api.compare(net, names, norm=norm, region=region, time_limit=args.time_limit, output=args.output,
+                             quiet=args.quiet, seed=args.seed, options=options)
     print(report.table())
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_json(), indent=2))
@@ -201,6 +245,52 @@ def _run(args) -> int:
         reasons = "; ".join(b.reason or "unsupported" for b in report.results)
         print(f"lipbound: error: {reasons}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    return 0
+
+
+def _certify(args) -> int:
+    """``lipbound certify``: the interval, the gap and the method of each end on stdout (and the table of
+    every method's result), progress on stderr unless --quiet."""
+    from .certify import certify
+    from .norms import parse_norm
+
+    norm = parse_norm(args.norm)
+    net = _load_model(args.model)
+    boxes = _vnnlib_regions(args, net)
+    region = _region_args(args, net) if boxes is None else boxes
+    res = certify(net, norm, region=region, output=args.output, time_limit=args.time_limit,
+                  target_gap=args.target_gap, methods=args.methods, exclude=args.exclude, seed=args.seed,
+                  progress=not args.quiet)
+    _print_certify(res, args.json, args.plot)
+    return 0
+
+
+def _print_certify(res, json_path, plot_path) -> None:
+    print(res.table())
+    print()
+    print(res.summary())
+    if json_path:
+        Path(json_path).write_text(json.dumps(res.to_json(), indent=2))
+        print(f"JSON written to {json_path}")
+    if plot_path:
+        res.plot(plot_path)
+        print(f"plot written to {plot_path}")
+
+
+def _demo(args) -> int:
+    """``lipbound demo``: certify on the built-in digits MLP, then how to compare every method."""
+    from .certify import certify
+    from .examples import digits_mlp
+    from .norms import norm_name, parse_norm
+
+    norm = parse_norm(args.norm)
+    net = digits_mlp()
+    print(f"lipbound demo: certify on the built-in digits MLP {net.summary()['input_shape']} -> 10, norm "
+          f"{norm_name(norm)}, global, budget {args.time_limit:g} s")
+    res = certify(net, norm, time_limit=args.time_limit, progress=not args.quiet)
+    _print_certify(res, args.json, args.plot)
+    print(f"\nevery applicable method side by side: lipbound compare example:digits_mlp --norm {norm_name(norm)} "
+          "--time-limit 10 --plot compare.png")
     return 0
 
 

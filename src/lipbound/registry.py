@@ -383,6 +383,34 @@ class MethodContext:
     seed: int = 0
     start: float = field(default_factory=time.perf_counter)
     method: str = ""
+    #: the blackboard of a run of several methods on one problem (`lipbound.certify` fills it; empty
+    #: otherwise). Keys: "best_lower" (float: the best certified lower bound so far, by any method),
+    #: "best_upper" (float: the best certified upper bound so far), "witness" (the best lower bound's input,
+    #: of the input shape), "target_gap" (float: the caller stops once upper / lower <= it), "cache" (see
+    #: `cached`). Methods may read it to stop early or to seed a search; every value in it is certified.
+    shared: dict = field(default_factory=dict)
+
+    def shared_value(self, key: str, default=None):
+        """``shared[key]`` (the blackboard, see `shared`), or ``default`` when absent or None."""
+        value = self.shared.get(key)
+        return default if value is None else value
+
+    def cached(self, net: Network, what: str, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per (network, region, ``what``) in the blackboard's cache: a result computed
+        by one method (e.g. ``what="crown"``: `crown.preactivation_bounds` with alpha=False) is reused by the
+        next ones of the same run. Without a blackboard entry it is computed and stored. Only results that
+        depend on nothing but the network, the region and ``what`` may be cached (not the norm, the output
+        or the options: put those in ``what``). The value is shared: callers must not modify it in place
+        (clone tensors before writing into them). Cost: one copy of the region's bounds as the key."""
+        cache = self.shared.setdefault("cache", {})
+        key = (id(net), _region_key(self.region), what)
+        hit = cache.get(key)
+        if hit is not None and hit[0] is net:  # the network object itself is kept: ids are never reused
+            self.shared.setdefault("cache_hits", []).append(what)
+            return hit[1]
+        value = compute()
+        cache[key] = (net, value)
+        return value
 
     @property
     def is_global(self) -> bool:
@@ -431,6 +459,17 @@ class MethodContext:
 
     def rng(self) -> np.random.Generator:
         return np.random.default_rng(self.seed)
+
+
+def _region_key(region: Region | None):
+    """The identity of a region for the blackboard's cache: None (global) or its shape and the bytes of its
+    bounds (two equal boxes share an entry, whatever their center / eps / domain fields; bytes, not a hash
+    of them, so that two different boxes can never share an entry)."""
+    if region is None:
+        return None
+    lo = np.ascontiguousarray(region.lower, dtype=np.float64)
+    hi = np.ascontiguousarray(region.upper, dtype=np.float64)
+    return (lo.shape, lo.tobytes(), hi.tobytes())
 
 
 @dataclass
@@ -503,7 +542,7 @@ class MethodSpec:
 REGISTRY: dict[str, MethodSpec] = {}
 #: the keyword arguments of `api.bound`, which cannot be method options
 RESERVED_OPTION_NAMES = frozenset({"net", "method", "norm", "region", "time_limit", "output", "center", "eps",
-                                   "domain", "quiet", "seed", "options", "methods"})
+                                   "domain", "quiet", "seed", "options", "methods", "shared"})
 
 
 def register_method(name: str, *, kind: str, norms=(1, 2, INF), regions=("global", "box"),

@@ -48,7 +48,7 @@ def _box(net, ctx):
 
 
 def preactivation_bounds(net, layers, region, lo, hi, mode="auto", lp_budget_s=None, progress=None,
-                         mip_per_solve=0.5):
+                         mip_per_solve=0.5, ctx=None):
     """Pre-activation bounds for big-M constants. mode: 'interval', 'crown' (CROWN from lipbound.crown,
     intersected with intervals; interval alone if that module is missing), 'lp' (crown/interval then LP
     tightening, every LP bound certified by its duals), 'mip' ('lp' then MIP tightening of each unstable
@@ -63,7 +63,7 @@ def preactivation_bounds(net, layers, region, lo, hi, mode="auto", lp_budget_s=N
     if mode in ("crown", "lp", "mip", "auto"):
         cb = None
         try:
-            cb = core.crown_preact_bounds(net, region)
+            cb = core.crown_preact_bounds(net, region, ctx)  # ctx: reuse the blackboard's CROWN bounds
         except Exception as e:  # a failure of the other module must not break this one
             info["crown_error"] = f"{type(e).__name__}: {e}"[:200]
         if cb is not None:
@@ -275,6 +275,11 @@ class _MipRun:
         five re-evaluated as certified lower bounds with witnesses."""
         net, ctx, rng, lo, hi = self.net, self.ctx, self.rng, self.lo, self.hi
         X, J = _sample(net, lo, hi, ctx.option("samples"), rng)
+        seed = ctx.shared_value("witness")  # the best lower bound's input of an enclosing run (certify)
+        if seed is not None and np.size(seed) == lo.size:
+            xs = np.clip(np.asarray(seed, dtype=np.float64).ravel(), lo, hi)[None]
+            X, J = np.vstack([xs, X]), np.concatenate([net.jacobian(torch.as_tensor(xs)).numpy(), J])
+            self.details["seeded_witness"] = True  # re-evaluated below like any sample: certified here
         self.X = X
         self.per_dir = [_direction_value(J, d, self.norm) for d in self.dirs]
         allv = operator_norm(torch.as_tensor(J), self.norm, self.output).numpy()
@@ -292,7 +297,7 @@ class _MipRun:
             lp_time = 0.25 * tl
         self.bounds, binfo = preactivation_bounds(self.net, self.layers, ctx.region, self.lo, self.hi,
                                                   ctx.option("bounds"), lp_budget_s=lp_time,
-                                                  mip_per_solve=ctx.option("mip_time"))
+                                                  mip_per_solve=ctx.option("mip_time"), ctx=ctx)
         self.details.update(binfo)
         self.bar.update(1)
         self.threads = ctx.option("threads")
@@ -456,7 +461,7 @@ def enumerate_method(net, ctx):
         return MethodResult(float(operator_norm(layers[0].W, norm, output)), kind="exact", witness=(lo + hi) / 2)
     prune = ctx.option("prune")
     if prune:  # branch and bound: the tightest certified bounds (CROWN, LP) shrink the tree
-        bounds, _ = preactivation_bounds(net, layers, ctx.region, lo, hi, "auto")
+        bounds, _ = preactivation_bounds(net, layers, ctx.region, lo, hi, "auto", ctx=ctx)
     else:  # plain enumeration, the test oracle: interval bounds only
         bounds = core.interval_preact_bounds(layers, lo, hi)
     n_unst = int(sum(m.sum() for m in core.unstable_masks(bounds)))

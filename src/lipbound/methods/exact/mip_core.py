@@ -94,14 +94,18 @@ def interval_preact_bounds(layers, lo, hi) -> list[tuple[np.ndarray, np.ndarray]
     return dense_chain_intervals(layers, lo, hi)
 
 
-def crown_preact_bounds(net, region):
-    """CROWN pre-activation bounds from `lipbound.crown` when that module exists, else None."""
+def crown_preact_bounds(net, region, ctx=None):
+    """CROWN pre-activation bounds from `lipbound.crown` when that module exists, else None (through the
+    blackboard's cache of ``ctx`` when given: `MethodContext.cached`, key "crown")."""
     try:
         from ... import crown  # noqa: F401  (written by the local-Lipschitz issue)
         fn = crown.preactivation_bounds
     except (ImportError, AttributeError):
         return None
-    res = fn(net, region)
+    if ctx is not None and ctx.region is region:
+        res = ctx.cached(net, "crown", lambda: fn(net, region))
+    else:
+        res = fn(net, region)
     return [(np.asarray(l.detach().cpu().numpy() if hasattr(l, "detach") else l, dtype=np.float64).ravel(),
              np.asarray(u.detach().cpu().numpy() if hasattr(u, "detach") else u, dtype=np.float64).ravel())
             for l, u in res]
@@ -298,6 +302,30 @@ def _h_objective(W_row, h_terms, n_cols):
     return cost
 
 
+def _unstable_layers(layers, lo, hi, bounds, start: int, relax: bool):
+    """For each hidden layer k >= max(1, start) with unstable neurons, once the bounds tightened so far are
+    re-propagated (into the list ``bounds``, in place): k, its bounds (l, u) (arrays the caller tightens in
+    place), its unstable neurons, and a fresh model with the encoding (index arrays) of the layers before
+    k, relaxed or exact (binary)."""
+    for k in range(max(1, start), len(layers) - 1):
+        bounds[:] = repropagate(layers, lo, hi, bounds)
+        l, u = bounds[k]
+        todo = np.flatnonzero((l < 0) & (u > 0))
+        if todo.size:
+            m = Model()
+            yield k, l, u, todo, m, _forward_encoding(m, layers, lo, hi, bounds, k, relax=relax)
+
+
+def _settles(l, u, j, sense: float, bnd: float) -> bool:
+    """Applies a bound ``bnd`` on sense * z_j (an upper bound on z_j when sense > 0, minus a lower bound
+    otherwise); True once it settles the sign of z_j (nothing left to tighten)."""
+    if sense > 0:
+        u[j] = min(u[j], bnd)
+        return u[j] <= 0
+    l[j] = max(l[j], -bnd)
+    return l[j] >= 0
+
+
 def lp_tighten(layers, lo, hi, bounds, deadline=None, max_lps: int | None = None, progress=None):
     """Tightens the pre-activation bounds of unstable neurons, layer after layer, by LPs over the triangle
     relaxation of the previous layers. Every new bound is certified from the LP duals (weak duality in
@@ -306,14 +334,7 @@ def lp_tighten(layers, lo, hi, bounds, deadline=None, max_lps: int | None = None
 
     bounds = [(l.copy(), u.copy()) for l, u in bounds]
     n_lps = 0
-    for k in range(1, len(layers) - 1):
-        bounds = repropagate(layers, lo, hi, bounds)
-        l, u = bounds[k]
-        todo = np.flatnonzero((l < 0) & (u > 0))
-        if todo.size == 0:
-            continue
-        m = Model()
-        idx = _forward_encoding(m, layers, lo, hi, bounds, k, relax=True)
+    for k, l, u, todo, m, idx in _unstable_layers(layers, lo, hi, bounds, 1, relax=True):
         W = layers[k].W
         prob, (A, clb, cub, rl, ru) = m.to_highs(np.zeros(m.n_cols), maximize=True)
         for j in todo:
@@ -328,17 +349,10 @@ def lp_tighten(layers, lo, hi, bounds, deadline=None, max_lps: int | None = None
                 if r.status != Status.OPTIMAL or r.row_dual is None:
                     continue
                 bnd = certified_lp_max(sense * cost, A, clb, cub, rl, ru, r.row_dual) + sense * layers[k].b[j]
-                if sense > 0:
-                    u[j] = min(u[j], bnd)
-                    if u[j] <= 0:
-                        break
-                else:
-                    l[j] = max(l[j], -bnd)
-                    if l[j] >= 0:
-                        break
+                if _settles(l, u, j, sense, bnd):
+                    break
             if progress is not None:
                 progress(n_lps)
-        bounds[k] = (l, u)
     return repropagate(layers, lo, hi, bounds), True
 
 
@@ -628,14 +642,7 @@ def mip_tighten(layers, lo, hi, bounds, deadline=None, per_solve: float = 1.0, s
 
     bounds = [(l.copy(), u.copy()) for l, u in bounds]
     n_mips = 0
-    for k in range(max(1, start_layer), len(layers) - 1):
-        bounds = repropagate(layers, lo, hi, bounds)
-        l, u = bounds[k]
-        todo = np.flatnonzero((l < 0) & (u > 0))
-        if todo.size == 0:
-            continue
-        m = Model()
-        idx = _forward_encoding(m, layers, lo, hi, bounds, k, relax=False)
+    for k, l, u, todo, m, idx in _unstable_layers(layers, lo, hi, bounds, start_layer, relax=False):
         W = layers[k].W
         opts = {"mip_rel_gap": 1e-4, "mip_abs_gap": 1e-7, "mip_heuristic_run_rins": False,
                 "mip_heuristic_run_rens": False}
@@ -650,7 +657,6 @@ def mip_tighten(layers, lo, hi, bounds, deadline=None, per_solve: float = 1.0, s
                 if deadline is not None:
                     left = deadline - time.perf_counter()
                     if left <= 0.05:
-                        bounds[k] = (l, u)
                         return repropagate(layers, lo, hi, bounds), False
                     prob.set_options(time_limit=float(min(per_solve, left)))
                 else:
@@ -662,17 +668,10 @@ def mip_tighten(layers, lo, hi, bounds, deadline=None, per_solve: float = 1.0, s
                 if r.status == Status.INFEASIBLE or dual is None or not math.isfinite(dual):
                     continue
                 bnd = dual + 1e-6 * abs(dual) + 1e-7 + sense * layers[k].b[j]
-                if sense > 0:
-                    u[j] = min(u[j], bnd)
-                    if u[j] <= 0:
-                        break
-                else:
-                    l[j] = max(l[j], -bnd)
-                    if l[j] >= 0:
-                        break
+                if _settles(l, u, j, sense, bnd):
+                    break
             if l[j] > u[j]:
                 l[j], u[j] = min(l[j], u[j]), max(l[j], u[j])
             if progress is not None:
                 progress(n_mips)
-        bounds[k] = (l, u)
     return repropagate(layers, lo, hi, bounds), True

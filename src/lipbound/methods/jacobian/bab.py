@@ -235,6 +235,12 @@ class _Search:
             return float(torch.sqrt((vals ** 2).sum()))
         return float(vals.max())
 
+    def target_reached(self) -> bool:
+        """True when an enclosing run (`lipbound.certify`, through ``ctx.shared``) already has a certified
+        lower bound L and a target gap g with current bound <= g L: splitting further cannot change its answer."""
+        lower, gap = self.ctx.shared_value("best_lower"), self.ctx.shared_value("target_gap")
+        return lower is not None and gap is not None and lower > 0 and self.current_bound() <= gap * lower
+
     def current_bound(self) -> float:
         if not (self.norm == 2 and self.multi):
             return -self.heap[0][0]
@@ -347,6 +353,9 @@ class _Search:
                 return "time_limit", False
             if not self.heap:
                 return "time_limit", False
+            if self.target_reached():
+                details["stopped"] = "target gap: upper <= target_gap x the best certified lower bound of the run"
+                return "ok", False
             popped, done = self.select()
             if done:
                 return "ok", True
@@ -408,7 +417,8 @@ def branch_and_bound(net, ctx: MethodContext) -> MethodResult:
     if norm not in (2, math.inf):
         raise Unsupported("crown-bab supports norms inf and 2")
 
-    fwd = forward_bounds(net, ctx.region, alpha=alpha, method="crown")
+    fwd = ctx.cached(net, f"forward:crown:alpha={alpha}",  # shared with crown through the blackboard
+                     lambda: forward_bounds(net, ctx.region, alpha=alpha, method="crown"))
     G = JacobianGraph(net, fwd)
     classes = [ctx.output] if ctx.output is not None else list(range(net.n_outputs))
     t0 = time.perf_counter()

@@ -90,7 +90,10 @@ def run_propagation(net, ctx: MethodContext, mode: str):
         raise Unsupported("this method bounds a box region (give center and eps, or a box over the input domain)")
     t0 = time.perf_counter()
     alpha = ctx.option("alpha") if mode != "ibp" else False
-    fwd = forward_bounds(net, ctx.region, alpha=alpha, method="ibp" if mode == "ibp" else "crown")
+    how = "ibp" if mode == "ibp" else "crown"
+    # through the blackboard's cache (`MethodContext.cached`): crown-bab and crown share one computation
+    fwd = ctx.cached(net, f"forward:{how}" + (f":alpha={alpha}" if how == "crown" else ""),
+                     lambda: forward_bounds(net, ctx.region, alpha=alpha, method=how))
     t_fwd = time.perf_counter() - t0
     graph = JacobianGraph(net, fwd)
     classes = _classes(net, ctx)

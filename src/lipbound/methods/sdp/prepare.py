@@ -172,19 +172,23 @@ def _norm_estimate(W: np.ndarray, iters: int = 4) -> float:
     return s
 
 
-def local_slopes(net, region) -> list:
+def local_slopes(net, region, ctx=None) -> list:
     """Per-neuron slope bounds [alpha_j, beta_j] of every activation over a box region: the range of the
     activation's derivative on certified (CROWN) bounds of its pre-activation. For two inputs of the box
     the secant slope of each neuron lies in that range (mean value theorem), so LipSDP's quadratic
     constraints with these slopes hold on the box and the bound is a local Lipschitz constant there.
     The range is the table's `derivative_range` (sound, outward-rounded; any activation, alpha < 0 too).
-    Returns a list of (alpha, beta, unstable count) per activation in graph order. Cost: one CROWN pass."""
+    Returns a list of (alpha, beta, unstable count) per activation in graph order. Cost: one CROWN pass
+    (none when ``ctx``'s blackboard already holds it: `MethodContext.cached`, key "crown")."""
     from ...crown import preactivation_bounds
     from ...network import Activation
 
     acts = [n.op for n in net.nodes if isinstance(n.op, Activation)]
     try:
-        bounds = preactivation_bounds(net, region)
+        if ctx is not None and ctx.region is region:
+            bounds = ctx.cached(net, "crown", lambda: preactivation_bounds(net, region))
+        else:
+            bounds = preactivation_bounds(net, region)
     except Unsupported as e:
         raise Unsupported(f"local bounds need certified pre-activation bounds: {e}") from None
     out = []
@@ -224,7 +228,7 @@ def prepare(net, ctx) -> Prepared:
     alphas, betas = np.asarray(alphas, dtype=np.float64), np.asarray(betas, dtype=np.float64)
     unstable = bounds = None
     if ctx.region is not None:
-        local = local_slopes(net, ctx.region)
+        local = local_slopes(net, ctx.region, ctx)
         if len(local) != len(alphas) or any(len(a) != W.shape[0] for (a, _, _), W in zip(local, Ws)):
             raise Unsupported("the activations of the dense chain do not match the graph's (cannot place the "
                               "local slope bounds)")
