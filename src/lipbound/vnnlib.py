@@ -468,6 +468,13 @@ def read_vnnlib(path, n_inputs: int | None = None) -> list[Region]:
         where = f", line {line}" if line is not None else ""
         return LipboundError(f"{p}{where}: {' '.join(message.split())}")       # one line
 
+    reader, boxes = _read_commands(text, fail)
+    n = _check_inputs(reader, boxes, n_inputs, fail)
+    return _regions(boxes, n, fail)
+
+
+def _read_commands(text: str, fail) -> tuple["_Reader", list]:
+    """The declarations (a `_Reader`) and the input boxes in disjunctive normal form of every assert."""
     reader = _Reader()
     boxes: list = [{}]
     try:
@@ -489,7 +496,12 @@ def read_vnnlib(path, n_inputs: int | None = None) -> list[Region]:
         raise fail(str(e), e.pos) from None
     except RecursionError:
         raise fail("expressions nested too deeply") from None
+    return reader, boxes
 
+
+def _check_inputs(reader: "_Reader", boxes: list, n_inputs: int | None, fail) -> int:
+    """The number of inputs, after checking they are X_0 ... X_{n-1}, match ``n_inputs`` and that some
+    box is left."""
     n = len(reader.inputs)
     if n == 0:
         raise fail("declares no inputs (expected (declare-const X_0 Real) ...)")
@@ -501,16 +513,15 @@ def read_vnnlib(path, n_inputs: int | None = None) -> list[Region]:
         raise fail(f"declares {n} inputs but n_inputs={n_inputs} was asked for")
     if not boxes:
         raise fail("the input constraints are unsatisfiable (no input box)")
+    return n
 
+
+def _regions(boxes: list, n: int, fail) -> list[Region]:
+    """One `Region` per distinct box (file order), refusing unbounded inputs and empty boxes."""
     regions, seen = [], set()
     for b, conj in enumerate(boxes):
         where = f"box {b + 1} of {len(boxes)}: " if len(boxes) > 1 else ""
-        lower = np.full(n, -_INF)
-        upper = np.full(n, _INF)
-        if conj:
-            idx = np.fromiter(conj.keys(), dtype=np.intp, count=len(conj))
-            lu = np.array(list(conj.values()), dtype=np.float64).reshape(-1, 2)
-            lower[idx], upper[idx] = lu[:, 0], lu[:, 1]
+        lower, upper = _box_arrays(conj, n)
         no_lo, no_hi = np.flatnonzero(lower == -_INF), np.flatnonzero(upper == _INF)
         if no_lo.size or no_hi.size:
             parts = []
@@ -526,8 +537,17 @@ def read_vnnlib(path, n_inputs: int | None = None) -> list[Region]:
             raise fail(f"{where}X_{i} has lower bound {float(lower[i])!r} > upper bound {float(upper[i])!r}{more}: "
                        f"empty input box")
         key = (lower.tobytes(), upper.tobytes())
-        if key in seen:
-            continue
-        seen.add(key)
-        regions.append(Region.from_bounds(lower, upper))
+        if key not in seen:
+            seen.add(key)
+            regions.append(Region.from_bounds(lower, upper))
     return regions
+
+
+def _box_arrays(conj: dict, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(lower, upper) arrays of one box (missing bounds infinite)."""
+    lower, upper = np.full(n, -_INF), np.full(n, _INF)
+    if conj:
+        idx = np.fromiter(conj.keys(), dtype=np.intp, count=len(conj))
+        lu = np.array(list(conj.values()), dtype=np.float64).reshape(-1, 2)
+        lower[idx], upper[idx] = lu[:, 0], lu[:, 1]
+    return lower, upper
