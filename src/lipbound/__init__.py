@@ -5,6 +5,7 @@
     b = lipbound.bound(net, "naive", norm=2)     # one method -> Bound
     report = lipbound.compare(net, norm="inf")   # every applicable method -> Report
     res = lipbound.certify(net, norm=2, time_limit=60)  # the tightest certified interval in 60 s
+    for rec in lipbound.sweep(net, X, eps=0.05, out="r.jsonl"): ...  # local constants over a dataset
 """
 
 # `lipbound.methods` is the subpackage of method modules; it is callable: lipbound.methods() lists them
@@ -15,10 +16,11 @@ from .errors import LipboundError, MethodFailed, Unsupported, UnsupportedOperato
 from .io import from_torch, load
 from .network import Network
 from .registry import Region
+from .sweep import sweep
 from . import examples  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["Bound", "Report", "bound", "compare", "certify", "CertifyResult", "methods", "load", "from_torch", "Network", "Region",
+__all__ = ["Bound", "Report", "bound", "compare", "certify", "CertifyResult", "sweep", "methods", "load", "from_torch", "Network", "Region",
            "LipboundError", "Unsupported", "MethodFailed", "UnsupportedOperator", "examples"]
 

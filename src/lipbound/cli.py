@@ -10,6 +10,9 @@
                      [--time-limit T] [--target-gap G] [-m METHOD ...] [--exclude METHOD ...] [--seed S]
                      [--json OUT] [--plot PNG] [--quiet]
     lipbound demo [--plot out.png] [--json OUT] [--quiet]
+    lipbound sweep MODEL (--inputs X.npy|X.npz [--key NAME] [--ids A:B] --eps E [--eps E2 ...] | --vnnlib FILE ...)
+                   --out results.jsonl [--norm N] [-m METHOD ...] [--time-limit T] [--domain LO HI]
+                   [--workers K | --address ADDR] [--plot PNG] [--seed S] [--quiet]
 
 ``--vnnlib FILE`` (bound, compare, certify): the input box(es) of a VNN-LIB property; a disjunction of
 boxes is bounded box by box and the constant reported is the maximum over the boxes.
@@ -138,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(pc, require_methods=False)
     pc.add_argument("--plot", default=None, metavar="PNG", help="write a comparison plot")
     _add_certify(sub)
+    _add_sweep(sub)
     pd = sub.add_parser("demo", help="certify the built-in digits MLP (the certified interval in ~20 s)")
     pd.add_argument("--plot", default="lipbound_demo.png", metavar="PNG", help="the interval against time")
     pd.add_argument("--json", default=None, metavar="OUT")
@@ -167,6 +171,62 @@ def _add_certify(sub) -> None:
     pc.add_argument("--json", default=None, metavar="OUT", help="write the result as JSON")
     pc.add_argument("--plot", default=None, metavar="PNG", help="plot the interval against time")
     pc.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+
+def _add_sweep(sub) -> None:
+    ps = sub.add_parser("sweep", help="local constants over a dataset (one box per point and eps), resumable, on Ray")
+    ps.add_argument("model", help="an .onnx file or example:digits_mlp / example:digits_cnn")
+    ps.add_argument("--inputs", default=None, metavar="X.npy", help="N points (.npy, or an .npz member)")
+    ps.add_argument("--key", default=None, help="the array of an .npz with several")
+    ps.add_argument("--ids", default=None, metavar="A:B", help="rows A to B-1 only (default: all)")
+    ps.add_argument("--vnnlib", nargs="+", default=None, metavar="FILE",
+                    help="sweep over VNN-LIB properties (one region each; the id is the file name); not with --eps")
+    ps.add_argument("--eps", type=float, action="append", default=None, help="box radius (l_inf); repeatable")
+    ps.add_argument("--norm", default="2", help="1, 2 or inf (default 2)")
+    ps.add_argument("-m", "--method", action="append", dest="methods", default=None,
+                    help="run exactly these methods (repeatable; default: certify)")
+    ps.add_argument("--time-limit", type=float, default=10.0,
+                    help="seconds per point for certify, per method with -m (default 10)")
+    ps.add_argument("--domain", type=float, nargs=2, metavar=("LO", "HI"), default=None,
+                    help="input domain to clip each box to")
+    ps.add_argument("--out", required=True, metavar="OUT.jsonl", help="JSON Lines results (resumed if it exists)")
+    ps.add_argument("--workers", type=int, default=1, help="K > 1: a local Ray runtime with K CPUs (default 1)")
+    ps.add_argument("--address", default=None, help="join the Ray cluster at ADDR instead")
+    ps.add_argument("--plot", default=None, metavar="PNG", help="the local constants, sorted, with the global bound")
+    ps.add_argument("--seed", type=int, default=0)
+    ps.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _sweep(args) -> int:
+    """``lipbound sweep``: records appended to --out as they finish, then the summary table on stdout."""
+    import time
+
+    from .norms import norm_name, parse_norm
+    from .sweep import report, sweep
+
+    if (args.inputs is None) == (args.vnnlib is None):
+        raise LipboundError("give the points with --inputs X.npy or the regions with --vnnlib FILE ... (one of them)")
+    if args.vnnlib is not None and args.eps is not None:
+        raise LipboundError("--vnnlib gives the region: do not combine it with --eps")
+    if args.inputs is not None and args.eps is None:
+        raise LipboundError("--inputs needs --eps (the radius of the box around each point)")
+    if args.address is not None and args.workers != 1:
+        raise LipboundError("--address joins a cluster with its own CPUs: do not combine it with --workers")
+    net = _load_model(args.model)
+    t0 = time.perf_counter()
+    records = sweep(net, args.inputs if args.vnnlib is None else args.vnnlib, args.eps, norm=args.norm,
+                    methods=args.methods, time_limit=args.time_limit, out=args.out, workers=args.workers,
+                    address=args.address, ids=args.ids, domain=args.domain, seed=args.seed, progress=not args.quiet,
+                    key=args.key, model=args.model)
+    n = sum(1 for _ in records)
+    print(report.summary(args.out, time.perf_counter() - t0, n))
+    if args.plot:
+        from .api import bound
+
+        naive = bound(net, "naive", parse_norm(args.norm))
+        report.plot(args.out, args.plot, naive.value if naive.ok else None, norm_name(args.norm))
+        print(f"plot written to {args.plot}")
+    return 0
 
 
 def _print_methods(as_json: bool):
@@ -216,6 +276,8 @@ def _run(args) -> int:
         return _demo(args)
     if args.command == "certify":
         return _certify(args)
+    if args.command == "sweep":
+        return _sweep(args)
     norm = parse_norm(args.norm)
     net = _load_model(args.model)
     boxes = _vnnlib_regions(args, net)
