@@ -76,7 +76,8 @@ def _child(net, method, options, q):
 def _summary(b, cpu):
     d = b.details or {}
     keep = {k: d[k] for k in ("solver_value", "best_member", "start_member", "start_value", "certificate",
-                              "full_lmi_min_eig", "repaired_stages", "fallback_stages", "members", "member_times")
+                              "full_lmi_min_eig", "repaired_stages", "fallback_stages", "members", "member_times",
+                              "sdp_lower", "sdp_gap", "sdp_lower_note")
             if k in d}
     if "optimisation" in d:
         keep["optimisation"] = {k: v for k, v in d["optimisation"].items() if k != "Ls"}
@@ -220,6 +221,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None,
                     help="BLAS/torch threads for every method (default: the method's own choice, which for layers "
                          "of 400+ neurons is the cores other processes leave free)")
+    ap.add_argument("--gap-tol", type=float, default=None,
+                    help="lipsdp-opt's gap_tol (stop once value / sdp_lower - 1 <= it; default: the method's, 1e-3)")
     ap.add_argument("--only", default=None, help="only the networks whose name contains this string")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "l2_sdp_family.json"))
     args = ap.parse_args(argv)
@@ -239,6 +242,8 @@ def main(argv=None):
         for m in methods + ["eclipse-fast", "eclipse-family", "lipsdp-opt", "lipsdp-neuron"]:
             if m != "naive-svd":
                 options.setdefault(m, {})["blas_threads"] = args.threads
+    if args.gap_tol is not None:
+        options.setdefault("lipsdp-opt", {})["gap_tol"] = args.gap_tol
     args.options = options
     from lipbound.threads import free_cores
 

@@ -13,6 +13,8 @@ Where the mathematics lives (notation: ../shared/reference/l2-sdp-family.md):
 * `closed_forms` -- the multiplier policies G1 (ECLipsE-Fast), G2, G3 and eclipse-family's member table;
 * `solvers` -- cvxpy formulations (LipSDP-Neuron / -Layer, ECLipsE's per-layer SDP);
 * `barrier` -- lipsdp-opt's optimiser (PD-by-construction phase, log-det barrier path following, L-BFGS);
+* `dual` -- lipsdp-opt's certified LOWER bound on the LipSDP-Neuron optimum (not on the Lipschitz constant):
+  a Newton-centred dual point of the barrier, checked in float64 (sdp_lower, sdp_gap, reference §10);
 * `methods` -- the registrations: every method turns its multipliers into a value through `run_chain`.
 """
 

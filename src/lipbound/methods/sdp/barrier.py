@@ -566,14 +566,16 @@ def _inner_s(r: np.ndarray, t: float) -> float:
 
 def polish(prep: Prepared, Ls0: list, *, time_budget: float, eps_final: float = 4e-5, eps_start: float = 1.0,
            max_iter: int = 5000, stage_rtol: float = 1e-3, patience: int = 10, progress=None,
-           keep_memory: bool = False, autograd: bool = False):
+           keep_memory: bool = False, autograd: bool = False, stage_hook=None):
     """Phase 2: follow the central path of the log-det barrier of the rescaled LipSDP-Neuron LMI from the
     feasible multipliers Ls0 (module docstring): t = nu/eps with eps = eps_start, eps_start/10, ...,
     eps_final; at each t L-BFGS in v = log(L/Ls0) until psi_t improves by less than stage_rtol*eps over
     ``patience`` iterations.  Within ``time_budget`` seconds and ``max_iter`` iterations in total.
 
     ``keep_memory`` carries the L-BFGS pairs across stages; ``autograd`` uses torch autograd instead of the
-    hand-written reverse pass (slower; for checking).
+    hand-written reverse pass (slower; for checking).  ``stage_hook(Ls, t, best_log)``, called after each
+    stage with the multipliers of its last iterate, ends the path when it returns True (lipsdp-opt: the
+    certified duality gap is below gap_tol; hist['stopped_by_gap']).
     Per-neuron slopes: the multipliers of neurons with alpha_j = beta_j are not optimised but returned as
     FROZEN_FACTOR * Ls0 (see the module docstring).
     Returns (the multipliers of the best evaluated point, as a numpy list -- Ls0 itself if nothing beat it,
@@ -626,6 +628,9 @@ def polish(prep: Prepared, Ls0: list, *, time_budget: float, eps_final: float = 
         hist["stages"].append({"eps": eps, "iterations": it, "best_log": best["log"],
                                "time_s": time.perf_counter() - t_start})
         if f is None or eps <= eps_final or time.perf_counter() >= deadline or hist["iterations"] >= max_iter:
+            break
+        if stage_hook is not None and stage_hook(obj.multipliers(x), state["t"], best["log"]):
+            hist["stopped_by_gap"] = True
             break
         eps = max(eps / 10.0, eps_final)
     hist["time_s"] = time.perf_counter() - t_start

@@ -458,7 +458,11 @@ OPT_DIRECT_FIRST = 200
                                            "else both)", choices=("auto", "barrier", "direct", "both")),
                           "rtol": Option(float, 2e-5, "target relative accuracy of the bound: the barrier path ends "
                                          "at eps = 2 rtol in log F; direct phase: stop when the bound improved by "
-                                         "less than this over 10 iterations", min=0, min_exclusive=True)},
+                                         "less than this over 10 iterations", min=0, min_exclusive=True),
+                          "gap_tol": Option(float, 1e-3, "stop the barrier path once value / sdp_lower - 1 <= gap_tol, "
+                                            "sdp_lower being a certified lower bound on the LipSDP-Neuron optimum "
+                                            "from a float64-checked dual point (global bounds, LMI size <= "
+                                            "full_check_max)", min=0, min_exclusive=True)},
                  **_REG_BOX)
 def lipsdp_opt(net, ctx):
     """Certified upper bound on the l2 Lipschitz constant (global, or local on a box with per-neuron slopes):
@@ -470,7 +474,12 @@ def lipsdp_opt(net, ctx):
     value wins. Anytime: every evaluated point passes its Cholesky factorisations and the best one is kept;
     at the time limit the best so far is returned (status time_limit). The final multipliers are
     re-certified by the float64 decomposition.
-    Cost per iteration: forward + backward through O(L) Cholesky factorisations (O(sum n_k^3))."""
+    Global bounds with an LMI of size <= full_check_max also get details['sdp_lower'], a certified LOWER bound
+    on the LipSDP-Neuron optimum (NOT on the Lipschitz constant; never the Bound's ``lower``) from a
+    Newton-centred dual point checked in float64 (`dual`, reference §10), and sdp_gap = value / sdp_lower - 1;
+    the path stops once sdp_gap <= gap_tol.
+    Cost per iteration: forward + backward through O(L) Cholesky factorisations (O(sum n_k^3)); the dual:
+    dense Newton steps, O(N^3 + N^2 n_h + n_h^3) each (N = n_0 + hidden neurons, n_h hidden neurons)."""
     with blas_threads(_threads(ctx, net)):  # sets torch's threads too
         prep0 = _prepare(net, ctx)
         triv = _trivial(prep0)
@@ -528,10 +537,12 @@ def _certified_better(prep, Ls, key: str, final: ChainResult, details: dict) -> 
     return cr if cr.value_hat < final.value_hat else final
 
 
-def _run_phases(prep, final: ChainResult, phases: str, budget: float, max_iter: int, rtol: float, details: dict):
+def _run_phases(prep, final: ChainResult, phases: str, budget: float, max_iter: int, rtol: float, details: dict,
+                tracker=None):
     """lipsdp-opt's optimisation from ``final`` within ``budget`` seconds: the direct phase (PD by
-    construction) and / or the barrier path, each result re-certified. Returns (best ChainResult, whether a
-    phase stopped on its time share)."""
+    construction) and / or the barrier path, each result re-certified. ``tracker`` (`dual.DualTracker`)
+    stops the path on the certified duality gap. Returns (best ChainResult, whether a phase stopped on its
+    time share)."""
     from .barrier import optimise, polish
 
     t_opt = time.perf_counter()
@@ -550,12 +561,13 @@ def _run_phases(prep, final: ChainResult, phases: str, budget: float, max_iter: 
         remaining = budget - (time.perf_counter() - t_opt)
         if remaining > 0:
             try:
-                Ls_opt, hist = polish(prep, final.Ls, time_budget=remaining, eps_final=2 * rtol, max_iter=max_iter)
+                Ls_opt, hist = polish(prep, final.Ls, time_budget=remaining, eps_final=2 * rtol, max_iter=max_iter,
+                                      stage_hook=tracker)
             except (RuntimeError, ValueError, np.linalg.LinAlgError) as e:
                 Ls_opt, hist = None, {"failed": f"{type(e).__name__}: {e}"[:300]}
             details["barrier"] = hist
             final = _certified_better(prep, Ls_opt, "barrier", final, details)
-            hit_limit = hist.get("time_s", 0) >= remaining * 0.98
+            hit_limit = hist.get("time_s", 0) >= remaining * 0.98 and not hist.get("stopped_by_gap")
         else:
             hit_limit = True
     return final, hit_limit
@@ -574,6 +586,35 @@ def _summarise_phases(details: dict, phases: str) -> None:
     failed = [details[k] for k in ("direct_check_failed", "barrier_check_failed") if k in details]
     if failed:
         details["optimised_check_failed"] = "; ".join(failed)
+
+
+def _dual_tracker(prep, ctx):
+    """(the duality-gap tracker of lipsdp-opt, `dual.DualTracker`, or None; why there is none): box regions
+    (per-neuron slopes) and LMIs above full_check_max (the dual is checked densely) get no dual."""
+    from .dual import DualTracker
+
+    N = prep.widths[0] + prep.n_hidden
+    if prep.slope_bounds is not None:
+        return None, "no sdp_lower on box regions (the dual check covers global slopes only)"
+    if N > ctx.option("full_check_max"):
+        return None, (f"no sdp_lower: LMI size {N} > full_check_max={ctx.option('full_check_max')} (the dual point "
+                      "is built and checked densely; a block-tridiagonal check is not implemented)")
+    def deadline():  # the Newton path stops shortly before the time limit (the final certificate follows)
+        return time.perf_counter() + max(ctx.time_left() - 0.02 * (ctx.time_limit or 0) - 0.2, 0.0)
+
+    return DualTracker(prep, ctx.option("gap_tol"), deadline=deadline), None
+
+
+def _finish_dual(prep, final: ChainResult, tracker, ctx, details: dict) -> ChainResult:
+    """After the path: one more dual evaluation at the final point unless the gap is already met (t of the
+    last barrier stage, else nu / gap_tol), the centred multipliers re-certified as a primal candidate,
+    and sdp_lower / sdp_gap reported (see `dual.DualTracker.details`)."""
+    if tracker.gap(final.value_hat) > tracker.gap_tol and ctx.time_left() > 0.05 * (ctx.time_limit or 0) + 0.2:
+        eps = details.get("barrier", {}).get("final_eps", tracker.gap_tol)
+        tracker.evaluate(final.Ls, tracker.nu / eps)
+    final = _certified_better(prep, tracker.best_Ls, "newton_centred", final, details)
+    details.update(tracker.details(prep.unscale(final.value_hat)))
+    return final
 
 
 def _opt_one(prep, ctx, phases: str, budget: float, by_time_limit: bool):
@@ -605,7 +646,12 @@ def _opt_one(prep, ctx, phases: str, budget: float, by_time_limit: bool):
         status = "time_limit"
         details["stopped_by"] = "time limit" if by_time_limit else "budget"
     else:
-        final, hit_limit = _run_phases(prep, final, phases, budget, max_iter, rtol, details)
+        tracker, why = _dual_tracker(prep, ctx)
+        final, hit_limit = _run_phases(prep, final, phases, budget, max_iter, rtol, details, tracker)
+        if tracker is not None:
+            final = _finish_dual(prep, final, tracker, ctx, details)
+        else:
+            details["sdp_lower_note"] = why
         if hit_limit:  # stopped by the time limit or the budget before the path's end
             status = "time_limit"
             details["stopped_by"] = "time limit" if by_time_limit else "budget"
