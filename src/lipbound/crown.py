@@ -28,6 +28,7 @@ All computations are float64; bounds are certified up to float64 rounding.
 
 from __future__ import annotations
 
+import time
 
 import numpy as np
 import torch
@@ -53,6 +54,21 @@ GRID_POINTS = 33
 
 #: MaxMin pairs (a, b) = (x[hi], x[lo]) are relaxed through max = b + relu(a - b), min = a - relu(a - b)
 RELU = make_activation("relu")
+
+
+class OutOfTime(Exception):
+    """A bound pass reached its deadline between two nodes: it has no bound (the caller falls back to a
+    sound bound it already holds, e.g. interval bounds)."""
+
+
+def check_deadline(deadline: float | None) -> None:
+    """Raise `OutOfTime` when ``deadline`` (a `time.perf_counter` time; None: none) has passed."""
+    if deadline is not None and time.perf_counter() > deadline:
+        raise OutOfTime
+
+
+def past(deadline: float | None) -> bool:
+    return deadline is not None and time.perf_counter() > deadline
 
 
 # --------------------------------------------------------------------------------------------------
@@ -135,8 +151,10 @@ class _CrownPass:
     """Holds the relaxations and the running constant of one back-substitution (lower bounds of
     A . node over the box; upper bounds are lower bounds of -A)."""
 
-    def __init__(self, net: Network, relax: dict, alphas: dict | None = None, approx: bool = False):
+    def __init__(self, net: Network, relax: dict, alphas: dict | None = None, approx: bool = False,
+                 deadline: float | None = None):
         self.net = net
+        self.deadline = deadline  # checked at every node (`OutOfTime`)
         self.index = {id(n): i for i, n in enumerate(net.nodes)}
         self.relax = relax  # activation node index -> ActivationRelaxation
         self.alphas = alphas or {}
@@ -149,6 +167,7 @@ class _CrownPass:
         self.bias = b if self.bias is None else self.bias + b
 
     def _affine(self, op, node, A):
+        check_deadline(self.deadline)
         in_shape = self.net.nodes[node.inputs[0]].shape
         const = op.constant_term(in_shape)
         c = torch.broadcast_to(const, node.shape)
@@ -157,6 +176,7 @@ class _CrownPass:
         return op.linear_t(A, in_shape)
 
     def _activation(self, op, node, A):
+        check_deadline(self.deadline)
         k = self.index[id(node)]
         rel = self.relax[k]
         tl, tu = self.alphas.get(k, (None, None))
@@ -277,9 +297,12 @@ def _needs_refinement(fn, lo, hi):
     return (hi - lo) > 1e-9
 
 
-def _crown_neurons(net, relax, start, idx, box, alpha, alpha_steps, lr, pairs=None):
+def _crown_neurons(net, relax, start, idx, box, alpha, alpha_steps, lr, pairs=None, deadline=None,
+                   alpha_deadline=None):
     """Lower and upper CROWN bounds of the entries ``idx`` of node ``start`` (with ``pairs`` = (hi, lo):
-    of the differences x[hi[i]] - x[lo[i]] for i in ``idx``)."""
+    of the differences x[hi[i]] - x[lo[i]] for i in ``idx``). ``deadline``: checked between chunks and
+    nodes; the entries not bounded by then get (-inf, inf) (the caller keeps their interval bounds).
+    ``alpha_deadline``: alpha-CROWN's optimisation stops there (plain CROWN bounds kept)."""
     n_start = net.nodes[start].size
     width = max(node.size for node in net.nodes[: start + 1])
     chunk = max(1, CHUNK_ENTRIES // max(1, 2 * width))
@@ -296,21 +319,34 @@ def _crown_neurons(net, relax, start, idx, box, alpha, alpha_steps, lr, pairs=No
             A[torch.arange(K), pairs[1][sel]] = -1.0
             A[K:] = -A[:K]
         A = A.reshape((2 * K,) + net.nodes[start].shape)
-        with torch.no_grad():
-            best = _CrownPass(net, relax).lower_bound(start, A, box)
+        t_pass = time.perf_counter()
+        try:
+            with torch.no_grad():
+                best = _CrownPass(net, relax, deadline=deadline).lower_bound(start, A, box)
+            t_pass = time.perf_counter() - t_pass
+        except OutOfTime:  # this chunk and the rest keep their interval bounds
+            rest = len(idx) - c0
+            lows.append(torch.full((rest,), -np.inf, dtype=DTYPE))
+            highs.append(torch.full((rest,), np.inf, dtype=DTYPE))
+            break
         work = 2 * K * sum(node.size for node in net.nodes[: start + 1])
-        if alpha and relax and work <= ALPHA_MAX_WORK:
-            best = _optimise(net, relax, start, A, box, best, alpha_steps, lr)
+        # an alpha step (a pass with gradients, then its backward) costs about 3 plain passes
+        a_dl = alpha_deadline if alpha_deadline is not None else deadline
+        if alpha and relax and work <= ALPHA_MAX_WORK and not past(None if a_dl is None else a_dl - 3 * t_pass):
+            best = _optimise(net, relax, start, A, box, best, alpha_steps, lr, a_dl)
         lows.append(best[:K])
         highs.append(-best[K:])
     return torch.cat(lows), torch.cat(highs)
 
 
-def _optimise(net, relax, start, A, box, best, steps, lr):
+def _optimise(net, relax, start, A, box, best, steps, lr, deadline=None):
     """alpha-CROWN: projected Adam (`optim.Adam`) on the free slopes, one set per specification (row of
     A). Every iterate's bound is sound and the best per specification is kept; with a bisecting
     activation (``rel.bisects``) the iterates use approximate offsets instead, the slopes of each
-    specification's best iterate are kept, and the bound is re-evaluated once with exact offsets."""
+    specification's best iterate are kept, and the bound is re-evaluated once with exact offsets.
+    ``deadline``: the loop stops before a step that would end past it (predicted from the previous step;
+    the passes are also checked at every node) and keeps its best certified bound: the best exact iterate,
+    or ``best`` (plain CROWN) when the approximate search cannot be re-evaluated in time."""
     S = A.shape[0]
     params, alphas = [], {}
     for k, rel in relax.items():
@@ -330,8 +366,15 @@ def _optimise(net, relax, start, A, box, best, steps, lr):
     adam = Adam(params, betas=(0.9, 0.999), eps=1e-8, project=lambda p: p.clamp_(0, 1))
     step_lr = lr
     history = []
+    last = 0.0  # seconds of the previous step
     for _ in range(steps):
-        lb = _CrownPass(net, relax, alphas, approx=approx).lower_bound(start, A, box)
+        t_step = time.perf_counter()
+        if deadline is not None and t_step + last > deadline:
+            break
+        try:
+            lb = _CrownPass(net, relax, alphas, approx=approx, deadline=deadline).lower_bound(start, A, box)
+        except OutOfTime:
+            break
         with torch.no_grad():
             ok = torch.isfinite(lb)
             if approx:
@@ -346,19 +389,25 @@ def _optimise(net, relax, start, A, box, best, steps, lr):
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         adam.step(grads, step_lr)
         step_lr *= 0.98
+        last = time.perf_counter() - t_step
     with torch.no_grad():
         if approx:
             for p, q in zip(params, kept):
                 p.copy_(q)
         else:
             best = track
-        lb = _CrownPass(net, relax, alphas).lower_bound(start, A, box)
+            if past(deadline):  # track is the best of the exact iterates: sound as it is
+                return best.detach()
+        try:  # the last iterate (exact mode) or the kept slopes re-evaluated with exact offsets (approx mode)
+            lb = _CrownPass(net, relax, alphas, deadline=deadline).lower_bound(start, A, box)
+        except OutOfTime:
+            return best.detach()
         best = torch.where(torch.isfinite(lb), torch.maximum(best, lb), best)
     return best.detach()
 
 
 def forward_bounds(net: Network, region, alpha: bool = False, alpha_steps: int = 50, lr: float = 0.5,
-                   method: str = "crown") -> dict:
+                   method: str = "crown", deadline: float | None = None, info: dict | None = None) -> dict:
     """{activation node index: (lower, upper)} of the activation inputs (flat (n,), float64); for a MaxMin
     node, the bounds of its pair differences x[hi] - x[lo] (`maxmin_pairs` order), which CROWN relaxes
     through max(a, b) = b + relu(a - b), min(a, b) = a - relu(a - b).
@@ -366,7 +415,13 @@ def forward_bounds(net: Network, region, alpha: bool = False, alpha_steps: int =
     ``method``: "crown" (CROWN / alpha-CROWN, see module doc) or "ibp" (plain interval propagation).
     Certified. Cost: for each activation layer, one back-substitution through the graph below it per
     bounded neuron (batched), times ``alpha_steps`` forward+backward passes with ``alpha``
-    (stopped early when the bounds stop improving)."""
+    (stopped early when the bounds stop improving).
+
+    ``deadline`` (a `time.perf_counter` time): checked between layers, chunks of neurons, nodes of a
+    back-substitution and alpha-CROWN steps; from then on the neurons not yet bounded by CROWN keep their
+    interval bounds (sound, looser) and ``info["cut"]`` is set to True (``info``: an optional dict)."""
+    info = {} if info is None else info
+    info.setdefault("cut", False)
     for node in net.nodes:
         if isinstance(node.op, MaxPool2d):
             raise Unsupported("CROWN bound propagation does not relax max pooling (MaxPool2d)")
@@ -374,7 +429,7 @@ def forward_bounds(net: Network, region, alpha: bool = False, alpha_steps: int =
     relaxed = [i for i, n in enumerate(net.nodes) if isinstance(n.op, (Activation, MaxMin))]
     known: dict = {}
     relax: dict = {}
-    for k in relaxed:
+    for n_done, k in enumerate(relaxed):
         node = net.nodes[k]
         p = node.inputs[0]
         ivs = interval_pass(net, box, known, stop=p)
@@ -387,8 +442,14 @@ def forward_bounds(net: Network, region, alpha: bool = False, alpha_steps: int =
         if method == "crown":
             need = _needs_refinement(fn, lo, hi)
             idx = need.nonzero().reshape(-1)
-            if len(idx):
-                clo, chi = _crown_neurons(net, relax, p, idx, box, alpha, alpha_steps, lr, pairs)
+            if len(idx) and past(deadline):
+                info["cut"] = True  # interval bounds only from here on
+            elif len(idx):
+                # alpha-CROWN may use this layer's part of the time left, so that every layer gets CROWN bounds
+                a_dl = None if deadline is None else \
+                    time.perf_counter() + (deadline - time.perf_counter()) / (len(relaxed) - n_done)
+                clo, chi = _crown_neurons(net, relax, p, idx, box, alpha, alpha_steps, lr, pairs, deadline, a_dl)
+                info["cut"] = info["cut"] or past(deadline)
                 lo[idx] = torch.maximum(lo[idx], clo)
                 hi[idx] = torch.minimum(hi[idx], chi)
         elif method != "ibp":
@@ -399,13 +460,15 @@ def forward_bounds(net: Network, region, alpha: bool = False, alpha_steps: int =
     return known
 
 
-def preactivation_bounds(net: Network, region, alpha: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def preactivation_bounds(net: Network, region, alpha: bool = False, deadline: float | None = None,
+                         info: dict | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Certified (lower, upper) bounds of the input of every Activation node, flattened to (n,), float64,
     in graph order, valid for every input in the box ``region`` (a `Region` or a (lower, upper) pair).
 
     CROWN back-substitution layer by layer (``alpha=True``: alpha-CROWN, optimised slopes, 20 Adam
     steps). Tighter than interval propagation (always intersected with it). Every activation of the
     table; raises `Unsupported` for max pooling. Cost: one batched back-substitution per activation
-    layer over its undecided neurons (x20 with alpha)."""
-    known = forward_bounds(net, region, alpha=alpha)
+    layer over its undecided neurons (x20 with alpha). ``deadline`` / ``info``: see `forward_bounds` (past
+    the deadline, interval bounds)."""
+    known = forward_bounds(net, region, alpha=alpha, deadline=deadline, info=info)
     return [known[i] for i, n in enumerate(net.nodes) if isinstance(n.op, Activation)]

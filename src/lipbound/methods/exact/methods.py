@@ -21,6 +21,8 @@ import torch
 
 from ...errors import LipboundError, MethodFailed, Unsupported
 from ...highs import Status
+from ...intervals import affine_enclosure
+from ...network import tensor_view
 from ...norms import INF, operator_norm
 from ...registry import AFFINE_OPS, BOOL_OR_AUTO, RELU_LIKE, MethodResult, Option, register_method
 from . import mip_core as core
@@ -48,11 +50,12 @@ def _box(net, ctx):
 
 
 def preactivation_bounds(net, layers, region, lo, hi, mode="auto", lp_budget_s=None, progress=None,
-                         mip_per_solve=0.5, ctx=None):
+                         mip_per_solve=0.5, ctx=None, crown_deadline=None):
     """Pre-activation bounds for big-M constants. mode: 'interval', 'crown' (CROWN from lipbound.crown,
     intersected with intervals; interval alone if that module is missing), 'lp' (crown/interval then LP
     tightening, every LP bound certified by its duals), 'mip' ('lp' then MIP tightening of each unstable
     neuron with a short time limit per solve), 'auto' ('lp' for small nets, else 'crown').
+    ``crown_deadline`` (a `time.perf_counter` time): CROWN stops there (interval bounds for the rest).
     Returns (bounds, info dict)."""
     t0 = time.perf_counter()
     bounds = core.interval_preact_bounds(layers, lo, hi)
@@ -63,7 +66,7 @@ def preactivation_bounds(net, layers, region, lo, hi, mode="auto", lp_budget_s=N
     if mode in ("crown", "lp", "mip", "auto"):
         cb = None
         try:
-            cb = core.crown_preact_bounds(net, region, ctx)  # ctx: reuse the blackboard's CROWN bounds
+            cb = core.crown_preact_bounds(net, region, ctx, crown_deadline)  # ctx: the blackboard's CROWN bounds
         except Exception as e:  # a failure of the other module must not break this one
             info["crown_error"] = f"{type(e).__name__}: {e}"[:200]
         if cb is not None:
@@ -155,6 +158,45 @@ def _sample(net, lo, hi, n, rng):
     return X, J
 
 
+#: with a time limit T, the sampled incumbent stops drawing chunks of points at SAMPLE_SHARE x T and the
+#: CROWN pre-activation bounds at CROWN_SHARE x T (then interval bounds: sound, looser big-M constants)
+SAMPLE_SHARE = 0.1
+CROWN_SHARE = 0.3
+SAMPLE_CHUNK = 64
+
+
+#: the MIP build model of `_MipRun.build_estimate` (seconds per weight non-zero and per neuron)
+BUILD_NNZ_S = 1.5e-6
+BUILD_NEURON_S = 7e-4
+
+
+def _batched_affine_interval(W, l, u):
+    """`core.affine_interval` (no bias) for a batch of boxes [l, u] (B, n) at once: the same enclosure."""
+    Wt = tensor_view(W)
+    lt, ut = torch.as_tensor(np.asarray(l, dtype=np.float64)), torch.as_tensor(np.asarray(u, dtype=np.float64))
+    mid, rad = (ut + lt) / 2, (ut - lt) / 2
+    absW = Wt.abs()
+    zl, zh = affine_enclosure(mid @ Wt.T, lambda v: v @ absW.T, 0.0, int(W.shape[1]), mid, rad)
+    return zl.numpy().copy(), zh.numpy().copy()
+
+
+def _sample_within(net, lo, hi, n, rng, ctx, share: float):
+    """`_sample` of ``n`` points (plus the centre) in chunks, stopping after the chunk that reaches ``share``
+    of the time limit (at least the centre and one chunk)."""
+    if ctx.time_limit is None or n <= SAMPLE_CHUNK:
+        return _sample(net, lo, hi, n, rng)
+    stop = ctx.start + share * ctx.time_limit
+    X, J = _sample(net, lo, hi, SAMPLE_CHUNK, rng)
+    Xs, Js, done = [X], [J], SAMPLE_CHUNK
+    while done < n and time.perf_counter() < stop:
+        k = min(SAMPLE_CHUNK, n - done)
+        Xc = rng.uniform(lo, hi, size=(k, lo.size))
+        Xs.append(Xc)
+        Js.append(net.jacobian(torch.as_tensor(Xc)).numpy())
+        done += k
+    return np.vstack(Xs), np.concatenate(Js)
+
+
 # --------------------------------------------------------------------------------------------------
 # HiGHS solve of one sub-problem
 # --------------------------------------------------------------------------------------------------
@@ -228,6 +270,9 @@ def mip(net, ctx):
     # one MIP per sub-problem, best sampled first; later ones only need to beat the best lower bound
     order = np.argsort([-np.max(v) for v in run.per_dir])
     for rank, di in enumerate(order):
+        if run.no_time_to_build():
+            run.skip_directions(order[rank:])
+            break
         run.solve_direction(di, len(order) - rank)
     return run.result()
 
@@ -269,12 +314,52 @@ class _MipRun:
         self.sw = _Sandwich()
         self.bounds = None
         self.details = {"n_layers": len(self.layers), "n_subproblems": len(self.dirs), "solver": "highs"}
+        self.build_s = None  # the slowest MIP build so far (s)
+        self._build_model = None
+
+    def build_estimate(self) -> float:
+        """Seconds to build one sub-problem's MIP: the slowest build so far, else a model from the sizes
+        (measured 2026-11-29, one thread: mnist-net_256x2 0.35 s, cifar_base_kw as a dense chain 4.9 s,
+        ACAS Xu 0.03 s; on the slow side)."""
+        if self.build_s is not None:
+            return self.build_s
+        if self._build_model is None:
+            nnz = sum(int(np.count_nonzero(L.W)) for L in self.layers)
+            neurons = sum(L.W.shape[0] for L in self.layers)
+            self._build_model = BUILD_NNZ_S * nnz + BUILD_NEURON_S * neurons
+        return self._build_model
+
+    def no_time_to_build(self) -> bool:
+        """True when a sub-problem's MIP cannot even be built in the time left."""
+        tl = self.ctx.time_left()
+        return math.isfinite(tl) and 1.5 * self.build_estimate() > tl
+
+    def skip_directions(self, dis) -> None:
+        """The sub-problems ``dis`` bounded without their MIPs: each by its interval bound (the `trivial_bound`
+        of `core.build_mip`: sum of max |r_j| over the switched-chain intervals), all in one batched chain of
+        interval mat-vecs. Certified."""
+        dirs = [self.dirs[di] for di in dis]
+        dsets = core.derivative_sets(self.bounds, [L.slope for L in self.layers[:-1]])
+        plans = [core.stage_plan(self.layers, d[0], d[1]) for d in dirs]
+        order, mats = plans[0][1], plans[0][2]  # the same for every direction of one mode
+        vl = vh = np.stack([p[0] for p in plans])
+        for t, i in enumerate(order):
+            ul, uh = core._switch_interval(vl, vh, *dsets[i])
+            vl, vh = _batched_affine_interval(mats[t], ul, uh)
+        est = self.build_estimate()
+        for b, d in enumerate(dirs):
+            sel = np.asarray(d[2])
+            ub = float(np.maximum(np.abs(vl[b, sel]), np.abs(vh[b, sel])).sum())
+            self.sw.add_upper(ub, {"direction": d[3], "status": "skipped (no time to build its MIP)", "upper": ub,
+                                   "build_estimate_s": est})
+            self.bar.update(1)
+        self.sw.complete = False
 
     def sample_incumbent(self) -> None:
         """Step 1: the Jacobians at random points of the box (sub-problem values and warm starts); the best
         five re-evaluated as certified lower bounds with witnesses."""
         net, ctx, rng, lo, hi = self.net, self.ctx, self.rng, self.lo, self.hi
-        X, J = _sample(net, lo, hi, ctx.option("samples"), rng)
+        X, J = _sample_within(net, lo, hi, ctx.option("samples"), rng, ctx, SAMPLE_SHARE)
         seed = ctx.shared_value("witness")  # the best lower bound's input of an enclosing run (certify)
         if seed is not None and np.size(seed) == lo.size:
             xs = np.clip(np.asarray(seed, dtype=np.float64).ravel(), lo, hi)[None]
@@ -295,9 +380,11 @@ class _MipRun:
         lp_time = ctx.option("lp_time")  # also the budget of bounds=mip
         if lp_time is None and math.isfinite(tl):
             lp_time = 0.25 * tl
+        crown_dl = None if ctx.time_limit is None else ctx.start + CROWN_SHARE * ctx.time_limit
         self.bounds, binfo = preactivation_bounds(self.net, self.layers, ctx.region, self.lo, self.hi,
                                                   ctx.option("bounds"), lp_budget_s=lp_time,
-                                                  mip_per_solve=ctx.option("mip_time"), ctx=ctx)
+                                                  mip_per_solve=ctx.option("mip_time"), ctx=ctx,
+                                                  crown_deadline=crown_dl)
         self.details.update(binfo)
         self.bar.update(1)
         self.threads = ctx.option("threads")
@@ -312,14 +399,16 @@ class _MipRun:
         facts of that tightening."""
         mode, vec, sel, _ = direction
         chain_ivs, n_chain_lps, t_chain = None, 0, 0.0
-        if self.chain_lp:
+        tl = self.ctx.time_left()
+        if self.chain_lp and (not math.isfinite(tl) or 2 * self.build_estimate() <= 0.3 * tl / left):
             t0c = time.perf_counter()
-            tl = self.ctx.time_left()
             dl = None if not math.isfinite(tl) else time.perf_counter() + 0.3 * tl / left
             chain_ivs, n_chain_lps, _ = core.tighten_chain_bounds(self.layers, self.lo, self.hi, self.bounds, mode,
                                                                   vec, sel, deadline=dl)
             t_chain = time.perf_counter() - t0c
+        t0b = time.perf_counter()
         mm = core.build_mip(self.layers, self.lo, self.hi, self.bounds, mode, vec, sel, chain_ivs=chain_ivs)
+        self.build_s = max(self.build_s or 0.0, time.perf_counter() - t0b)
         return mm, {"chain_lps": n_chain_lps, "chain_lp_time_s": t_chain}
 
     def solve_direction(self, di: int, left: int) -> None:
@@ -461,19 +550,25 @@ def enumerate_method(net, ctx):
         return MethodResult(float(operator_norm(layers[0].W, norm, output)), kind="exact", witness=(lo + hi) / 2)
     prune = ctx.option("prune")
     if prune:  # branch and bound: the tightest certified bounds (CROWN, LP) shrink the tree
-        bounds, _ = preactivation_bounds(net, layers, ctx.region, lo, hi, "auto", ctx=ctx)
+        # with a time limit T: CROWN until CROWN_SHARE x T, LP tightening for a quarter of what is left
+        # (both keep sound looser bounds when stopped)
+        limited = ctx.time_limit is not None
+        bounds, _ = preactivation_bounds(net, layers, ctx.region, lo, hi, "auto", ctx=ctx,
+                                         crown_deadline=ctx.start + CROWN_SHARE * ctx.time_limit if limited else None,
+                                         lp_budget_s=None if not limited else max(0.0, 0.25 * ctx.time_left()))
     else:  # plain enumeration, the test oracle: interval bounds only
         bounds = core.interval_preact_bounds(layers, lo, hi)
     n_unst = int(sum(m.sum() for m in core.unstable_masks(bounds)))
     limit = ctx.option("max_unstable")
     if n_unst > limit:
         raise Unsupported(f"{n_unst} unstable neurons (limit max_unstable={limit}): "
-                          "enumeration would visit up to 2^{n_unst} patterns; use mip")
+                          f"enumeration would visit up to 2^{n_unst} patterns; use mip")
     deadline = None if not math.isfinite(ctx.time_left()) else time.perf_counter() + ctx.time_left()
     incumbent = None
     if prune:
         rng = ctx.rng()
-        X, J = _sample(net, lo, hi, ctx.option("samples"), rng)
+        X, J = _sample_within(net, lo, hi, ctx.option("samples"), rng, ctx, ctx.elapsed() / ctx.time_limit + SAMPLE_SHARE
+                              if ctx.time_limit else 1.0)
         vals = operator_norm(torch.as_tensor(J), norm, output).numpy()
         for i in np.argsort(-vals)[:5]:
             v = _smooth_value(net, X[i], norm, output)

@@ -94,18 +94,24 @@ def interval_preact_bounds(layers, lo, hi) -> list[tuple[np.ndarray, np.ndarray]
     return dense_chain_intervals(layers, lo, hi)
 
 
-def crown_preact_bounds(net, region, ctx=None):
+def crown_preact_bounds(net, region, ctx=None, deadline=None):
     """CROWN pre-activation bounds from `lipbound.crown` when that module exists, else None (through the
-    blackboard's cache of ``ctx`` when given: `MethodContext.cached`, key "crown")."""
+    blackboard's cache of ``ctx`` when given: `MethodContext.cached`, key "crown"). ``deadline``: CROWN
+    stops there and keeps interval bounds for the neurons not yet refined (then not left in the cache)."""
     try:
         from ... import crown  # noqa: F401  (written by the local-Lipschitz issue)
         fn = crown.preactivation_bounds
     except (ImportError, AttributeError):
         return None
+    info: dict = {}
     if ctx is not None and ctx.region is region:
-        res = ctx.cached(net, "crown", lambda: fn(net, region))
+        res = ctx.cached(net, "crown", lambda: fn(net, region, deadline=deadline, info=info))
+        if info.get("cut"):
+            from ...registry import _region_key
+
+            ctx.shared.get("cache", {}).pop((id(net), _region_key(region), "crown"), None)
     else:
-        res = fn(net, region)
+        res = fn(net, region, deadline=deadline, info=info)
     return [(np.asarray(l.detach().cpu().numpy() if hasattr(l, "detach") else l, dtype=np.float64).ravel(),
              np.asarray(u.detach().cpu().numpy() if hasattr(u, "detach") else u, dtype=np.float64).ravel())
             for l, u in res]
@@ -560,6 +566,8 @@ def tighten_chain_bounds(layers, lo, hi, bounds, mode, vec, select, deadline=Non
             targets = np.flatnonzero((l < 0) & (u > 0))
         if targets.size == 0:
             continue
+        if deadline is not None and time.perf_counter() > deadline:
+            return ivs, n_lps, False
         mm = build_mip(layers, lo, hi, bounds, mode, vec, select, chain_ivs=ivs)
         cols = mm.extra["stage_cols"][t - 1]["v"]
         prob, (A, clb, cub, rl, ru) = mm.model.to_highs(np.zeros(mm.model.n_cols), maximize=True, relax=True)

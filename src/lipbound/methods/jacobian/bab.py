@@ -39,11 +39,11 @@ import time
 import numpy as np
 import torch
 
-from ...crown import forward_bounds
 from ...errors import Unsupported
 from ...network import tensor_view
 from ...registry import MethodContext, MethodResult
 from .graph import JacobianGraph
+from .methods import FORWARD_SHARE, GRAPH_SHARE, cached_forward
 
 DEFAULT_BUDGET = 30.0
 
@@ -89,6 +89,7 @@ class PatternLP:
         pre = net.preactivations(torch.as_tensor(pts).reshape((-1,) + net.input_shape))
         self.Z = torch.cat([z.reshape(z.shape[0], -1) for z in pre], 1)  # (n_samples, N)
         self.lp_calls = 0
+        self.deadline = None  # a time.perf_counter() time: LPs get the time left as their HiGHS limit
         self.net = net
         self.rad = float((self.hi - self.lo).abs().max()) + 1.0
         self.und = [G.s[k][1] > G.s[k][0] for k in split_acts]
@@ -140,6 +141,8 @@ class PatternLP:
             return False
         if not use_lp:
             return None
+        if self.deadline is not None and time.perf_counter() >= self.deadline:
+            return True  # no time for the LP: keep the domain (sound: only proven-infeasible ones are dropped)
         self.lp_calls += 1
         return self._lp_feasible(A_ub, b_ub, lo, hi)
 
@@ -149,6 +152,8 @@ class PatternLP:
 
             h = highspy.Highs()
             h.setOptionValue("output_flag", False)
+            if self.deadline is not None:  # a solve stopped on time is not "infeasible": the domain is kept
+                h.setOptionValue("time_limit", max(0.01, self.deadline - time.perf_counter()))
             lp = highspy.HighsLp()
             n, m = A_ub.shape[1], A_ub.shape[0]
             lp.num_col_, lp.num_row_ = n, m
@@ -417,18 +422,27 @@ def branch_and_bound(net, ctx: MethodContext) -> MethodResult:
     if norm not in (2, math.inf):
         raise Unsupported("crown-bab supports norms inf and 2")
 
-    fwd = ctx.cached(net, f"forward:crown:alpha={alpha}",  # shared with crown through the blackboard
-                     lambda: forward_bounds(net, ctx.region, alpha=alpha, method="crown"))
+    # shared with crown through the blackboard; with a time limit the root bound keeps `crown`'s shares of
+    # it (its passes stop there and keep interval bounds: certified); the search then runs to the deadline
+    fwd, fwd_cut = cached_forward(net, ctx, "crown", alpha, ctx.start + FORWARD_SHARE * budget)
     G = JacobianGraph(net, fwd)
+    G.deadline = ctx.start + GRAPH_SHARE * budget
     classes = [ctx.output] if ctx.output is not None else list(range(net.n_outputs))
     t0 = time.perf_counter()
     root = G.bound(classes, norm, mode="crown")
     t_root = time.perf_counter() - t0
+    root_cut = fwd_cut or G.cut
+    G.deadline = deadline  # the children's bounds: cut at the deadline (a cut child keeps min(child, parent))
     split_acts = [k for k in G.acts if net.nodes[k].op.fn.relu_like_slope is not None]
     search = _Search(net, G, root, classes, norm, split_acts, ctx)
     history = search.history
     details = {"history": history, "root": history[0][1], "forward": "alpha-crown" if alpha else "crown",
                "undecided_neurons": [int((G.s[k][1] > G.s[k][0]).sum()) for k in G.acts]}
+    if root_cut:  # the root bound already took the time: no search
+        details.update(steps=0, domains=len(classes), converged=False,
+                       cut="the root CROWN bound stopped at the time limit: interval bounds kept from there "
+                           "(certified, looser)")
+        return MethodResult(history[0][1], status="time_limit", details=details)
     if not search.splittable_undecided():
         details.update(steps=0, domains=len(classes), converged=not search.unsplittable,
                        note=search.unsplittable_note() if search.unsplittable
@@ -442,6 +456,7 @@ def branch_and_bound(net, ctx: MethodContext) -> MethodResult:
     if lp_opt in ("auto", True) and net.n_inputs <= 2000:
         try:
             search.lp = PatternLP(net, G, split_acts, search.offsets, ctx.region)
+            search.lp.deadline = deadline
         except Unsupported:
             search.lp = None
     details["lp_prune"] = search.lp is not None

@@ -30,6 +30,7 @@ import dataclasses
 import torch
 
 from ... import traversal
+from ...crown import OutOfTime, check_deadline, past
 from ...errors import Unsupported
 from ...network import DTYPE, Activation, Add, Conv2d, ElementwiseAffine, Linear, MaxPool2d, Network
 
@@ -134,6 +135,10 @@ class JacobianGraph:
         self._down: dict = {}
         self.m = net.n_outputs
         self.lowrank = None  # None: choose by cost; True / False: force (tests)
+        #: a `time.perf_counter` time (None: none): past it, back-substitutions stop between chunks and
+        #: nodes and the interval bounds already held are kept (sound, looser); ``cut`` records it
+        self.deadline = None
+        self.cut = False
 
     # ---- s bounds of a batch --------------------------------------------------------------------
     def s_batch(self, B: int, decisions: dict | None = None) -> dict:
@@ -219,9 +224,11 @@ class JacobianGraph:
         acc = {"bias": bias}
 
         def affine(op, node, L):
+            check_deadline(self.deadline)
             return op.linear(L)
 
         def act(op, node, L):
+            check_deadline(self.deadline)
             k = self.index[id(node)]
             aL, bL, aU, bU = relax[k]
             Lf = L.reshape(B, S, -1)
@@ -323,6 +330,7 @@ class JacobianGraph:
         recorded: dict = {}
 
         def affine(op, node, v):
+            check_deadline(self.deadline)
             return op.linear_t(v, net.nodes[node.inputs[0]].shape)
 
         def act(op, node, v):
@@ -407,14 +415,21 @@ class JacobianGraph:
         for c0 in range(0, len(idx), chunk):
             sel = idx[c0 : c0 + chunk]
             K = len(sel)
-            if use_lowrank:
-                lb = self.lowrank_walk(start, ("entries", sel), relax, classes, self._und)
-            else:
-                seed = torch.zeros(B, 2 * K, n, dtype=DTYPE)
-                seed[:, torch.arange(K), sel] = 1.0
-                seed[:, torch.arange(K, 2 * K), sel] = -1.0
-                seed = seed.reshape((B, 2 * K) + self.net.nodes[start].shape)
-                lb = self.walk(start, seed, relax, classes)
+            if past(self.deadline):
+                self.cut = True  # the remaining entries keep their interval bounds
+                break
+            try:
+                if use_lowrank:
+                    lb = self.lowrank_walk(start, ("entries", sel), relax, classes, self._und)
+                else:
+                    seed = torch.zeros(B, 2 * K, n, dtype=DTYPE)
+                    seed[:, torch.arange(K), sel] = 1.0
+                    seed[:, torch.arange(K, 2 * K), sel] = -1.0
+                    seed = seed.reshape((B, 2 * K) + self.net.nodes[start].shape)
+                    lb = self.walk(start, seed, relax, classes)
+            except OutOfTime:
+                self.cut = True
+                break
             lo[:, sel] = torch.maximum(lo[:, sel], lb[:, :K])
             hi[:, sel] = torch.minimum(hi[:, sel], -lb[:, K:])
         hi = torch.maximum(hi, lo)
@@ -488,12 +503,17 @@ class JacobianGraph:
             else:
                 seed = (-a).reshape((B, 1) + self.net.input_shape)
                 direct, lowrank = self.walk_cost(0, B, 1, self._und)
-                if (self.lowrank if self.lowrank is not None else lowrank < direct):
-                    lb = self.lowrank_walk(0, seed, relax, classes, self._und, record=coef)[:, 0]
-                else:
-                    lb = self.walk(0, seed, relax, classes, record=coef)[:, 0]
-                chord_val = -lb + b.sum(1)
-                value = torch.minimum(chord_val, interval_val)
+                try:
+                    if (self.lowrank if self.lowrank is not None else lowrank < direct):
+                        lb = self.lowrank_walk(0, seed, relax, classes, self._und, record=coef)[:, 0]
+                    else:
+                        lb = self.walk(0, seed, relax, classes, record=coef)[:, 0]
+                    chord_val = -lb + b.sum(1)
+                    value = torch.minimum(chord_val, interval_val)
+                except OutOfTime:  # no chord bound: the interval one (sound)
+                    self.cut = True
+                    coef.clear()
+                    value = interval_val
             if p == 2:
                 value = value.clamp(min=0).sqrt()
         return JacobianBounds(value, g, (vl, vu), coef, entry_abs)

@@ -39,6 +39,7 @@ from ...crown import forward_bounds
 from ...errors import Unsupported
 from ...norms import INF
 from ...registry import AFFINE_OPS, BOOL_OR_AUTO, MethodContext, MethodResult, Option, register_method
+from ...registry import _region_key
 from ...registry import ALL_ACTIVATIONS
 from .graph import JacobianGraph
 
@@ -84,18 +85,47 @@ def combine(per_class: torch.Tensor, entry_abs: torch.Tensor, norm, multi: bool)
     return float(per_class.max())
 
 
+#: with a time limit T, the forward (alpha-)CROWN bounds stop at FORWARD_SHARE x T and the Jacobian-graph
+#: back-substitutions at GRAPH_SHARE x T (both measured from the method's start); past them the interval
+#: bounds already held are kept (sound, looser) and the status is time_limit. The rest of T covers the
+#: interval passes that remain (about three network passes).
+FORWARD_SHARE = 0.5
+GRAPH_SHARE = 0.8
+
+
+def share_deadline(ctx: MethodContext, share: float) -> float | None:
+    """``ctx.start + share x time_limit`` (None without a time limit)."""
+    return None if ctx.time_limit is None else ctx.start + share * ctx.time_limit
+
+
+def cached_forward(net, ctx: MethodContext, how: str, alpha: bool, deadline: float | None):
+    """(forward bounds, cut): `forward_bounds` through the blackboard's cache (`MethodContext.cached`:
+    crown, crown-bab and recurjac share one computation), stopped at ``deadline`` (then ``cut`` is True:
+    some neurons keep interval bounds, and the result is not left in the cache for later methods)."""
+    what = f"forward:{how}" + (f":alpha={alpha}" if how == "crown" else "")
+    info: dict = {}
+    fwd = ctx.cached(net, what, lambda: forward_bounds(net, ctx.region, alpha=alpha, method=how, deadline=deadline,
+                                                       info=info))
+    cut = bool(info.get("cut"))
+    if cut:
+        ctx.shared.get("cache", {}).pop((id(net), _region_key(ctx.region), what), None)
+    return fwd, cut
+
+
 def run_propagation(net, ctx: MethodContext, mode: str):
-    """Shared body of crown / recurjac / ibp-jacobian. Returns (value, details, graph, result)."""
+    """Shared body of crown / recurjac / ibp-jacobian. Returns (value, details, graph, result).
+
+    With a time limit the passes stop at their share of it (`FORWARD_SHARE`, `GRAPH_SHARE`) and keep the
+    interval bounds they hold: the value stays certified and ``details["cut"]`` says where it stopped."""
     if ctx.region is None:
         raise Unsupported("this method bounds a box region (give center and eps, or a box over the input domain)")
     t0 = time.perf_counter()
     alpha = ctx.option("alpha") if mode != "ibp" else False
     how = "ibp" if mode == "ibp" else "crown"
-    # through the blackboard's cache (`MethodContext.cached`): crown-bab and crown share one computation
-    fwd = ctx.cached(net, f"forward:{how}" + (f":alpha={alpha}" if how == "crown" else ""),
-                     lambda: forward_bounds(net, ctx.region, alpha=alpha, method=how))
+    fwd, fwd_cut = cached_forward(net, ctx, how, alpha, share_deadline(ctx, FORWARD_SHARE))
     t_fwd = time.perf_counter() - t0
     graph = JacobianGraph(net, fwd)
+    graph.deadline = share_deadline(ctx, GRAPH_SHARE)
     classes = _classes(net, ctx)
     res = graph.bound(classes, ctx.norm, mode=mode)
     multi = len(classes) > 1
@@ -108,6 +138,9 @@ def run_propagation(net, ctx: MethodContext, mode: str):
         "time_forward_s": t_fwd,
         "time_backward_s": time.perf_counter() - t0 - t_fwd,
     }
+    if fwd_cut or graph.cut:
+        details["cut"] = ", ".join(w for w, c in (("forward bounds", fwd_cut), ("Jacobian graph", graph.cut)) if c) \
+            + " stopped at the time limit: interval bounds kept from there (certified, looser)"
     if ctx.norm == 2:
         details["note"] = ("norm 2: the l2 norm of each output's gradient (l2->linf per output); "
                            + ("several outputs: sqrt(sum_j U_j^2) bounds the Frobenius, hence spectral, norm"
@@ -125,10 +158,11 @@ def crown_method(net, ctx: MethodContext) -> MethodResult:
     """Certified upper bound on the local Lipschitz constant over a box (norm inf natively; 2 and 1
     looser, see module doc) by CROWN on the forward and on the Clarke-Jacobian graph.
     Cost: a few batched back-substitutions per activation layer (one per bounded entry, all outputs
-    batched)."""
+    batched). Anytime: with a time limit the passes stop at their share of it and keep interval bounds from
+    there (status time_limit, details['cut']); the value stays certified."""
     with one_thread(net):
         value, details, _, _ = run_propagation(net, ctx, "crown")
-    return MethodResult(value, details=details)
+    return MethodResult(value, details=details, status="time_limit" if "cut" in details else "ok")
 
 
 @register_method("recurjac", kind="upper", norms=(1, 2, INF), regions=("box",), ops=OPS, activations=ACTS,
@@ -140,7 +174,7 @@ def recurjac_method(net, ctx: MethodContext) -> MethodResult:
     intervals for sign-crossing undecided gradient products (weaker). Cost: as `crown`."""
     with one_thread(net):
         value, details, _, _ = run_propagation(net, ctx, "recurjac")
-    return MethodResult(value, details=details)
+    return MethodResult(value, details=details, status="time_limit" if "cut" in details else "ok")
 
 
 @register_method("ibp-jacobian", kind="upper", norms=(1, 2, INF), regions=("box",), ops=OPS, activations=ACTS,

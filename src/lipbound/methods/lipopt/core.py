@@ -475,7 +475,7 @@ def solve_lp(lp: LP, time_limit: float | None = None, solver: str = "ipm", threa
     opts = {"threads": int(threads), "solver": solver if solver in ("ipm", "simplex") else None,
             "crossover": False if solver == "ipm" else None}
     if time_limit is not None and math.isfinite(time_limit):
-        opts["time_limit"] = max(1.0, float(time_limit))
+        opts["time_limit"] = max(0.05, float(time_limit))
     t0 = time.perf_counter()
     r = highs.solve(cost, A, lp.b, lp.b, lower, None, sense="min", **opts)
     solve_time = time.perf_counter() - t0

@@ -182,11 +182,11 @@ def shor_bound(poly: Poly, time_limit: float | None = None, eps: float = 1e-6, m
     if solver == "SCS":
         kwargs = {"eps_abs": eps, "eps_rel": eps, "max_iters": max_iters}
         if time_limit is not None and math.isfinite(time_limit):
-            kwargs["time_limit_secs"] = max(1.0, float(time_limit))
+            kwargs["time_limit_secs"] = max(0.1, float(time_limit))
     else:
         kwargs = {}
         if time_limit is not None and math.isfinite(time_limit):
-            kwargs["time_limit"] = max(1.0, float(time_limit))
+            kwargs["time_limit"] = max(0.1, float(time_limit))
     info["solver"] = solver
     try:
         with warnings.catch_warnings():  # 'inaccurate' is in the status; the value is re-certified

@@ -293,6 +293,17 @@ def _first_improvement_sweep(A, B, a2, b2, M, s, val, u, v, lb, sign, ctx=None):
 # --------------------------------------------------------------------------------------------------
 
 
+#: seconds per unit of the (truncated) SVDs of `seqlip_factors`: m n min(m, n) per layer (full SVD), or
+#: m n min(m, n) + min(m, n)^3 with k (Gram eigendecomposition); measured 2026-11-29 on cifar_base_kw's
+#: dense chain (5.6e10 units, 6 s on one loaded thread); on the slow side
+SVD_UNIT_S = 2e-10
+
+
+def factor_cost(Ws: list) -> float:
+    """Estimated seconds of `seqlip_factors` on the chain ``Ws``."""
+    return sum(SVD_UNIT_S * (W.shape[0] * W.shape[1] * min(W.shape) + min(W.shape) ** 3) for W in Ws)
+
+
 def _seqlip_common(net, ctx, variant: str):
     Ws, scales = _chain(net)
     if ctx.output is not None:
@@ -300,6 +311,13 @@ def _seqlip_common(net, ctx, variant: str):
     if len(Ws) == 1:
         v = opnorms.dense_spectral_bound(Ws[0]).value
         return MethodResult(v, kind="upper", details={"layers": [], "note": "no hidden layer: exact norm"})
+    if variant == "exact":  # before any factorisation: the hidden widths are the rows of all but the last matrix
+        max_width = ctx.option("max_width")
+        for i, W in enumerate(Ws[:-1]):
+            if W.shape[0] > max_width:
+                raise Unsupported(f"exact SeqLip enumerates 2^n patterns per hidden layer: hidden layer {i + 1} has "
+                                  f"width {W.shape[0]} > max_width={max_width} (use seqlip-greedy / seqlip-topk, or "
+                                  "raise max_width)")
     k = None
     if variant == "topk":
         k = ctx.option("k")
@@ -307,15 +325,12 @@ def _seqlip_common(net, ctx, variant: str):
         gk = ctx.option("max_rank")
         if max(min(W.shape) for W in Ws) > gk:
             k = gk
+    est = factor_cost(Ws)
+    if est > ctx.time_left():  # the factorisations cannot be interrupted and give no value before they end
+        raise Unsupported(f"estimated {est:.3g} s for this network (the singular value decompositions of its "
+                          f"{len(Ws)} layers), more than the time limit {ctx.time_limit:g} s")
     factors, svds = seqlip_factors(Ws, k=k)
     records, value, status, autolip_split = [], 1.0, "ok", 1.0
-    if variant == "exact":
-        max_width = ctx.option("max_width")
-        for i, (A, B) in enumerate(factors):
-            if A.shape[1] > max_width:
-                raise Unsupported(f"exact SeqLip enumerates 2^n patterns per hidden layer: hidden layer {i + 1} has "
-                                  f"width {A.shape[1]} > max_width={max_width} (use seqlip-greedy / seqlip-topk, or "
-                                  "raise max_width)")
     clock = _Clock(ctx, None if variant == "exact" else ctx.option("budget"))
     bar = ctx.progress(total=len(factors), desc=f"seqlip-{variant}")
     for i, (A, B) in enumerate(factors):
