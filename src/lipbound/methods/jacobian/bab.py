@@ -147,40 +147,23 @@ class PatternLP:
         return self._lp_feasible(A_ub, b_ub, lo, hi)
 
     def _lp_feasible(self, A_ub, b_ub, lo, hi) -> bool:
-        try:
-            import highspy
+        """False only when HiGHS proves {A_ub x <= b_ub, lo <= x <= hi} empty (a solve stopped on time keeps
+        the domain); a feasible point is kept as a sample whose sign pattern certifies later domains."""
+        from ... import highs
 
-            h = highspy.Highs()
-            h.setOptionValue("output_flag", False)
-            if self.deadline is not None:  # a solve stopped on time is not "infeasible": the domain is kept
-                h.setOptionValue("time_limit", max(0.01, self.deadline - time.perf_counter()))
-            lp = highspy.HighsLp()
-            n, m = A_ub.shape[1], A_ub.shape[0]
-            lp.num_col_, lp.num_row_ = n, m
-            lp.col_cost_ = np.zeros(n)
-            lp.col_lower_, lp.col_upper_ = lo.astype(np.float64), hi.astype(np.float64)
-            lp.row_lower_ = np.full(m, -highspy.kHighsInf)
-            lp.row_upper_ = b_ub.astype(np.float64)
-            lp.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
-            lp.a_matrix_.start_ = np.arange(0, n * m + 1, n, dtype=np.int32)
-            lp.a_matrix_.index_ = np.tile(np.arange(n, dtype=np.int32), m)
-            lp.a_matrix_.value_ = A_ub.reshape(-1).astype(np.float64)
-            h.passModel(lp)
-            h.run()
-            if h.getModelStatus() == highspy.HighsModelStatus.kInfeasible:
-                return False
-            # keep the LP's point as a sample: its sign pattern certifies later domains without an LP
-            if self.Z.shape[0] < 6000 and h.getModelStatus() == highspy.HighsModelStatus.kOptimal:
-                x = torch.as_tensor(np.asarray(h.getSolution().col_value, dtype=np.float64))
-                x = torch.minimum(torch.maximum(x, self.lo), self.hi)
-                pre = self.net.preactivations(x.reshape((1,) + self.net.input_shape))
-                self.Z = torch.cat([self.Z, torch.cat([z.reshape(1, -1) for z in pre], 1)])
-            return True
-        except ImportError:  # pragma: no cover - scipy's HiGHS
-            from scipy.optimize import linprog
-
-            res = linprog(np.zeros(A_ub.shape[1]), A_ub=A_ub, b_ub=b_ub, bounds=list(zip(lo, hi)), method="highs")
-            return res.status != 2  # 2: infeasible
+        options = {}
+        if self.deadline is not None:
+            options["time_limit"] = max(0.01, self.deadline - time.perf_counter())
+        r = highs.solve(np.zeros(A_ub.shape[1]), A_ub, None, b_ub, lo.astype(np.float64), hi.astype(np.float64),
+                        **options)
+        if r.status == highs.Status.INFEASIBLE:
+            return False
+        if self.Z.shape[0] < 6000 and r.status == highs.Status.OPTIMAL and r.primal is not None:
+            x = torch.as_tensor(np.asarray(r.primal, dtype=np.float64))
+            x = torch.minimum(torch.maximum(x, self.lo), self.hi)
+            pre = self.net.preactivations(x.reshape((1,) + self.net.input_shape))
+            self.Z = torch.cat([self.Z, torch.cat([z.reshape(1, -1) for z in pre], 1)])
+        return True
 
 
 def _plan(refresh: str, batch: int, budget: float, t_root: float, n_classes: int) -> tuple[str, int]:
