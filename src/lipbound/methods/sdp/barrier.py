@@ -215,11 +215,36 @@ class Objective:
 
 
 def _lbfgs(fg, x, *, deadline: float, max_iter: int, stop, history: int = 20, hist: dict | None = None,
-           memory: tuple | None = None):
+           memory: tuple | None = None, eval_estimate: float = 0.0):
     """Minimise with L-BFGS (two-loop recursion) and a backtracking Armijo line search; ``fg(x)`` returns
     (f, grad) or (None, None) for an infeasible point (a failed Cholesky), which counts as a failed step.
     ``stop(trace)`` (list of accepted f values) ends the run.  ``memory`` = (S, Y) lists of curvature
-    pairs to start from (updated in place).  Returns (x, f, iterations)."""
+    pairs to start from (updated in place).  No evaluation is started that would end after ``deadline``:
+    its cost is the largest one measured so far (``eval_estimate`` before the first; one evaluation of a
+    wide network takes seconds, so checking the clock only between iterations overran time limits by
+    tens of seconds).  ``hist['time_cut']`` is set when an evaluation was skipped for that reason.
+    Returns (x, f, iterations); f is None when not even the first evaluation fitted or it was infeasible."""
+    est = [float(eval_estimate)]
+
+    def can_eval() -> bool:
+        if time.perf_counter() + est[0] <= deadline:
+            return True
+        if hist is not None:
+            hist["time_cut"] = True
+        return False
+
+    def timed(xv):
+        t0 = time.perf_counter()
+        out = fg_raw(xv)
+        dt = time.perf_counter() - t0
+        est[0] = max(est[0], dt)
+        if hist is not None:
+            hist["eval_s_max"] = max(hist.get("eval_s_max", 0.0), dt)
+        return out
+
+    fg_raw, fg = fg, timed
+    if not can_eval():
+        return x, None, 0
     f, g = fg(x)
     if f is None:
         return x, None, 0
@@ -227,7 +252,7 @@ def _lbfgs(fg, x, *, deadline: float, max_iter: int, stop, history: int = 20, hi
     trace = [f]
     step0 = 1.0 / max(float(np.linalg.norm(g)), 1e-12)
     it = 0
-    while it < max_iter and time.perf_counter() < deadline:
+    while it < max_iter and can_eval():
         q = g.copy()
         alphas = []
         for s_, y_ in zip(reversed(S), reversed(Y)):
@@ -251,15 +276,17 @@ def _lbfgs(fg, x, *, deadline: float, max_iter: int, stop, history: int = 20, hi
         t = 1.0
         accepted = False
         for _ in range(40):
+            if not can_eval():
+                break
             xn = x + t * d
             fn, gn = fg(xn)
             if fn is not None and fn <= f + 1e-4 * t * gd:
                 accepted = True
                 break
             t *= 0.5
-            if time.perf_counter() > deadline:
-                break
         if not accepted:
+            if hist is not None and hist.get("time_cut"):
+                break
             if S:  # retry once from steepest descent
                 S.clear()
                 Y.clear()
@@ -283,17 +310,19 @@ def _lbfgs(fg, x, *, deadline: float, max_iter: int, stop, history: int = 20, hi
 
 
 def optimise(prep: Prepared, Ls0: list, *, time_budget: float, max_iter: int = 2000, progress=None,
-             rtol: float = 4e-5, patience: int = 10, history: int = 20):
+             rtol: float = 4e-5, patience: int = 10, history: int = 20, eval_estimate: float = 0.0):
     """Phase 1: minimise the bound over (theta, eta) from the multipliers Ls0 within ``time_budget``
     seconds (every iterate PD by construction; p-term dropped in the parameterisation).
 
+    ``eval_estimate``: the expected seconds of one evaluation (no evaluation is started that would end
+    after the budget; see `_lbfgs`).
     Returns (best_Ls as a numpy list or None, history dict)."""
+    t_start = time.perf_counter()
     obj = Objective(prep)
     th0, et0 = init_params(prep, Ls0)
     sizes = [len(t) for t in th0]
     x = np.concatenate([np.concatenate(th0), np.asarray(et0, dtype=np.float64)])
     nth = sum(sizes)
-    t_start = time.perf_counter()
     best = {"loss": math.inf, "Ls": None}
     hist = {"iterations": 0, "evaluations": 0, "infeasible_evaluations": 0}
 
@@ -331,7 +360,7 @@ def optimise(prep: Prepared, Ls0: list, *, time_budget: float, max_iter: int = 2
         return False
 
     _, f, _ = _lbfgs(fg, x, deadline=t_start + time_budget, max_iter=max_iter, stop=stop, history=history,
-                     hist=hist)
+                     hist=hist, eval_estimate=eval_estimate)
     hist["time_s"] = time.perf_counter() - t_start
     hist["best_log"] = best["loss"]
     return best["Ls"], hist
@@ -566,7 +595,7 @@ def _inner_s(r: np.ndarray, t: float) -> float:
 
 def polish(prep: Prepared, Ls0: list, *, time_budget: float, eps_final: float = 4e-5, eps_start: float = 1.0,
            max_iter: int = 5000, stage_rtol: float = 1e-3, patience: int = 10, progress=None,
-           keep_memory: bool = False, autograd: bool = False, stage_hook=None):
+           keep_memory: bool = False, autograd: bool = False, stage_hook=None, eval_estimate: float = 0.0):
     """Phase 2: follow the central path of the log-det barrier of the rescaled LipSDP-Neuron LMI from the
     feasible multipliers Ls0 (module docstring): t = nu/eps with eps = eps_start, eps_start/10, ...,
     eps_final; at each t L-BFGS in v = log(L/Ls0) until psi_t improves by less than stage_rtol*eps over
@@ -578,8 +607,10 @@ def polish(prep: Prepared, Ls0: list, *, time_budget: float, eps_final: float = 
     certified duality gap is below gap_tol; hist['stopped_by_gap']).
     Per-neuron slopes: the multipliers of neurons with alpha_j = beta_j are not optimised but returned as
     FROZEN_FACTOR * Ls0 (see the module docstring).
+    ``eval_estimate``: the expected seconds of one evaluation (see `_lbfgs`: none is started that would end
+    after the budget).
     Returns (the multipliers of the best evaluated point, as a numpy list -- Ls0 itself if nothing beat it,
-    None if Ls0 fails its float64 factorisations; history dict)."""
+    None if Ls0 fails its float64 factorisations or no evaluation fitted in the budget; history dict)."""
     obj = BarrierObjective(prep, Ls0)
     t_start = time.perf_counter()
     deadline = t_start + time_budget
@@ -624,7 +655,7 @@ def polish(prep: Prepared, Ls0: list, *, time_budget: float, eps_final: float = 
             return len(trace) > patience and trace[-1 - patience] - trace[-1] < tol
 
         x, f, it = _lbfgs(fg, x, deadline=deadline, max_iter=max_iter - hist["iterations"], stop=stop, hist=hist,
-                          memory=memory)
+                          memory=memory, eval_estimate=max(eval_estimate, hist.get("eval_s_max", 0.0)))
         hist["stages"].append({"eps": eps, "iterations": it, "best_log": best["log"],
                                "time_s": time.perf_counter() - t_start})
         if f is None or eps <= eps_final or time.perf_counter() >= deadline or hist["iterations"] >= max_iter:

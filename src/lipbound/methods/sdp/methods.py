@@ -86,6 +86,10 @@ def _trivial(prep):
     return None
 
 
+# float64 rate of the full-LMI eigenvalue check (numpy eigvalsh, ~9 N^3 flop): N = 1296 measured 0.9 s
+FULL_CHECK_FLOP_RATE = 1.5e10
+
+
 def _finish(prep, cr: ChainResult, ctx, details: dict, status: str = "ok") -> MethodResult:
     """Certified result: value of the original chain, multipliers, optional full-LMI eigenvalue check."""
     value = prep.unscale(cr.value_hat)
@@ -105,7 +109,11 @@ def _finish(prep, cr: ChainResult, ctx, details: dict, status: str = "ok") -> Me
                            "Frobenius norms")
     N = prep.widths[0] + prep.n_hidden
     if cr.cut_at is None:
-        if N <= ctx.option("full_check_max"):
+        check_s = 9.0 * float(N) ** 3 / FULL_CHECK_FLOP_RATE
+        if N <= ctx.option("full_check_max") and check_s > ctx.time_left():
+            details["full_lmi_check"] = (f"skipped: the time limit (an estimated {check_s:.2g} s; the certificate "
+                                         "is the Cholesky decomposition)")
+        elif N <= ctx.option("full_check_max"):
             lmin = full_lmi_min_eig(prep, cr.Ls, cr.value_hat)
             details["full_lmi_min_eig"] = lmin
             if lmin < -1e-8:
@@ -167,17 +175,22 @@ class _Best:
     stopped: bool = False
 
 
-def _best_closed_form(candidates, ctx, *, stop=None, keep_cut: bool = False) -> _Best:
+def _best_closed_form(candidates, ctx, *, stop=None, keep_cut: bool = False, before=None) -> _Best:
     """Run each candidate (key, Prepared chain, policy factory) through the certificate (`run_chain`) and
     keep the smallest certified value. A member whose certificate fails is recorded as failed and skipped.
     ``stop()`` is asked before each member once a value exists (True ends the run, ``stopped`` set). A
     result cut by the time limit (``cut_at``) counts only while no uncut one exists, and only with
-    ``keep_cut``. Cost: one `run_chain` per candidate."""
+    ``keep_cut``. ``before(key, times)`` is asked like ``stop`` with the next member's key and the times
+    so far: True skips that member only (``stopped`` set; a cheaper later one may still fit). Cost: one
+    `run_chain` per candidate."""
     out = _Best()
     for key, prep, make in candidates:
         if out.cr is not None and stop is not None and stop():
             out.stopped = True
             break
+        if out.cr is not None and before is not None and before(key, out.times):
+            out.stopped = True
+            continue
         t0, c0 = time.perf_counter(), time.process_time()
         try:
             cr = run_chain(prep, make(prep), ctx=ctx)
@@ -443,9 +456,11 @@ OPT_DIRECT_FIRST = 200
                  "jointly (log-det barrier path following by L-BFGS, torch float64 autograd) from the best closed "
                  "form; every iterate Cholesky-checked, the best certified",
                  options={**COMMON_OPTIONS,
-                          "budget": Option(float, None, "seconds for the optimisation (auto: 120 without a time "
-                                           "limit, the time left with one); running out gives status time_limit "
-                                           "with the best bound", min=0),
+                          "budget": Option(float, None, "seconds for the start and the optimisation (auto: 120 "
+                                           "without a time limit, the time left with one); running out gives status "
+                                           "time_limit with the best bound. Without a time limit the closed-form "
+                                           "start always runs every member (the value is never above "
+                                           "eclipse-family's)", min=0),
                           "max_iter": Option(int, 5000, "L-BFGS iterations in total", min=1),
                           "start": Option(str, "family", "start point: family (the best closed-form member) or "
                                           "fast (ECLipsE-Fast)", choices=("family", "fast")),
@@ -478,6 +493,13 @@ def lipsdp_opt(net, ctx):
     on the LipSDP-Neuron optimum (NOT on the Lipschitz constant; never the Bound's ``lower``) from a
     Newton-centred dual point checked in float64 (`dual`, reference §10), and sdp_gap = value / sdp_lower - 1;
     the path stops once sdp_gap <= gap_tol.
+    Never above its start (details['family_value'], the best closed form of this run; details['value_from']
+    names the member or phase that produced the value). Time limit: every phase checks the clock against
+    the measured cost of a closed-form pass (members that would not fit are skipped and listed in
+    start_members_skipped; no optimiser evaluation is started that would end after the deadline; the
+    re-certification of an optimised point, which is not certified when found, is reserved in the budget;
+    the optional full-LMI check is skipped when it does not fit); when not even one closed-form pass can
+    end within the limit's tolerance the method refuses up front (unsupported, with the estimate).
     Cost per iteration: forward + backward through O(L) Cholesky factorisations (O(sum n_k^3)); the dual:
     dense Newton steps, O(N^3 + N^2 n_h + n_h^3) each (N = n_0 + hidden neurons, n_h hidden neurons)."""
     with blas_threads(_threads(ctx, net)):  # sets torch's threads too
@@ -487,6 +509,12 @@ def lipsdp_opt(net, ctx):
             return triv
         phases = ctx.option("phases")  # validated: auto, barrier, direct or both
         t_begin = time.perf_counter()
+        if ctx.time_limit is not None:  # not even the start fits: refuse rather than overrun the limit
+            est = _chain_flops(prep0) / OPT_FLOP_RATE
+            if est > ctx.time_left() + 0.1 * ctx.time_limit + 1.0:
+                raise Unsupported(f"time limit {ctx.time_limit:g} s: one closed-form pass of this chain (widths "
+                                  f"{prep0.widths}) needs an estimated >= {est:.3g} s ({_chain_flops(prep0):.3g} "
+                                  f"flop), {max(ctx.time_left(), 0.0):.3g} s are left after preparing it")
         left = ctx.time_left()
         # the budget applies when there is no time limit; with one, the time left (minus a margin for the
         # final certificate) unless a budget is also given explicitly
@@ -523,10 +551,18 @@ def lipsdp_opt(net, ctx):
         return _finish(prep, final, ctx, details, status)
 
 
-def _certified_better(prep, Ls, key: str, final: ChainResult, details: dict) -> ChainResult:
+def _certified_better(prep, Ls, key: str, final: ChainResult, details: dict, best_log: float | None = None
+                      ) -> ChainResult:
     """Re-certify an optimiser's multipliers by the float64 decomposition; the better of that and ``final``
-    (the failure or the value recorded in ``details`` under ``key``)."""
+    (the failure or the value recorded in ``details`` under ``key``; ``details['value_from']`` names the
+    winner). The optimisers' points are NOT certified when found (torch Cholesky factorisations without the
+    rounding margins of `certificate`), so this step is never skipped for a candidate that may win; it is
+    skipped when the optimiser's own ``best_log`` (log g_max) shows no improvement on ``final`` (it then
+    returned the start point). Cost: one `run_chain` with fixed multipliers."""
     if Ls is None:
+        return final
+    if best_log is not None and not best_log < 2 * math.log(final.raw_hat):
+        details[key + "_value"] = "no improvement on the start (not re-certified)"
         return final
     try:
         cr = run_chain(prep, None, fixed=Ls)
@@ -534,41 +570,103 @@ def _certified_better(prep, Ls, key: str, final: ChainResult, details: dict) -> 
         details[key + "_check_failed"] = str(e)
         return final
     details[key + "_value"] = prep.unscale(cr.value_hat)
-    return cr if cr.value_hat < final.value_hat else final
+    if cr.value_hat < final.value_hat:
+        details["value_from"] = key
+        return cr
+    return final
+
+
+# lipsdp-opt's clock (measured on cifar_base_kw folded to a dense chain, 3072-2048-1024-100-10, and on
+# mnist-net_256x2): one evaluation of the direct phase (autograd through eigvalsh) costs ~7 closed-form
+# passes (`run_chain`), one barrier evaluation ~2.7, the re-certification of a point one; `t_rc` below is
+# the measured time of the first closed-form member of the run. These are only the estimates before the
+# first evaluation; `barrier._lbfgs` measures the evaluations and starts none that would end after its
+# deadline.
+OPT_DIRECT_EVAL_PASSES = 8.0
+OPT_BARRIER_EVAL_PASSES = 3.0
+OPT_RECERT_PASSES = 1.5
+# refuse up front (Unsupported) when even the first closed-form pass is estimated to end after the time
+# limit's tolerance (10% + 1 s), at this optimistic float64 rate (flop/s; ECLipsE-Fast on cifar_base_kw ran
+# at 10-18 GFLOP/s of `_chain_flops` on the 2-core machine)
+OPT_FLOP_RATE = 2e10
+
+
+def _chain_flops(prep) -> float:
+    """Rough float64 flop count of one `run_chain` (triangular solve, Gram product, Cholesky and a
+    Lanczos lambda_max per hidden layer; the final Gram matrix and its eigenvalues)."""
+    w = [float(x) for x in prep.widths]
+    f = 0.0
+    for k in range(1, len(w) - 1):
+        n_in, n = w[k - 1], w[k]
+        f += (n_in * n_in * n if k > 1 else 0.0) + n_in * n * n + n ** 3 / 3 + 160 * n * n
+    n_in, n = w[-2], w[-1]
+    f += n_in * n_in * n + n_in * n * n + 9 * n ** 3
+    return f
+
+
+# a G3 member (an eigendecomposition and ~26 eigenvalue problems per layer) measured 20x ECLipsE-Fast on
+# eclipse_network(30, 300); the other members cost about one pass
+G3_PASSES = 25.0
+
+
+def _member_estimate(key: str, times: dict) -> float:
+    """Seconds the closed-form member ``key`` is expected to take, from the members' ``times`` so far
+    (`_Best.times`): the slowest one of its kind (G3 search or not) x1.2, else G3_PASSES first passes."""
+    is_g3 = key.startswith("eclipse-g3")
+    same = [v["wall_s"] for k, v in times.items() if k.startswith("eclipse-g3") == is_g3]
+    if same:
+        return 1.2 * max(same)
+    first = next(iter(times.values()))["wall_s"] if times else 0.0
+    return first * (G3_PASSES if is_g3 else 1.5)
 
 
 def _run_phases(prep, final: ChainResult, phases: str, budget: float, max_iter: int, rtol: float, details: dict,
-                tracker=None):
-    """lipsdp-opt's optimisation from ``final`` within ``budget`` seconds: the direct phase (PD by
-    construction) and / or the barrier path, each result re-certified. ``tracker`` (`dual.DualTracker`)
-    stops the path on the certified duality gap. Returns (best ChainResult, whether a phase stopped on its
-    time share)."""
+                tracker=None, t_rc: float = 0.0):
+    """lipsdp-opt's optimisation from ``final`` within ``budget`` seconds, re-certification included: the
+    direct phase (PD by construction) and / or the barrier path, each result re-certified. ``tracker``
+    (`dual.DualTracker`) stops the path on the certified duality gap. ``t_rc``: seconds of one closed-form
+    pass (`run_chain`), from which the first evaluation of each phase and its re-certification are
+    estimated: a phase that cannot fit one evaluation plus the re-certification is skipped
+    (details[phase] = {"skipped": ...}). Returns (best ChainResult, whether a phase stopped on its time)."""
     from .barrier import optimise, polish
 
     t_opt = time.perf_counter()
+    deadline = t_opt + budget
+    recert = OPT_RECERT_PASSES * t_rc + 0.02
     hit_limit = False
     if phases in ("direct", "both"):
         share = budget if phases == "direct" else 0.5 * budget
-        try:
-            Ls_opt, hist = optimise(prep, final.Ls, time_budget=share, max_iter=max_iter,
-                                    rtol=2 * (rtol if phases == "direct" else max(rtol, 5e-4)))
-        except (RuntimeError, ValueError, np.linalg.LinAlgError) as e:  # numerical failure: keep the best
-            Ls_opt, hist = None, {"failed": f"{type(e).__name__}: {e}"[:300]}
-        details["direct"] = hist
-        final = _certified_better(prep, Ls_opt, "direct", final, details)
-        hit_limit = hist.get("time_s", 0) >= share * 0.98
+        first = (OPT_DIRECT_EVAL_PASSES + 1.0) * t_rc  # init_params (about one pass) and one evaluation
+        if share - recert < first:
+            details["direct"] = {"skipped": f"time: one evaluation ~{first:.3g} s plus the re-certification "
+                                            f"~{recert:.3g} s do not fit in {max(share, 0.0):.3g} s"}
+            hit_limit = True
+        else:
+            try:
+                Ls_opt, hist = optimise(prep, final.Ls, time_budget=share - recert, max_iter=max_iter,
+                                        rtol=2 * (rtol if phases == "direct" else max(rtol, 5e-4)),
+                                        eval_estimate=OPT_DIRECT_EVAL_PASSES * t_rc)
+            except (RuntimeError, ValueError, np.linalg.LinAlgError) as e:  # numerical failure: keep the best
+                Ls_opt, hist = None, {"failed": f"{type(e).__name__}: {e}"[:300]}
+            details["direct"] = hist
+            final = _certified_better(prep, Ls_opt, "direct", final, details, hist.get("best_log"))
+            hit_limit = hist.get("time_s", 0) >= (share - recert) * 0.98 or bool(hist.get("time_cut"))
     if phases in ("barrier", "both"):
-        remaining = budget - (time.perf_counter() - t_opt)
-        if remaining > 0:
+        remaining = deadline - time.perf_counter() - recert
+        first = OPT_BARRIER_EVAL_PASSES * t_rc
+        if remaining >= first and remaining > 0:
             try:
                 Ls_opt, hist = polish(prep, final.Ls, time_budget=remaining, eps_final=2 * rtol, max_iter=max_iter,
-                                      stage_hook=tracker)
+                                      stage_hook=tracker, eval_estimate=first)
             except (RuntimeError, ValueError, np.linalg.LinAlgError) as e:
                 Ls_opt, hist = None, {"failed": f"{type(e).__name__}: {e}"[:300]}
             details["barrier"] = hist
-            final = _certified_better(prep, Ls_opt, "barrier", final, details)
-            hit_limit = hist.get("time_s", 0) >= remaining * 0.98 and not hist.get("stopped_by_gap")
+            final = _certified_better(prep, Ls_opt, "barrier", final, details, hist.get("best_log"))
+            hit_limit = ((hist.get("time_s", 0) >= remaining * 0.98 or bool(hist.get("time_cut")))
+                         and not hist.get("stopped_by_gap"))
         else:
+            details["barrier"] = {"skipped": f"time: one evaluation ~{first:.3g} s plus the re-certification "
+                                             f"~{recert:.3g} s do not fit in {max(remaining + recert, 0.0):.3g} s"}
             hit_limit = True
     return final, hit_limit
 
@@ -588,9 +686,11 @@ def _summarise_phases(details: dict, phases: str) -> None:
         details["optimised_check_failed"] = "; ".join(failed)
 
 
-def _dual_tracker(prep, ctx):
+def _dual_tracker(prep, ctx, deadline):
     """(the duality-gap tracker of lipsdp-opt, `dual.DualTracker`, or None; why there is none): box regions
-    (per-neuron slopes) and LMIs above full_check_max (the dual is checked densely) get no dual."""
+    (per-neuron slopes) and LMIs above full_check_max (the dual is checked densely) get no dual.
+    ``deadline()``: the perf_counter time at which the Newton path must stop (the re-certification of the
+    centred point and the final checks follow)."""
     from .dual import DualTracker
 
     N = prep.widths[0] + prep.n_hidden
@@ -599,9 +699,6 @@ def _dual_tracker(prep, ctx):
     if N > ctx.option("full_check_max"):
         return None, (f"no sdp_lower: LMI size {N} > full_check_max={ctx.option('full_check_max')} (the dual point "
                       "is built and checked densely; a block-tridiagonal check is not implemented)")
-    def deadline():  # the Newton path stops shortly before the time limit (the final certificate follows)
-        return time.perf_counter() + max(ctx.time_left() - 0.02 * (ctx.time_limit or 0) - 0.2, 0.0)
-
     return DualTracker(prep, ctx.option("gap_tol"), deadline=deadline), None
 
 
@@ -609,45 +706,73 @@ def _finish_dual(prep, final: ChainResult, tracker, ctx, details: dict) -> Chain
     """After the path: one more dual evaluation at the final point unless the gap is already met (t of the
     last barrier stage, else nu / gap_tol), the centred multipliers re-certified as a primal candidate,
     and sdp_lower / sdp_gap reported (see `dual.DualTracker.details`)."""
-    if tracker.gap(final.value_hat) > tracker.gap_tol and ctx.time_left() > 0.05 * (ctx.time_limit or 0) + 0.2:
+    if tracker.gap(final.value_hat) > tracker.gap_tol and time.perf_counter() < tracker.deadline():
         eps = details.get("barrier", {}).get("final_eps", tracker.gap_tol)
         tracker.evaluate(final.Ls, tracker.nu / eps)
-    final = _certified_better(prep, tracker.best_Ls, "newton_centred", final, details)
+    if tracker.best_Ls is not None and tracker.best_value_hat < final.value_hat:  # certified in `_one`
+        final = _certified_better(prep, tracker.best_Ls, "newton_centred", final, details)
     details.update(tracker.details(prep.unscale(final.value_hat)))
     return final
 
 
 def _opt_one(prep, ctx, phases: str, budget: float, by_time_limit: bool):
-    """lipsdp-opt on one slope model within ``budget`` seconds (closed-form start included):
-    (prep, best ChainResult, details, status)."""
+    """lipsdp-opt on one slope model within ``budget`` seconds (closed-form start, optimisation and
+    re-certification included; `_finish`'s optional full-LMI check is skipped when it does not fit):
+    (prep, best ChainResult, details, status).
+
+    The value is never above the start: the start is the best closed-form member certified in this run
+    (with start=family every member of eclipse-family that fits in the budget, all of them without a time
+    limit) and an optimised point replaces it only when its float64 re-certification is smaller
+    (details['value_from'] names the winner, details['family_value'] the start's value)."""
     if phases == "auto":  # phase 1 drops the alpha*beta term, which is all a local linear neuron offers
         phases = "barrier" if prep.n_hidden <= OPT_DIRECT_FIRST or prep.slope_model == "local" else "both"
     start = ctx.option("start")
     members = family_members(_which_members(ctx, prep)) if start == "family" else family_members()[:1]
     t0 = time.perf_counter()
+    t_end = t0 + budget
+    if by_time_limit:
+        start_end = t_end
+    elif ctx.time_limit is not None:  # an explicit budget below the time limit bounds only the optimisation
+        start_end = t0 + ctx.time_left() - 0.05 * ctx.time_limit - 0.5
+    else:
+        start_end = math.inf
 
-    def stop():  # a quarter of the budget (or half of the time limit) for the start point at most
-        return ctx.time_left() < 0.5 * (ctx.time_limit or math.inf) or time.perf_counter() - t0 > 0.25 * budget
+    def before(key, times):  # under a time limit the next member must end before it (with only a budget,
+        # which bounds the optimisation, every member runs: the family is lipsdp-opt's floor)
+        return ctx.out_of_time() or time.perf_counter() + _member_estimate(key, times) > start_end
 
-    start_run = _best_closed_form([(name, prep, make) for name, make in members], ctx, stop=stop)
+    # keep_cut: a member cut by the time limit inside its decomposition is still a certified bound (Frobenius
+    # tail; `_finish` reports it) and ends the start (`before`); nothing is optimised from it
+    start_run = _best_closed_form([(name, prep, make) for name, make in members], ctx, before=before, keep_cut=True)
     best, best_name, values = start_run.cr, start_run.name, start_run.values
     if best is None:
         raise MethodFailed("no closed-form start point")
     t_start = time.perf_counter() - t0
-    budget = budget - t_start
+    t_rc = start_run.times[members[0][0]]["wall_s"]  # one closed-form pass (ECLipsE-Fast) of this chain
     details = {"start_member": best_name, "start_value": prep.unscale(best.value_hat),
+               "family_value": prep.unscale(best.value_hat), "value_from": best_name,
                "start_members": values, "start_time_s": t_start, "phases": phases}
+    if start == "fast":
+        details["start_note"] = ("start=fast: the start is ECLipsE-Fast alone, not the closed-form family, so the "
+                                 "value is bounded by eclipse-fast's but not by eclipse-family's")
+    elif start_run.stopped:
+        skipped = [name for name, _ in members if name not in values]
+        details["start_members_skipped"] = skipped
+        details["start_note"] = (f"time: {len(skipped)} closed-form member(s) not run, so the value is bounded by "
+                                 "the members run here, not necessarily by eclipse-family's")
     max_iter = ctx.option("max_iter")
     rtol = ctx.option("rtol")
     status = "ok"
     final = best
     t_opt = time.perf_counter()
-    if budget <= 0:
+    opt_budget = t_end - t_opt
+    if start_run.stopped or opt_budget <= 0 or best.cut_at is not None:  # members skipped or no time left
         status = "time_limit"
-        details["stopped_by"] = "time limit" if by_time_limit else "budget"
-    else:
-        tracker, why = _dual_tracker(prep, ctx)
-        final, hit_limit = _run_phases(prep, final, phases, budget, max_iter, rtol, details, tracker)
+        details["stopped_by"] = "time limit" if by_time_limit or best.cut_at is not None else "budget"
+    if opt_budget > 0 and best.cut_at is None:
+        recert = OPT_RECERT_PASSES * t_rc + 0.02
+        tracker, why = _dual_tracker(prep, ctx, lambda: t_opt + opt_budget - recert)
+        final, hit_limit = _run_phases(prep, final, phases, opt_budget, max_iter, rtol, details, tracker, t_rc)
         if tracker is not None:
             final = _finish_dual(prep, final, tracker, ctx, details)
         else:
