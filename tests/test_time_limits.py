@@ -89,7 +89,9 @@ def test_propagation_methods_keep_their_limit_on_a_residual_cifar_net(method):
 @pytest.mark.parametrize("method", ALL)
 def test_every_method_keeps_its_limit_on_cifar(method, name, norm):
     if method.startswith(("eclipse", "lipsdp")):
-        pytest.skip("the SDP family's limits are another engineer's work (issue 12, sdp/)")
+        # lipsdp-opt keeps its limit (tests/test_sdp_time.py); the closed forms check the clock only between
+        # members, so one G3 member (~5 s on CIFAR) can overrun a 2 s limit: open in issue 15
+        pytest.skip("the SDP closed forms check the clock only between family members (issue 15)")
     _check(method, name, 2 / 255, norm)
 
 
