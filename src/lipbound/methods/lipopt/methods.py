@@ -18,6 +18,7 @@ import numpy as np
 
 from ...errors import MethodFailed, Unsupported
 from ...norms import INF
+from ... import cvx
 from ...registry import AFFINE_OPS, ALL_ACTIVATIONS, MethodResult, Option, register_method
 from .chain import hidden_ranges, scalar_problems
 from .core import (CoverageError, build_lp, clique_subsets, count_clique_products, count_products_dense,
@@ -320,7 +321,7 @@ DEFAULT_MAX_ORDER = 700
              "tol": Option(float, 1e-6, "SCS tolerance eps_abs = eps_rel", min=0, min_exclusive=True),
              "sdp_solver": Option(str, "auto", "auto (clarabel up to order 200, else eig), scs, clarabel, or eig "
                                   "(L-BFGS eigenvalue optimisation of the dual; any iterate is certified)",
-                                  choices=("auto", "scs", "clarabel", "eig"))},
+                                  choices=("auto", *cvx.BACKENDS, "eig"))},
     family="lipopt")
 def shor_sdp(net, ctx):
     """Certified upper bound on the l_inf Lipschitz constant from the Shor SDP (one or two hidden

@@ -16,12 +16,12 @@ lambda_min computed by a symmetric eigen-solver and lowered by a rounding-error 
 from __future__ import annotations
 
 import math
-import warnings
 import time
 
 import numpy as np
 import scipy.sparse as sp
 
+from ... import cvx
 from ...intervals import U, gamma
 from .core import Poly
 
@@ -179,21 +179,11 @@ def shor_bound(poly: Poly, time_limit: float | None = None, eps: float = 1e-6, m
         mu = cp.Variable(len(cons))
         expr = expr - cp.reshape(T @ mu, (N, N), order="F")
     prob = cp.Problem(cp.Minimize(cp.sum(y)), [expr >> 0])
-    if solver == "SCS":
-        kwargs = {"eps_abs": eps, "eps_rel": eps, "max_iters": max_iters}
-        if time_limit is not None and math.isfinite(time_limit):
-            kwargs["time_limit_secs"] = max(0.1, float(time_limit))
-    else:
-        kwargs = {}
-        if time_limit is not None and math.isfinite(time_limit):
-            kwargs["time_limit"] = max(0.1, float(time_limit))
+    options = {"eps_abs": eps, "eps_rel": eps, "max_iters": max_iters} if solver == "SCS" else {}
     info["solver"] = solver
-    try:
-        with warnings.catch_warnings():  # 'inaccurate' is in the status; the value is re-certified
-            warnings.simplefilter('ignore', UserWarning)
-            prob.solve(solver=solver, **kwargs)
-    except cp.error.SolverError as e:
-        info["solver_error"] = str(e).splitlines()[0]
+    error = cvx.solve(prob, solver, options=options, time_limit=time_limit, min_time=0.1)
+    if error is not None:
+        info["solver_error"] = error
         return None, info
     info["solver_status"] = prob.status
     info["sdp_value"] = None if prob.value is None else float(prob.value) + const

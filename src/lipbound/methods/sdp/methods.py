@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ...errors import MethodFailed, Unsupported
+from ... import cvx
 from ...registry import AFFINE_OPS, ALL_ACTIVATIONS, FLOATS, MethodResult, Option, register_method
 from .certificate import CertificateError, ChainResult, full_lmi_min_eig, run_chain, single_matrix_bound
 from .closed_forms import G1_GRID, family_members, policy_g1, policy_g2, policy_g3
@@ -321,7 +322,7 @@ def eclipse_family(net, ctx):
                  options={**COMMON_OPTIONS,
                           "solver": Option(str, "auto", "per-layer SDP solver: auto (clarabel for per-layer LMIs up to "
                                            "size 60, else scs with eps 1e-5 and 5000 iterations), scs or clarabel",
-                                           choices=("auto", "scs", "clarabel")),
+                                           choices=("auto", *cvx.BACKENDS)),
                           "max_stage_width": Option(int, ECLIPSE_MAX_WIDTH, "refuse hidden layers wider than this",
                                                     min=1),
                           "verbose": Option(bool, False, "solver output")}, **_REG_BOX)
@@ -416,7 +417,7 @@ def _lipsdp(net, ctx, layer: bool):
 
 _LIPSDP_OPTIONS = {**_CHAIN_OPTIONS,
                    "solver": Option(str, "scs", "SDP solver: scs (eps 1e-6, 50000 iterations) or clarabel",
-                                    choices=("scs", "clarabel")),
+                                    choices=tuple(cvx.BACKENDS)),
                    "split": Option(int, None, "cut into chunks of k weight matrices and multiply the chunk bounds "
                                    "(auto: no split)", min=1),
                    "max_neurons": Option(int, LIPSDP_MAX_NEURONS, "refuse LMIs larger than this", min=1),

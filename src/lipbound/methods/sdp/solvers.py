@@ -6,30 +6,21 @@ them into multipliers and certifies them with `certificate.run_chain`.
 from __future__ import annotations
 
 import math
-import warnings
 import time
 
 import numpy as np
 
+from ... import cvx
 from ...errors import MethodFailed
 from .certificate import Stage
 from .prepare import Prepared
 
-SOLVER_SETTINGS = {
-    "scs": {"eps_abs": 1e-6, "eps_rel": 1e-6, "max_iters": 50_000},
-    "clarabel": {},
-}
-
-
-def _solver(name: str):
-    import cvxpy as cp
-
-    name = str(name).lower()
-    if name == "scs":
-        return cp.SCS, dict(SOLVER_SETTINGS["scs"])
-    if name == "clarabel":
-        return cp.CLARABEL, {}
-    raise MethodFailed(f"unknown solver {name!r} (scs or clarabel)")
+def _check_backend(name: str) -> str:
+    """``name`` as a key of `lipbound.cvx.BACKENDS`, or MethodFailed."""
+    key = str(name).lower()
+    if key not in cvx.BACKENDS:
+        raise MethodFailed(f"unknown solver {name!r} ({' or '.join(cvx.BACKENDS)})")
+    return key
 
 
 def solve_lipsdp(prep: Prepared, *, layer: bool = False, solver: str = "scs", verbose: bool = False,
@@ -80,16 +71,13 @@ def solve_lipsdp(prep: Prepared, *, layer: bool = False, solver: str = "scs", ve
     # symmetric by construction; cvxpy wants an explicitly symmetric expression for >> constraints
     cons = [(Mat + Mat.T) / 2 << 0]
     prob = cp.Problem(cp.Minimize(rho), cons)
-    sol, opts = _solver(solver)
-    if sol == cp.SCS and time_limit is not None and math.isfinite(time_limit):
-        opts["time_limit_secs"] = max(1.0, float(time_limit))
+    backend = _check_backend(solver)
     t0 = time.perf_counter()
-    try:
-        with warnings.catch_warnings():  # 'inaccurate' is in the status; the value is re-certified
-            warnings.simplefilter('ignore', UserWarning)
-            prob.solve(solver=sol, verbose=verbose, **opts)
-    except cp.error.SolverError as e:
-        raise MethodFailed(f"{solver}: {e}".splitlines()[0]) from None
+    # only SCS gets the time limit here (Clarabel's LipSDP solves are small and run to the end)
+    error = cvx.solve(prob, backend, time_limit=time_limit if backend == "scs" else None, min_time=1.0,
+                      verbose=verbose)
+    if error is not None:
+        raise MethodFailed(f"{solver}: {error}")
     info = {"solver": solver, "status": prob.status, "solve_time_s": time.perf_counter() - t0, "lmi_size": N}
     if rho.value is None or any(l.value is None for l in lams):
         raise MethodFailed(f"{solver} returned no solution (status {prob.status})")
@@ -146,17 +134,10 @@ def eclipse_stage_policy(solver: str = "auto", verbose: bool = False, stats: dic
         Mat = cp.bmat([[cp.diag(lam) - s * G, LC], [LC.T, np.eye(r)]])
         prob = cp.Problem(cp.Maximize(s), [(Mat + Mat.T) / 2 >> 0, s >= 1e-20])
         name = solver if solver != "auto" else ("clarabel" if n + C.shape[1] <= 60 else "scs")
-        sol, opts = _solver(name)
-        if sol == cp.SCS:
-            opts = dict(STAGE_SCS)
+        backend = _check_backend(name)
         t0 = time.perf_counter()
-        try:
-            with warnings.catch_warnings():  # 'inaccurate' is in the status; the value is re-certified
-                warnings.simplefilter('ignore', UserWarning)
-                prob.solve(solver=sol, verbose=verbose, **opts)
-            ok = lam.value is not None and np.all(np.isfinite(lam.value)) and np.max(lam.value) > 0
-        except cp.error.SolverError:
-            ok = False
+        error = cvx.solve(prob, backend, options=dict(STAGE_SCS) if backend == "scs" else None, verbose=verbose)
+        ok = error is None and lam.value is not None and np.all(np.isfinite(lam.value)) and np.max(lam.value) > 0
         stats["solve_time_s"] += time.perf_counter() - t0
         if not ok:
             stats["fallback_stages"] += 1
