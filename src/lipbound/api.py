@@ -96,6 +96,16 @@ def _jsonable(obj):
     return str(obj)
 
 
+def interval_gap(lower: float | None, upper: float | None) -> float | None:
+    """upper / lower of a certified interval (inf when the lower end is 0 and the upper is not; 1 when both
+    are 0; None when an end is missing)."""
+    if lower is None or upper is None:
+        return None
+    if lower <= 0:
+        return INF if upper > 0 else 1.0
+    return upper / lower
+
+
 @dataclass
 class Report:
     """Results of several methods on one network / norm / region."""
@@ -124,12 +134,7 @@ class Report:
 
     @property
     def gap(self) -> float | None:
-        lo, up = self.best_lower, self.best_upper
-        if lo is None or up is None:
-            return None
-        if lo <= 0:
-            return INF if up > 0 else 1.0
-        return up / lo
+        return interval_gap(self.best_lower, self.best_upper)
 
     def __getitem__(self, method: str) -> Bound:
         for b in self.results:
@@ -370,12 +375,7 @@ class UnionReport:
 
     @property
     def gap(self) -> float | None:
-        lo, up = self.best_lower, self.best_upper
-        if lo is None or up is None:
-            return None
-        if lo <= 0:
-            return INF if up > 0 else 1.0
-        return up / lo
+        return interval_gap(self.best_lower, self.best_upper)
 
     def table(self) -> str:
         parts = [f"box {i} of {len(self.reports)}:\n{r.table()}" for i, r in enumerate(self.reports)]

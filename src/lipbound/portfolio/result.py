@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..api import VALID_STATUSES, Bound, Report, _fmt, _json_float, _jsonable
+from ..api import VALID_STATUSES, Bound, Report, _fmt, _json_float, _jsonable, interval_gap
 
 #: relative tolerance of "the certificates meet" (exact)
 MEET_RTOL = 1e-9
@@ -88,13 +88,7 @@ def region_text(region: dict | None) -> str:
     return f"box eps={region['eps']:g}" if region.get("eps") is not None else "box"
 
 
-def gap_of(lower, upper) -> float | None:
-    """upper / lower (inf when lower <= 0 < upper, 1 when both are 0; None when an end is missing)."""
-    if lower is None or upper is None:
-        return None
-    if lower <= 0:
-        return math.inf if upper > 0 else 1.0
-    return upper / lower
+gap_of = interval_gap  # the one definition of the gap, in lipbound.api
 
 
 def meets(lower, upper) -> bool:
