@@ -198,11 +198,16 @@ def test_chain_sampled_enum_bab_crown_recurjac(case):
     samp = sampled_norm(net, region, 20000)
     crown = lipbound.bound(net, "crown", norm="inf", region=region, alpha=False)
     recur = lipbound.bound(net, "recurjac", norm="inf", region=region, alpha=False)
-    bab = lipbound.bound(net, "crown-bab", norm="inf", region=region, time_limit=10, alpha=False, lp_prune=False)
+    # neuron splitting without the pattern LP: converges to at most the maximum over the activation
+    # patterns consistent with the root's forward bounds (the split constraints tighten them further)
+    bab = lipbound.bound(net, "crown-bab", norm="inf", region=region, time_limit=10, alpha=False, lp_prune=False,
+                         split="neuron")
+    exact = lipbound.bound(net, "enumerate", norm="inf", region=region)
     ibp = lipbound.bound(net, "ibp-jacobian", norm="inf", region=region)
     tol = 1e-9
     assert samp <= enum + tol
-    assert enum <= bab.value + tol
+    assert exact.kind == "exact" and samp <= exact.value + tol
+    assert exact.value <= bab.value + tol
     assert bab.value <= crown.value + tol
     assert crown.value <= recur.value + tol
     # tiny nets: the branch and bound finishes and reaches the enumeration value
@@ -220,10 +225,20 @@ def test_bab_with_pattern_lp_reaches_the_exact_value(case):
     exact = lipbound.bound(net, "enumerate", norm="inf", region=region)
     if not (exact.ok and exact.kind == "exact"):
         pytest.skip(f"enumerate did not finish: {exact.status} {exact.reason}")
-    bab = lipbound.bound(net, "crown-bab", norm="inf", region=region, time_limit=10)
-    assert bab.details["lp_prune"]
-    assert exact.value - 1e-7 <= bab.value <= 1.01 * exact.value + 1e-9
-    assert bab.value >= sampled_norm(net, region, 5000) - 1e-9
+    for split in ("input", "neuron"):
+        bab = lipbound.bound(net, "crown-bab", norm="inf", region=region, time_limit=10, split=split)
+        assert bab.details["lp_prune"]
+        assert exact.value - 1e-7 <= bab.value <= 1.01 * exact.value + 1e-9
+        assert bab.value >= sampled_norm(net, region, 5000) - 1e-9
+        if bab.kind == "exact" or bab.lower is not None:  # the search's own certified lower bound
+            low = bab.value if bab.kind == "exact" else bab.lower
+            assert low <= exact.value + 1e-9
+            assert low == pytest.approx(float(np.abs(net.jacobian(torch.as_tensor(
+                bab.witness if bab.kind == "exact" else bab.details["lower_witness"]).reshape(1, -1))[0].numpy()).sum(1).max()),
+                rel=1e-9)
+    # input splitting with the pattern LP closes every tiny case: exact, with the enumeration's value
+    bab = lipbound.bound(net, "crown-bab", norm="inf", region=region, time_limit=10, split="input")
+    assert bab.kind == "exact" and bab.value == pytest.approx(exact.value, rel=1e-9)
 
 
 @pytest.mark.parametrize("case", range(8))
@@ -322,15 +337,19 @@ def test_bab_with_unsplittable_neurons_is_sound_and_says_so():
     net = Network.sequential((4,), ops)
     region = Region.box(rng.random(4), 0.4)
     crown = lipbound.bound(net, "crown", norm="inf", region=region)
-    bab = lipbound.bound(net, "crown-bab", norm="inf", region=region, time_limit=5)
+    bab = lipbound.bound(net, "crown-bab", norm="inf", region=region, time_limit=5, split="neuron")
     assert bab.ok
     assert sampled_norm(net, region, 5000) - 1e-9 <= bab.value <= crown.value + 1e-9
     assert not bab.details["converged"]
     assert bab.details.get("stopped") == "unsplittable" or bab.status == "time_limit"
     tanh_only = random_mlp([4, 6, 3], seed=1, activation="tanh")
-    b = lipbound.bound(tanh_only, "crown-bab", norm=2, region=region, time_limit=5)
+    b = lipbound.bound(tanh_only, "crown-bab", norm=2, region=region, time_limit=5, split="neuron")
     assert b.ok and b.details["steps"] == 0 and not b.details["converged"] and "tanh" in b.details["note"]
-    assert b.value == pytest.approx(lipbound.bound(tanh_only, "crown", norm=2, region=region).value, rel=1e-12)
+    crown2 = lipbound.bound(tanh_only, "crown", norm=2, region=region).value
+    assert b.value == pytest.approx(crown2, rel=1e-12)
+    # splitting the input refines every activation: tanh too
+    bi = lipbound.bound(tanh_only, "crown-bab", norm=2, region=region, time_limit=3, split="input")
+    assert sampled_norm(tanh_only, region, 5000, norm=2) - 1e-9 <= bi.value < 0.99 * crown2
 
 
 def test_bab_norm2_single_output_and_outputs():
@@ -397,11 +416,11 @@ def test_every_activation_upper_bounds_above_sampled_and_lower_grad(act, param):
         assert low.ok and low.kind == "lower" and samp > 0
         values = {}
         for method in ("crown", "recurjac", "ibp-jacobian", "crown-bab"):
-            if method == "crown-bab" and norm == 1:
-                continue
             extra = {"time_limit": 1.0, "batch": 8} if method == "crown-bab" else {}
             b = lipbound.bound(net, method, norm=norm, region=region, **extra)
-            assert b.ok and b.kind == "upper", (method, b.status, b.reason)
+            # crown-bab closes some of these boxes with its own certified lower bound: exact
+            kinds = ("upper", "exact") if method == "crown-bab" else ("upper",)
+            assert b.ok and b.kind in kinds, (method, b.status, b.reason)
             values[method] = b.value
             assert samp <= b.value * (1 + 1e-9), (method, norm, samp, b.value)
             assert low.value <= b.value * (1 + 1e-9), (method, norm, low.value, b.value)
@@ -438,7 +457,7 @@ def test_unsupported_requests():
     assert b.status == "unsupported" and b.value is None
     mlp = random_mlp([3, 4, 2], seed=0)
     assert lipbound.bound(mlp, "crown", norm="inf").status == "unsupported"  # global: needs a box
-    assert lipbound.bound(mlp, "crown-bab", norm=1, region=Region.box(np.zeros(3), 0.1)).status == "unsupported"
+    assert lipbound.bound(mlp, "crown-bab", norm=1).status == "unsupported"  # global: needs a box
     b = GraphBuilder((4,))
     b.add(MaxMin(), [b.add(Linear(np.eye(4), np.zeros(4)), [0])])
     maxmin = b.build()

@@ -152,8 +152,11 @@ class _CrownPass:
     A . node over the box; upper bounds are lower bounds of -A)."""
 
     def __init__(self, net: Network, relax: dict, alphas: dict | None = None, approx: bool = False,
-                 deadline: float | None = None):
+                 deadline: float | None = None, boxes: int = 1):
         self.net = net
+        #: boxes bounded at once: with B > 1 the rows of A are grouped by box (B groups of S rows) and the
+        #: relaxation lines are per box, (B, n)
+        self.boxes = boxes
         self.deadline = deadline  # checked at every node (`OutOfTime`)
         self.index = {id(n): i for i, n in enumerate(net.nodes)}
         self.relax = relax  # activation node index -> ActivationRelaxation
@@ -181,9 +184,12 @@ class _CrownPass:
         rel = self.relax[k]
         tl, tu = self.alphas.get(k, (None, None))
         aL, bL, aU, bU = rel.lines(tl, tu, approx=self.approx)
-        Af = A.reshape(A.shape[0], -1)
+        # rows grouped by box: (B, S, n) against per-box lines (B, 1, n); one box: (S, n) against (n,) or (S, n)
+        Af = A.reshape(self.boxes, -1, A[0].numel()) if self.boxes > 1 else A.reshape(A.shape[0], -1)
+        if self.boxes > 1:
+            aL, bL, aU, bU = (t.unsqueeze(1) for t in (aL, bL, aU, bU))
         pos, neg = Af.clamp(min=0), Af.clamp(max=0)
-        self._add_bias((pos * bL + neg * bU).sum(1))
+        self._add_bias((pos * bL + neg * bU).sum(-1).reshape(-1))
         return (pos * aL + neg * aU).reshape(A.shape)
 
     def _add(self, op, node, A):
@@ -194,9 +200,9 @@ class _CrownPass:
         a - b: A.y = A_hi.b + A_lo.a + c.r with c = A_hi - A_lo, and c.r >= c+ (aL d + bL) + c- (aU d + bU)."""
         k = self.index[id(node)]
         tl, tu = self.alphas.get(k, (None, None))
-        aL, bL, aU, bU = self.relax[k].lines(tl, tu, approx=self.approx)
         hi, lo, order = maxmin_pairs(op, node.shape)
         Af = A.reshape(A.shape[0], -1)
+        aL, bL, aU, bU = (self._per_row(t, Af.shape[0]) for t in self.relax[k].lines(tl, tu, approx=self.approx))
         A_hi, A_lo = Af[:, hi], Af[:, lo]
         c = A_hi - A_lo
         pos, neg = c.clamp(min=0), c.clamp(max=0)
@@ -217,8 +223,19 @@ class _CrownPass:
         out = self.bias
         if A0 is not None:
             A0 = A0.reshape(A0.shape[0], -1)
-            out = out + A0 @ mid.reshape(-1) - A0.abs() @ rad.reshape(-1)
+            if self.boxes > 1:
+                A0 = A0.reshape(self.boxes, -1, A0.shape[1])
+                mid, rad = (t.reshape(self.boxes, -1, 1) for t in (mid, rad))
+                out = out + (torch.bmm(A0, mid) - torch.bmm(A0.abs(), rad)).reshape(-1)
+            else:
+                out = out + A0 @ mid.reshape(-1) - A0.abs() @ rad.reshape(-1)
         return out
+
+    def _per_row(self, t: torch.Tensor, rows: int) -> torch.Tensor:
+        """A per-box tensor (B, n) repeated for the rows of its box (rows grouped by box); unchanged for one box."""
+        if self.boxes == 1:
+            return t
+        return t.repeat_interleave(rows // self.boxes, 0)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -250,7 +267,8 @@ def _box_tensors(net: Network, region):
 
 
 def interval_pass(net: Network, box, known: dict, stop: int | None = None) -> list:
-    """Interval propagation (the IBP rules) where every Activation's input interval is first
+    """Interval propagation (the IBP rules) over one box or a batch of boxes ((B, *input_shape) ends, then
+    ``known`` holds (B, n) bounds) where every Activation's input interval is first
     intersected with the bounds in ``known`` (activation node index -> (lo, hi) flat), and every MaxMin
     output with b + relu(d), a - relu(d) for the known bounds of its pair differences d = a - b."""
     index = {id(n): i for i, n in enumerate(net.nodes)}
@@ -263,7 +281,7 @@ def interval_pass(net: Network, box, known: dict, stop: int | None = None) -> li
             return out_lo, out_hi
         hi, lo, order = maxmin_pairs(op, node.shape)
         dl, du = (t.clamp(min=0) for t in known[k])  # relu(d) in [relu(dl), relu(du)]
-        x_lo, x_hi = iv[0].reshape(1, -1), iv[1].reshape(1, -1)
+        x_lo, x_hi = iv[0].reshape(iv[0].shape[0], -1), iv[1].reshape(iv[1].shape[0], -1)
         mx = _outward(x_lo[:, lo] + dl, x_hi[:, lo] + du)  # max = b + relu(d)
         mn = _outward(x_lo[:, hi] - du, x_hi[:, hi] - dl)  # min = a - relu(d)
         t_lo = torch.cat([mx[0], mn[0]], 1)[:, order].reshape(out_lo.shape)
@@ -281,8 +299,10 @@ def interval_pass(net: Network, box, known: dict, stop: int | None = None) -> li
     rules[Activation] = act
     rules[MaxMin] = maxmin
     lo, hi = box
+    if lo.dim() == len(net.input_shape):  # one box (else a batch of boxes, (B, *input_shape))
+        lo, hi = lo.unsqueeze(0), hi.unsqueeze(0)
     with torch.no_grad():
-        return traversal.forward(net, rules, (lo.unsqueeze(0), hi.unsqueeze(0)), what="interval propagation", stop=stop)
+        return traversal.forward(net, rules, (lo, hi), what="interval propagation", stop=stop)
 
 
 def _needs_refinement(fn, lo, hi):
@@ -298,14 +318,15 @@ def _needs_refinement(fn, lo, hi):
 
 
 def _crown_neurons(net, relax, start, idx, box, alpha, alpha_steps, lr, pairs=None, deadline=None,
-                   alpha_deadline=None):
+                   alpha_deadline=None, boxes: int = 1):
     """Lower and upper CROWN bounds of the entries ``idx`` of node ``start`` (with ``pairs`` = (hi, lo):
-    of the differences x[hi[i]] - x[lo[i]] for i in ``idx``). ``deadline``: checked between chunks and
-    nodes; the entries not bounded by then get (-inf, inf) (the caller keeps their interval bounds).
-    ``alpha_deadline``: alpha-CROWN's optimisation stops there (plain CROWN bounds kept)."""
+    of the differences x[hi[i]] - x[lo[i]] for i in ``idx``); shape (K,), or (B, K) for ``boxes`` = B > 1
+    (then ``box`` holds (B, *input_shape) ends and ``relax`` per-box lines). ``deadline``: checked between
+    chunks and nodes; the entries not bounded by then get (-inf, inf) (the caller keeps their interval
+    bounds). ``alpha_deadline``: alpha-CROWN's optimisation stops there (plain CROWN bounds kept; one box only)."""
     n_start = net.nodes[start].size
     width = max(node.size for node in net.nodes[: start + 1])
-    chunk = max(1, CHUNK_ENTRIES // max(1, 2 * width))
+    chunk = max(1, CHUNK_ENTRIES // max(1, 2 * width * boxes))
     lows, highs = [], []
     for c0 in range(0, len(idx), chunk):
         sel = idx[c0 : c0 + chunk]
@@ -318,25 +339,28 @@ def _crown_neurons(net, relax, start, idx, box, alpha, alpha_steps, lr, pairs=No
             A[torch.arange(K), pairs[0][sel]] = 1.0
             A[torch.arange(K), pairs[1][sel]] = -1.0
             A[K:] = -A[:K]
-        A = A.reshape((2 * K,) + net.nodes[start].shape)
+        A = A.repeat(boxes, 1).reshape((boxes * 2 * K,) + net.nodes[start].shape)
         t_pass = time.perf_counter()
         try:
             with torch.no_grad():
-                best = _CrownPass(net, relax, deadline=deadline).lower_bound(start, A, box)
+                best = _CrownPass(net, relax, deadline=deadline, boxes=boxes).lower_bound(start, A, box)
             t_pass = time.perf_counter() - t_pass
         except OutOfTime:  # this chunk and the rest keep their interval bounds
             rest = len(idx) - c0
-            lows.append(torch.full((rest,), -np.inf, dtype=DTYPE))
-            highs.append(torch.full((rest,), np.inf, dtype=DTYPE))
+            lows.append(torch.full((boxes, rest), -np.inf, dtype=DTYPE))
+            highs.append(torch.full((boxes, rest), np.inf, dtype=DTYPE))
             break
         work = 2 * K * sum(node.size for node in net.nodes[: start + 1])
         # an alpha step (a pass with gradients, then its backward) costs about 3 plain passes
         a_dl = alpha_deadline if alpha_deadline is not None else deadline
-        if alpha and relax and work <= ALPHA_MAX_WORK and not past(None if a_dl is None else a_dl - 3 * t_pass):
+        if alpha and boxes == 1 and relax and work <= ALPHA_MAX_WORK and \
+                not past(None if a_dl is None else a_dl - 3 * t_pass):
             best = _optimise(net, relax, start, A, box, best, alpha_steps, lr, a_dl)
-        lows.append(best[:K])
-        highs.append(-best[K:])
-    return torch.cat(lows), torch.cat(highs)
+        best = best.reshape(boxes, 2 * K)
+        lows.append(best[:, :K])
+        highs.append(-best[:, K:])
+    lo, hi = torch.cat(lows, 1), torch.cat(highs, 1)
+    return (lo[0], hi[0]) if boxes == 1 else (lo, hi)
 
 
 def _optimise(net, relax, start, A, box, best, steps, lr, deadline=None):
@@ -420,38 +444,88 @@ def forward_bounds(net: Network, region, alpha: bool = False, alpha_steps: int =
     ``deadline`` (a `time.perf_counter` time): checked between layers, chunks of neurons, nodes of a
     back-substitution and alpha-CROWN steps; from then on the neurons not yet bounded by CROWN keep their
     interval bounds (sound, looser) and ``info["cut"]`` is set to True (``info``: an optional dict)."""
-    info = {} if info is None else info
-    info.setdefault("cut", False)
     for node in net.nodes:
         if isinstance(node.op, MaxPool2d):
             raise Unsupported("CROWN bound propagation does not relax max pooling (MaxPool2d)")
-    box = _box_tensors(net, region)
+    return _layer_by_layer(net, _box_tensors(net, region), 1, {}, 0, alpha, alpha_steps, lr, method, deadline, info)
+
+
+def forward_bounds_batch(net: Network, lower, upper, known: dict | None = None, refine_from: int = 0,
+                         method: str = "crown", deadline: float | None = None, info: dict | None = None) -> dict:
+    """`forward_bounds` (plain CROWN, no alpha) for B boxes at once: ``lower``, ``upper`` (B, *input_shape).
+    Returns {node index: (lower, upper)} of shape (B, n), certified for every input of box b.
+
+    ``known`` {node index: (lo, hi) (B, n)}: bounds already valid on each domain (a parent's bounds, or a
+    branch-and-bound split constraint such as z_i >= 0 on the domain where it holds); they are intersected
+    with each layer's bounds before later layers use them, so a split's consequences propagate.
+    ``refine_from``: layers before this node index keep ``known`` (must be given for them) without work.
+    Cost: that of `forward_bounds` for each box, batched: the boxes share every back-substitution pass
+    (chunked so that no coefficient tensor exceeds ``CHUNK_ENTRIES`` entries)."""
+    lo = torch.as_tensor(np.asarray(lower, dtype=np.float64) if not torch.is_tensor(lower) else lower, dtype=DTYPE)
+    hi = torch.as_tensor(np.asarray(upper, dtype=np.float64) if not torch.is_tensor(upper) else upper, dtype=DTYPE)
+    B = lo.shape[0]
+    lo, hi = lo.reshape((B,) + net.input_shape), hi.reshape((B,) + net.input_shape)
+    known = known or {}
+    relaxed = [n for n in net.nodes if isinstance(n.op, (Activation, MaxMin, MaxPool2d))]
+    if any(isinstance(n.op, MaxPool2d) for n in relaxed):
+        raise Unsupported("CROWN bound propagation does not relax max pooling (MaxPool2d)")
+    width = max(node.size for node in net.nodes)
+    n_max = max([n.size for n in relaxed] + [1])
+    per_chunk = max(1, CHUNK_ENTRIES // max(1, 2 * n_max * width))
+    parts = []
+    for b0 in range(0, B, per_chunk):
+        sl = slice(b0, b0 + per_chunk)
+        kn = {k: (v[0][sl], v[1][sl]) for k, v in known.items()}
+        Bc = lo[sl].shape[0]
+        parts.append(_layer_by_layer(net, (lo[sl], hi[sl]), Bc, kn, refine_from, False, 0, 0.0, method, deadline, info))
+    out = {}
+    for k in parts[0]:
+        out[k] = tuple(torch.cat([p[k][i].reshape(-1, p[k][i].shape[-1]) for p in parts]) for i in (0, 1))
+    return out
+
+
+def _layer_by_layer(net, box, boxes: int, known: dict, refine_from: int, alpha, alpha_steps, lr, method, deadline,
+                    info) -> dict:
+    """The loop of `forward_bounds` / `forward_bounds_batch` over the relaxed nodes, for one box (flat (n,)
+    bounds) or ``boxes`` > 1 boxes ((B, n) bounds)."""
+    info = {} if info is None else info
+    info.setdefault("cut", False)
     relaxed = [i for i, n in enumerate(net.nodes) if isinstance(n.op, (Activation, MaxMin))]
-    known: dict = {}
+    known = dict(known)
     relax: dict = {}
     for n_done, k in enumerate(relaxed):
         node = net.nodes[k]
+        fn = node.op.fn if isinstance(node.op, Activation) else RELU
+        if k < refine_from:
+            relax[k] = ActivationRelaxation(fn, *known[k])
+            continue
         p = node.inputs[0]
         ivs = interval_pass(net, box, known, stop=p)
-        lo, hi = (t.reshape(-1).clone() for t in ivs[p])
+        lo, hi = (t.reshape(boxes, -1).clone() for t in ivs[p])
+        if boxes == 1:
+            lo, hi = lo[0], hi[0]
         pairs = None
-        fn = node.op.fn if isinstance(node.op, Activation) else RELU
         if isinstance(node.op, MaxMin):  # the relaxed quantity: the pair differences d = x[hi] - x[lo]
             pairs = maxmin_pairs(node.op, node.shape)[:2]
-            lo, hi = _outward(lo[pairs[0]] - hi[pairs[1]], hi[pairs[0]] - lo[pairs[1]])
+            lo, hi = _outward(lo[..., pairs[0]] - hi[..., pairs[1]], hi[..., pairs[0]] - lo[..., pairs[1]])
+        if k in known:  # bounds valid on the domain (a parent's, a split constraint)
+            lo, hi = torch.maximum(lo, known[k][0]), torch.minimum(hi, known[k][1])
         if method == "crown":
             need = _needs_refinement(fn, lo, hi)
-            idx = need.nonzero().reshape(-1)
+            idx = (need if boxes == 1 else need.any(0)).nonzero().reshape(-1)
             if len(idx) and past(deadline):
                 info["cut"] = True  # interval bounds only from here on
             elif len(idx):
                 # alpha-CROWN may use this layer's part of the time left, so that every layer gets CROWN bounds
                 a_dl = None if deadline is None else \
                     time.perf_counter() + (deadline - time.perf_counter()) / (len(relaxed) - n_done)
-                clo, chi = _crown_neurons(net, relax, p, idx, box, alpha, alpha_steps, lr, pairs, deadline, a_dl)
+                clo, chi = _crown_neurons(net, relax, p, idx, box, alpha, alpha_steps, lr, pairs, deadline, a_dl,
+                                          boxes=boxes)
                 info["cut"] = info["cut"] or past(deadline)
-                lo[idx] = torch.maximum(lo[idx], clo)
-                hi[idx] = torch.minimum(hi[idx], chi)
+                # only where refinement is needed (as for one box: the same relaxations, box by box)
+                sel = need[..., idx]
+                lo[..., idx] = torch.where(sel, torch.maximum(lo[..., idx], clo), lo[..., idx])
+                hi[..., idx] = torch.where(sel, torch.minimum(hi[..., idx], chi), hi[..., idx])
         elif method != "ibp":
             raise ValueError(f"unknown forward bound method {method!r}")
         hi = torch.maximum(hi, lo)  # guards against crossing by rounding

@@ -1,5 +1,6 @@
 """Activation-pattern geometry for ReLU-like chains (ReLU, LeakyReLU, Abs): max-slack interior points of a pattern's
-region and the tree search over the patterns realisable in a box. Private module of `exact.methods`."""
+region and the tree search over the patterns realisable in a box, or in the whole input space (``lo = hi = None``:
+the global constant). Private module of `exact.methods`."""
 
 from __future__ import annotations
 
@@ -46,17 +47,24 @@ def max_slack_point(G, h, lo, hi):
 
 class _IncrementalSlackLP:
     """The max-slack LP of `max_slack_point` kept in one HiGHS instance along a depth-first path: rows
-    are pushed going down and popped coming back, so each solve warm-starts from the last basis."""
+    are pushed going down and popped coming back, so each solve warm-starts from the last basis.
 
-    def __init__(self, lo, hi):
+    Global (``lo``, ``hi`` = -inf, +inf): x is free and the slack t is capped at ``t_cap`` (the LP is bounded
+    by the cap alone; a region has an interior point iff its optimum is > 0, the capped inradius)."""
+
+    def __init__(self, lo, hi, t_cap=None):
         self.lo, self.hi = lo, hi
         n = lo.size
         self.n = n
-        diam = float(np.linalg.norm(hi - lo)) + 1.0
+        if t_cap is None:
+            diam = float(np.linalg.norm(hi - lo)) + 1.0
+            t_lo = -diam
+        else:
+            diam, t_lo = float(t_cap), -math.inf
         self.diam = diam
         m = Model()
         x = m.add_vars(lo, hi)
-        t = m.add_vars(-diam, diam)
+        t = m.add_vars(t_lo, diam)
         cost = np.zeros(m.n_cols)
         cost[t] = 1.0
         self.prob, _ = m.to_highs(cost, maximize=True)
@@ -107,13 +115,19 @@ def jacobian_bound(layers, k, A, c, dk, lo, hi, bounds, norm, output):
     """Certified upper bound on ‖J‖ over every completion of a pattern prefix: the layers below k are fixed
     (h_{k-1} = A x + c on the prefix's region), layer k's derivatives lie in ``dk`` = (dmin, dmax) (fixed
     where decided). Interval bounds of the layers above k are recomputed from the exact range of A x + c
-    over the box; the Jacobian is bounded by an interval matrix product. Cost: O(m n^2) per layer."""
+    over the box; the Jacobian is bounded by an interval matrix product. Cost: O(m n^2) per layer.
+    ``lo = hi = None`` (global): no box, the pre-activations above the prefix range over ``bounds`` only.
+    l2: the spectral norm of the interval matrix's entrywise bound (`spectral_norm_upper`)."""
     K = len(layers) - 1
-    lh, uh = affine_interval(A, c, lo, hi)  # the exact range of A x + c over the box, outward-rounded
+    if lo is not None:
+        lh, uh = affine_interval(A, c, lo, hi)  # the exact range of A x + c over the box, outward-rounded
     dsets = {}
     for i in range(k, K):
         L = layers[i]
-        zl, zu = affine_interval(L.W, L.b, lh, uh)
+        if lo is not None:
+            zl, zu = affine_interval(L.W, L.b, lh, uh)
+        else:
+            zl, zu = np.full(L.W.shape[0], -math.inf), np.full(L.W.shape[0], math.inf)
         bl, bu = bounds[i]
         zl, zu = np.maximum(zl, bl), np.minimum(zu, bu)
         zl, zu = np.minimum(zl, zu), np.maximum(zl, zu)
@@ -130,7 +144,8 @@ def jacobian_bound(layers, k, A, c, dk, lo, hi, bounds, norm, output):
             decided = dk[0] == dk[1]
             dmin, dmax = np.where(decided, dk[0], dmin), np.where(decided, dk[1], dmax)
         dsets[i] = (dmin, dmax)
-        lh, uh = act_interval(zl, zu, L)
+        if lo is not None:
+            lh, uh = act_interval(zl, zu, L)
     W = layers[K].W if output is None else layers[K].W[[output]]
     Um, Ur = W.copy(), np.zeros_like(W)
     for i in range(K - 1, k - 1, -1):
@@ -144,9 +159,48 @@ def jacobian_bound(layers, k, A, c, dk, lo, hi, bounds, norm, output):
     Jabs = np.abs(Um @ A) + Ur @ np.abs(A)
     if norm == math.inf:
         val = float(Jabs.sum(1).max())
+    elif norm == 2:
+        val = spectral_norm_upper(Jabs)
     else:
         val = float(Jabs.sum(0).max())
     return val * (1 + 1e-10) + 1e-300
+
+
+def spectral_norm_upper(M) -> float:
+    """Upper bound on the spectral norm of an entrywise nonnegative matrix M, tight up to ~1e-9 relative and
+    certified without trusting an eigensolver: by Collatz-Wielandt, for the nonnegative B = M^T M and any
+    v > 0, ||M||_2^2 = rho(B) <= max_i (B v)_i / v_i. v is the (floored, power-iterated) top right singular
+    vector; the result never exceeds the Frobenius norm nor sqrt(||M||_1 ||M||_inf). Every product sums
+    nonnegative terms (relative rounding <= (m + n) u): the callers' 1 + 1e-10 factor covers it.
+
+    Any matrix J with |J| <= M entrywise has ||J||_2 <= || |J| ||_2 <= ||M||_2 (Perron-Frobenius
+    monotonicity), so this bounds the spectral norm of every Jacobian an interval matrix encloses."""
+    M = np.asarray(M, dtype=np.float64)
+    if M.size == 0 or not np.any(M > 0):
+        return 0.0
+    fro = float(np.sqrt(np.sum(M * M)))
+    if min(M.shape) == 1:
+        return fro  # a vector: its spectral norm is its l2 norm
+    best = min(fro, float(np.sqrt(M.sum(0).max() * M.sum(1).max())))
+    try:
+        v = np.abs(np.linalg.svd(M, full_matrices=False)[2][0])
+    except np.linalg.LinAlgError:
+        return best
+    for _ in range(3):
+        v = v + 1e-9 * v.max() + 1e-300  # strictly positive
+        w = M.T @ (M @ v)
+        best = min(best, float(np.sqrt(np.max(w / v))))
+        v = w / w.max()
+    return best
+
+
+def global_scale(layers) -> float:
+    """A length scale of the first layer's hyperplane arrangement: 1 + the largest distance of a first-layer
+    hyperplane from the origin (the slack cap of the global search; its tolerance is 1e-9 of it)."""
+    W, b = layers[0].W, layers[0].b
+    nr = np.linalg.norm(W, axis=1)
+    dist = np.abs(b)[nr > 0] / nr[nr > 0]
+    return 1.0 + (float(dist.max()) if dist.size else 0.0)
 
 
 def enumerate_patterns(layers, lo, hi, bounds, norm, output, deadline=None, tol=None, progress=None,
@@ -154,12 +208,16 @@ def enumerate_patterns(layers, lo, hi, bounds, norm, output, deadline=None, tol=
     """Depth-first search over the activation patterns of the unstable neurons (layer by layer), pruning
     a prefix as soon as its region has no interior point in the box (max-slack LP). Returns
     (best value, witness x, #patterns, complete?). The value is max over realisable patterns of the
-    pattern Jacobian's operator norm: the exact Lipschitz constant on the box in general position."""
+    pattern Jacobian's operator norm: the exact Lipschitz constant on the box in general position.
+
+    ``lo = hi = None``: the whole input space (``bounds`` then (-inf, inf) for every neuron): the max over
+    every activation region of R^n with an interior point, i.e. the exact global Lipschitz constant."""
     search = _PatternSearch(layers, lo, hi, bounds, norm, output, deadline, tol, progress, prune)
     if incumbent is not None:  # (value, witness) of a certified lower bound, e.g. a sampled gradient
         search.state["best"], search.state["x"] = float(incumbent[0]), np.asarray(incumbent[1], dtype=np.float64)
-    n0 = lo.size
-    search.layer(0, np.eye(n0), np.zeros(n0), [], [], (lo + hi) / 2, math.inf)
+    n0 = search.lo.size
+    root = np.zeros(n0) if search.is_global else (search.lo + search.hi) / 2
+    search.layer(0, np.eye(n0), np.zeros(n0), [], [], root, math.inf)
     return search.state
 
 
@@ -180,13 +238,21 @@ class _PatternSearch:
     """The state and the recursion of `enumerate_patterns` (one LP instance along the depth-first path)."""
 
     def __init__(self, layers, lo, hi, bounds, norm, output, deadline, tol, progress, prune):
+        self.is_global = lo is None
+        if self.is_global:
+            n0 = layers[0].W.shape[1]
+            lo, hi = np.full(n0, -math.inf), np.full(n0, math.inf)
+            scale = global_scale(layers)
+            self.tol = 1e-9 * scale if tol is None else tol
+            self.lp = _IncrementalSlackLP(lo, hi, t_cap=scale)
+        else:
+            self.tol = 1e-9 * (1.0 + float(np.max(hi - lo))) if tol is None else tol
+            self.lp = _IncrementalSlackLP(lo, hi)
         self.layers, self.lo, self.hi, self.bounds = layers, lo, hi, bounds
         self.norm, self.output, self.deadline, self.progress, self.prune = norm, output, deadline, progress, prune
-        self.tol = 1e-9 * (1.0 + float(np.max(hi - lo))) if tol is None else tol
         self.K = len(layers) - 1
         self.state = {"best": -math.inf, "x": None, "count": 0, "complete": True, "lps": 0, "pruned": 0}
         self.unst = [np.flatnonzero((l < 0) & (u > 0)) for l, u in bounds]
-        self.lp = _IncrementalSlackLP(lo, hi)
 
     def _out_of_time(self) -> bool:
         if self.deadline is not None and time.perf_counter() > self.deadline:
@@ -229,7 +295,8 @@ class _PatternSearch:
             dmin, dmax = d.copy(), d.copy()
             rest = ly.ui[pos:]
             dmin[rest], dmax[rest] = min(L.slope, 1.0), max(L.slope, 1.0)
-            if jacobian_bound(self.layers, ly.k, ly.A, ly.c, (dmin, dmax), self.lo, self.hi, self.bounds, self.norm,
+            if jacobian_bound(self.layers, ly.k, ly.A, ly.c, (dmin, dmax), None if self.is_global else self.lo,
+                              None if self.is_global else self.hi, self.bounds, self.norm,
                               self.output) <= self.state["best"]:
                 self.state["pruned"] += 1
                 return
@@ -239,7 +306,9 @@ class _PatternSearch:
         j = ly.ui[pos]
         g, hh = ly.Az[j], ly.cz[j]
         # exact range of this affine pre-activation over the box: often decides the sign without an LP
-        zl, zh = affine_interval(g[None, :], np.array([hh]), self.lo, self.hi)
+        zl, zh = (-math.inf,), (math.inf,)
+        if not self.is_global:
+            zl, zh = affine_interval(g[None, :], np.array([hh]), self.lo, self.hi)
         if zl[0] > 0 or zh[0] < 0:
             dd = d.copy()
             dd[j] = 1.0 if zl[0] > 0 else L.slope

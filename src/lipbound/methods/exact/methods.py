@@ -5,7 +5,8 @@ boxes (LipMIP, Jordan & Dimakis 2020).
   neuron shared by the forward and the gradient encodings; anytime sandwich (dual bound, re-evaluated
   incumbent) on a time limit.
 * ``enumerate``: depth-first search over the activation patterns realisable in the box (LP-checked), the
-  test oracle, for at most ~20 unstable neurons.
+  test oracle, for at most ~20 unstable neurons; every norm (l2: the largest spectral norm of a realisable
+  pattern's Jacobian), and globally (every activation region of R^n) on small networks.
 
 Maths: ../shared/reference/exact-and-lower.md.
 """
@@ -26,7 +27,7 @@ from ...network import tensor_view
 from ...norms import INF, operator_norm
 from ...registry import AFFINE_OPS, BOOL_OR_AUTO, RELU_LIKE, MethodResult, Option, register_method
 from . import mip_core as core
-from .enumerate import enumerate_patterns, max_slack_point, pattern_constraints
+from .enumerate import enumerate_patterns, global_scale, max_slack_point, pattern_constraints
 
 DENSE_OPS = AFFINE_OPS | {"Activation"}
 REL_MARGIN = 1e-6  # relative margin added to a solver's dual bound (feasibility / optimality tolerances)
@@ -524,28 +525,109 @@ def _pattern_from_solution(layers, bounds, mm, colv):
 # --------------------------------------------------------------------------------------------------
 
 
+def region_count_log2(layers) -> float:
+    """log2 of an upper bound on the number of activation regions of a ReLU-like chain in R^n (Serra,
+    Tjandraatmadja & Ramalingam 2018): prod over hidden layers l of sum_{j <= d_l} C(n_l, j), d_l = min(n_0,
+    n_1, ..., n_{l-1}) (the rank of the map into layer l on any region of the layers below)."""
+    d, total = layers[0].W.shape[1], 0.0
+    for L in layers[:-1]:
+        n_l = L.W.shape[0]
+        if L.slope != 1.0:
+            total += math.log2(sum(math.comb(n_l, j) for j in range(min(d, n_l) + 1)))
+        d = min(d, n_l)
+    return total
+
+
+def _global_incumbent(net, layers, norm, output, n, rng):
+    """The best smooth sampled gradient norm (value, point) over normal samples at several scales around the
+    origin (the arrangement's scale, `global_scale`), or None."""
+    n0 = layers[0].W.shape[1]
+    scale = global_scale(layers)
+    X = np.vstack([np.zeros((1, n0))] + [s * scale * rng.standard_normal((max(n, 4) // 4, n0))
+                                         for s in (0.1, 1.0, 10.0, 100.0)])
+    J = net.jacobian(torch.as_tensor(X.reshape((-1,) + net.input_shape))).numpy().reshape(X.shape[0], -1, n0)
+    vals = operator_norm(J, norm, output)
+    for i in np.argsort(-vals)[:5]:
+        v = _smooth_value(net, X[i], norm, output)
+        if v is not None:
+            return v, X[i]
+    return None
+
+
+def _enumerate_global(net, ctx, layers):
+    """`enumerate` without a region: every activation region of R^n (max-slack LPs with x free and the slack
+    capped), the largest Jacobian norm. Exact in general position (regions thinner than 1e-9 of the
+    arrangement's scale are not seen, as in the box case)."""
+    norm, output = ctx.norm, ctx.output
+    n_hidden = int(sum(L.W.shape[0] for L in layers[:-1] if L.slope != 1.0))
+    log2_regions = region_count_log2(layers)
+    limit = ctx.option("max_unstable")
+    if log2_regions > limit:
+        raise Unsupported(f"up to 2^{log2_regions:.1f} activation regions in R^n ({n_hidden} neurons; limit "
+                          f"2^max_unstable = 2^{limit}): use a box region or an upper-bound method")
+    bounds = [(np.full(L.W.shape[0], -math.inf), np.full(L.W.shape[0], math.inf)) for L in layers[:-1]]
+    deadline = None if not math.isfinite(ctx.time_left()) else time.perf_counter() + ctx.time_left()
+    prune = ctx.option("prune")
+    incumbent = _global_incumbent(net, layers, norm, output, ctx.option("samples"), ctx.rng()) if prune else None
+    bar = ctx.progress(desc="enumerate")
+    st = enumerate_patterns(layers, None, None, bounds, norm, output, deadline=deadline,
+                            progress=lambda c: bar.update(1), prune=prune, incumbent=incumbent)
+    bar.close()
+    details = {"region": "global", "neurons": n_hidden, "log2_regions_bound": log2_regions,
+               "patterns": st["count"], "lps": st["lps"], "pruned": st["pruned"], "prune": prune,
+               "slack_scale": global_scale(layers), "sampled_incumbent": None if incumbent is None else incumbent[0]}
+    return _enumerate_result(net, st, norm, output, details)
+
+
+def _enumerate_result(net, st, norm, output, details) -> MethodResult:
+    """exact (the search finished) with the witness re-evaluated by autograd as ``lower``; on a time limit
+    the best pattern's re-evaluated value as a certified lower bound."""
+    if st["x"] is None:
+        if not st["complete"]:
+            return MethodResult(None, kind="lower", status="time_limit", details=details)
+        raise MethodFailed("no activation pattern with an interior point in the region was found")
+    x = st["x"]
+    check = _smooth_value(net, x, norm, output)
+    details["witness_value_autograd"] = check
+    if not st["complete"]:
+        if check is None:
+            return MethodResult(None, kind="lower", status="time_limit", details=details)
+        return MethodResult(check, kind="lower", status="time_limit", witness=x, details=details)
+    return MethodResult(st["best"], kind="exact", witness=x, lower=check, lower_witness=x if check is not None else None,
+                        details=details)
+
+
 @register_method(
-    "enumerate", kind="exact", norms=(1, INF), regions=("box",), ops=DENSE_OPS, activations=RELU_LIKE,
-    description="exact local Lipschitz constant on a box by enumerating the activation patterns realisable "
-                "in it (LP-checked tree search); at most ~20 unstable neurons",
-    options={"max_unstable": Option(int, 20, "refuse networks with more unstable neurons than this", min=0),
+    "enumerate", kind="exact", norms=(1, 2, INF), regions=("global", "box"), ops=DENSE_OPS, activations=RELU_LIKE,
+    description="exact Lipschitz constant (l1, l2, linf) on a box, or global on small networks, by enumerating the "
+                "activation patterns realisable in it (LP-checked tree search); at most ~20 unstable neurons",
+    options={"max_unstable": Option(int, 20, "refuse networks with more unstable neurons than this (global: more than "
+                                    "2^max_unstable activation regions by the region-count bound)", min=0),
              "prune": Option(bool, True, "prune pattern prefixes whose interval Jacobian bound cannot beat the best "
                              "value (branch and bound, still exact; false = plain enumeration)"),
              "samples": Option(int, 500, "random points (besides the box centre) for the initial incumbent when "
                                "pruning", min=0)},
     family="exact")
 def enumerate_method(net, ctx):
-    """Exact Lipschitz constant (norms l_1 / l_inf, optional ``output``) on a box: the max over the
+    """Exact Lipschitz constant (norms l_1, l_2, l_inf, optional ``output``) on a box: the max over the
     activation patterns whose region has an interior point in the box (max-slack LP, depth-first with
-    pruning of infeasible prefixes) of the pattern Jacobian's norm; a witness point is returned. Exact in
-    general position. Cost: up to 2^(#unstable) patterns times one small LP, so the method refuses more
-    than ``max_unstable`` (default 20) unstable neurons (under interval bounds; with ``prune``, under the
-    CROWN/LP bounds of `mip`). On a time limit it
+    pruning of infeasible prefixes) of the pattern Jacobian's norm (l_2: its largest singular value); a
+    witness point is returned. Exact in general position. Cost: up to 2^(#unstable) patterns times one small
+    LP, so the method refuses more than ``max_unstable`` (default 20) unstable neurons (under interval bounds;
+    with ``prune``, under the CROWN/LP bounds of `mip`). On a time limit it
     returns the best pattern seen as a certified ``lower`` bound. With ``prune`` (default) it is a branch and
-    bound: prefixes whose interval Jacobian bound is at most the best value found are skipped (still exact)."""
+    bound: prefixes whose interval Jacobian bound is at most the best value found are skipped (still exact).
+
+    Without a region: the global constant, the max over every activation region of R^n (x free in the LPs,
+    the slack capped), refused when the region-count bound exceeds 2^max_unstable."""
     layers = core.relu_chain(net)
-    lo, hi = _box(net, ctx)
     norm, output = ctx.norm, ctx.output
+    if ctx.region is None:
+        if len(layers) == 1:
+            return MethodResult(float(operator_norm(layers[0].W, norm, output)), kind="exact",
+                                witness=np.zeros(layers[0].W.shape[1]))
+        return _enumerate_global(net, ctx, layers)
+    lo, hi = _box(net, ctx)
     if len(layers) == 1:
         return MethodResult(float(operator_norm(layers[0].W, norm, output)), kind="exact", witness=(lo + hi) / 2)
     prune = ctx.option("prune")
@@ -581,17 +663,4 @@ def enumerate_method(net, ctx):
     bar.close()
     details = {"unstable": n_unst, "patterns": st["count"], "lps": st["lps"], "pruned": st["pruned"],
                "prune": prune, "sampled_incumbent": None if incumbent is None else incumbent[0]}
-    if st["x"] is None:
-        if not st["complete"]:
-            return MethodResult(None, kind="lower", status="time_limit", details=details)
-        raise MethodFailed("no activation pattern with an interior point in the box was found")
-    x = st["x"]
-    rng = ctx.rng()
-    check = _smooth_value(net, x, norm, output)
-    details["witness_value_autograd"] = check
-    if not st["complete"]:
-        if check is None:
-            return MethodResult(None, kind="lower", status="time_limit", details=details)
-        return MethodResult(check, kind="lower", status="time_limit", witness=x, details=details)
-    return MethodResult(st["best"], kind="exact", witness=x, lower=check, lower_witness=x if check is not None else None,
-                        details=details)
+    return _enumerate_result(net, st, norm, output, details)

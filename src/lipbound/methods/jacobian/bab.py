@@ -1,37 +1,33 @@
-"""Branch and bound for the `crown-bab` method (local Lipschitz bounds on the Clarke-Jacobian graph).
+"""Branch and bound for the `crown-bab` method: the project's engine (`lipbound.branch_and_bound`) with
+CROWN on the Clarke-Jacobian graph as the bounding function.
 
-What is split: undecided forward neurons of the ReLU-like form max(z, 0) + a min(z, 0)
-(``fn.relu_like_slope`` = a: ReLU, leaky ReLU, Abs; their Clarke derivative s is the interval between a
-and 1); a child fixes s to one end. Sound because the relaxed problem maximises a convex function (a
-norm) of a Jacobian that is affine in each s_i separately, so its maximum over s_i in [sl, su] is
-attained at an end: the larger of the two children's maxima covers the parent. Neurons of any other
-activation are not split: they keep their whole derivative range in every domain (sound, not refined;
-the search stops when the worst domain has only such neurons left undecided). Forward bounds are
-inherited (never recomputed); the Jacobian-graph bounds of each child are recomputed (``refresh``:
-"all" intermediate bounds, or only the input-gradient bounds ("input"), or only the final bound
-("final"); "auto" picks by the measured cost). A child's bound is min(child, parent), so the global
-bound (the max over open domains, combined over outputs) never increases.
+A domain is (an input box, fixed slopes of some ReLU-like neurons, the output it bounds — or all outputs
+at once for several outputs in l2 / l1 — and the forward pre-activation bounds valid on it). Two ways to
+split it (option ``split``; "auto": the input when the network has at most ``INPUT_SPLIT_MAX_DIM``
+inputs, else neurons):
 
-Pattern pruning (dense chains of ReLU-like activations, ``lp_prune``): while all neurons of the layers
-before layer k are fixed, the decisions in layer k are linear constraints on x; a child whose constraints no x
-in the box satisfies (a HiGHS LP with a small slack, skipped when a sampled point or an earlier LP
-point already realises the decisions) is dropped. Without it the branch and bound converges to the
-maximum over all activation patterns consistent with the forward bounds, realisable or not; with it,
-to the maximum over realisable patterns, i.e. the exact local constant (as LipMIP / `enumerate`).
+* **input splitting**: halve the box along the dimension of largest score (its width times the bound
+  on |df/dx_d| over the box, i.e. how much the output moves along it). The constant over the box is the
+  max over the two halves: sound by construction. Refines every activation, split or not.
+* **neuron splitting** (ReLU-like form max(z, 0) + a min(z, 0), ``fn.relu_like_slope`` = a): the child
+  "active" is the part of the box where z_i >= 0, with slope 1; "inactive" where z_i <= 0, with slope a.
+  Together they cover every point where f is differentiable (almost every point), so the larger of their
+  bounds bounds the parent. The split constraint *propagates*: z_i's bounds are clipped to [max(l,0), u]
+  (or [l, min(u,0)]), which makes its relaxation exact, and the forward bounds of every later layer are
+  recomputed by CROWN under it (`crown.forward_bounds_batch`, batched over the children, intersected with
+  the parent's bounds), so the neurons it drives become stable and the Jacobian bound falls with them.
+  On dense chains, domains whose decided neurons no input realises are dropped (`PatternLP`).
 
-Loop: a single priority queue of domains over all outputs (so the time goes to the outputs whose
-bound is the current maximum: outputs are processed worst first, as in the reference's sorted time
-split, but adaptively); pop up to ``batch`` domains with the largest bound, split each on the
-undecided neuron of largest area score (gu|gu| - gl|gl|) * |coefficient of s_i u_i in the final bound| + 1,
-bound all children in one batched pass, push them back. Stops on the time budget, at ``max_domains``
-domains, or when the worst domain has no undecided neuron left (then the bound is the exact maximum
-over the Clarke-consistent activation patterns of the forward bounds, for refresh "all").
+Every child is bounded by CROWN on the Jacobian graph with its own forward bounds (per-domain derivative
+ranges) and its decisions; a child's bound is capped by its parent's. The lower-bound hook evaluates the
+certified gradient norm (`lower.jacobian_norms`: points where f is differentiable only) at the centre and
+a random point of every popped domain's box; with the best lower bound the engine drops covered domains
+and stops at the target gap, or with nothing left (``exact``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import heapq
 import itertools
 import math
 import time
@@ -39,13 +35,26 @@ import time
 import numpy as np
 import torch
 
+from ...branch_and_bound import Domain, Engine
+from ...crown import forward_bounds_batch
 from ...errors import Unsupported
 from ...network import tensor_view
 from ...registry import MethodContext, MethodResult
+from ..lower.methods import jacobian_norms
 from .graph import JacobianGraph
-from .methods import FORWARD_SHARE, GRAPH_SHARE, cached_forward
+from .methods import FORWARD_SHARE, GRAPH_SHARE, cached_forward, combine
 
 DEFAULT_BUDGET = 30.0
+#: "auto" splits the input of networks with at most this many inputs (ACAS Xu: 5), neurons otherwise
+INPUT_SPLIT_MAX_DIM = 12
+#: the certified ends within this relative distance are reported as the exact value (the upper end)
+EXACT_RTOL = 1e-12
+#: in input splitting, a domain with at most this many undecided ReLU-like neurons splits them instead
+FEW_UNDECIDED = 3
+#: the lower-bound hook samples TOP_POINTS random points in each of the TOP_DOMAINS worst popped domains
+TOP_DOMAINS, TOP_POINTS = 8, 16
+#: an input dimension narrower than this fraction of the region's width is not split again
+MIN_WIDTH = 1e-9
 
 
 def _scores(G: JacobianGraph, res, und: dict, split_acts: list) -> torch.Tensor:
@@ -86,6 +95,7 @@ class PatternLP:
         rng = np.random.default_rng(0)
         pts = rng.uniform(region.lower.reshape(-1), region.upper.reshape(-1), size=(2000, self.lo.shape[0]))
         pts = np.concatenate([pts, region.mid.reshape(1, -1)])
+        self.X = torch.as_tensor(pts)
         pre = net.preactivations(torch.as_tensor(pts).reshape((-1,) + net.input_shape))
         self.Z = torch.cat([z.reshape(z.shape[0], -1) for z in pre], 1)  # (n_samples, N)
         self.lp_calls = 0
@@ -107,34 +117,23 @@ class PatternLP:
                 break
         return rows, n
 
-    def feasible(self, dec: torch.Tensor, use_lp: bool = True):
-        """True (realisable), False (no input realises the decisions), or None (undecided without an
-        LP, when ``use_lp`` is false)."""
+    def feasible(self, dec: torch.Tensor, use_lp: bool = True, box=None):
+        """True (realisable), False (no input of the box realises the decisions), or None (undecided without
+        an LP, when ``use_lp`` is false). ``box``: (lo, hi) of a sub-box of the region (default: the region)."""
         rows, n = self.checkable(dec)
         if n == 0:
             return True
         cols = torch.cat([self.offsets[li] + idx for li, (idx, _) in enumerate(rows)])
         sg = torch.cat([g for _, g in rows])
-        if bool(((self.Z[:, cols] * sg) >= 0).all(1).any()):
+        agree = ((self.Z[:, cols] * sg) >= 0).all(1)
+        if box is not None:  # only samples inside the sub-box certify it
+            agree &= ((self.X >= box[0]) & (self.X <= box[1])).all(1)
+        if bool(agree.any()):
             return True
-        A = torch.eye(self.lo.shape[0], dtype=torch.float64)
-        c = torch.zeros(self.lo.shape[0], dtype=torch.float64)
-        A_ub, b_ub = [], []
-        for li, (idx, g) in enumerate(rows):
-            M = self.W[li] @ A
-            m = self.W[li] @ c + self.b[li]
-            if len(idx):
-                Mi, mi = M[idx], m[idx]
-                slack = 1e-7 * (1.0 + mi.abs() + Mi.abs().sum(1) * self.rad)
-                # g = +1: z_i >= -slack  <=>  -M_i x <= m_i + slack ; g = -1: M_i x <= -m_i + slack
-                A_ub.append(-g[:, None] * Mi)
-                b_ub.append(g * mi + slack)
-            d = dec[self.offsets[li] : self.offsets[li + 1]]
-            slope = torch.where(self.und[li], torch.where(d > 0, torch.ones_like(self.sfix[li]),
-                                                          torch.full_like(self.sfix[li], self.params[li])), self.sfix[li])
-            A, c = slope[:, None] * M, slope * m
-        A_ub, b_ub = torch.cat(A_ub).numpy(), torch.cat(b_ub).numpy()
-        lo, hi = self.lo.numpy(), self.hi.numpy()
+        A_ub, b_ub, slack = self._rows(rows, dec)
+        b_ub = b_ub + slack
+        A_ub, b_ub = A_ub.numpy(), b_ub.numpy()
+        lo, hi = (self.lo.numpy(), self.hi.numpy()) if box is None else (box[0].numpy(), box[1].numpy())
         # a single constraint that fails on the whole box: infeasible without an LP (exact)
         row_min = np.clip(A_ub, 0, None) @ lo + np.clip(A_ub, None, 0) @ hi
         if bool((row_min > b_ub).any()):
@@ -145,6 +144,39 @@ class PatternLP:
             return True  # no time for the LP: keep the domain (sound: only proven-infeasible ones are dropped)
         self.lp_calls += 1
         return self._lp_feasible(A_ub, b_ub, lo, hi)
+
+    def _rows(self, rows: list, dec: torch.Tensor):
+        """(A, b, slack): the checkable decisions as rows A x <= b (z_i >= 0 or z_i <= 0 with the layers
+        before fixed, so z_i is affine in x), and a small slack per row for rounding."""
+        A = c = None  # h_{li-1} = A x + c (None: the input itself)
+        A_ub, b_ub, slack = [], [], []
+        for li, (idx, g) in enumerate(rows):
+            M = self.W[li] if A is None else self.W[li] @ A
+            m = self.b[li] if A is None else self.W[li] @ c + self.b[li]
+            if len(idx):
+                Mi, mi = M[idx], m[idx]
+                # g = +1: z_i >= 0  <=>  -M_i x <= m_i ; g = -1: M_i x <= -m_i
+                A_ub.append(-g[:, None] * Mi)
+                b_ub.append(g * mi)
+                slack.append(1e-7 * (1.0 + mi.abs() + Mi.abs().sum(1) * self.rad))
+            d = dec[self.offsets[li] : self.offsets[li + 1]]
+            slope = torch.where(self.und[li], torch.where(d > 0, torch.ones_like(self.sfix[li]),
+                                                          torch.full_like(self.sfix[li], self.params[li])), self.sfix[li])
+            A, c = slope[:, None] * M, slope * m
+        return torch.cat(A_ub), torch.cat(b_ub), torch.cat(slack)
+
+    def interior_point(self, dec: torch.Tensor, box) -> np.ndarray | None:
+        """A point of the box deepest inside the region of the checkable decisions (max-slack LP), or None."""
+        from ...highs import Status
+        from ...methods.exact.enumerate import max_slack_point
+
+        rows, n = self.checkable(dec)
+        if n == 0:
+            return None
+        A_ub, b_ub, _ = self._rows(rows, dec)
+        # A x <= b  <=>  (-A) x + b >= 0: the form of max_slack_point (G x + h >= t ||G_i||)
+        t, x = max_slack_point(-A_ub.numpy(), b_ub.numpy(), box[0].numpy(), box[1].numpy())
+        return x if x is not None and t > 0 else None
 
     def _lp_feasible(self, A_ub, b_ub, lo, hi) -> bool:
         """False only when HiGHS proves {A_ub x <= b_ub, lo <= x <= hi} empty (a solve stopped on time keeps
@@ -161,15 +193,16 @@ class PatternLP:
         if self.Z.shape[0] < 6000 and r.status == highs.Status.OPTIMAL and r.primal is not None:
             x = torch.as_tensor(np.asarray(r.primal, dtype=np.float64))
             x = torch.minimum(torch.maximum(x, self.lo), self.hi)
+            self.X = torch.cat([self.X, x.reshape(1, -1)])
             pre = self.net.preactivations(x.reshape((1,) + self.net.input_shape))
             self.Z = torch.cat([self.Z, torch.cat([z.reshape(1, -1) for z in pre], 1)])
         return True
 
 
-def _plan(refresh: str, batch: int, budget: float, t_root: float, n_classes: int) -> tuple[str, int]:
+def _plan(refresh: str, batch: int, budget: float, t_root: float, n_rows: int) -> tuple[str, int]:
     """The cost model: refresh "all" when a full batch of children costs at most 20% of the budget (or
     1 s), else "input" with a batch that fits 10% of it."""
-    per_elem = t_root / n_classes
+    per_elem = t_root / n_rows
     if refresh == "auto":
         refresh = "all" if per_elem * 2 * batch <= max(0.2 * budget, 1.0) else "input"
     if refresh != "all":
@@ -178,273 +211,423 @@ def _plan(refresh: str, batch: int, budget: float, t_root: float, n_classes: int
 
 
 @dataclasses.dataclass
-class _Children:
-    """The children of one step: decisions (C, N) int8, the split neuron, the position of the output in
-    ``classes``, the parent's bound and how many decisions the pattern check has already covered."""
+class _Part:
+    """The data of one domain: its box (flat), its fixed slopes (N,) int8 (+1 active, -1 inactive, 0 free),
+    the forward bounds valid on it, the first node whose forward bounds its children must recompute, the
+    split chosen for it (("input", dimension), ("neuron", flat index) or None) and the pattern-LP rows
+    already checked."""
 
+    lo: torch.Tensor
+    hi: torch.Tensor
     dec: torch.Tensor
-    idx: torch.Tensor
-    cls_pos: list
-    parent: torch.Tensor
-    n_rows: list
-
-    def take(self, keep: list) -> "_Children":
-        k = torch.tensor(keep)
-        return _Children(self.dec[k], self.idx[k], [self.cls_pos[b] for b in keep], self.parent[k],
-                         [self.n_rows[b] for b in keep])
+    fwd: dict
+    refine_from: int
+    split: tuple | None = None
+    n_rows: int = 0
+    check: bool = False  # a decision the pattern LP has not confirmed on this box yet
+    explicit: bool = False  # some slope was fixed by a neuron split (not only implied by the bounds)
 
 
-class _Search:
-    """One crown-bab run: a priority queue of domains over all outputs, heap items
-    (-bound, tie-break counter, output position, decisions, next neuron to split or -1, LP rows checked);
-    one step is `select` -> `split` -> `prune` -> `bound` -> `record`."""
+class _JacobianSearch:
+    """The `branch_and_bound.Problem` of crown-bab (see the module doc). Keys are output positions in
+    ``classes``, or -1 for a domain that bounds all outputs at once (l2 / l1 with several outputs)."""
 
-    def __init__(self, net, G: JacobianGraph, root, classes: list, norm, split_acts: list, ctx):
-        self.net, self.G, self.root, self.classes, self.norm, self.ctx = net, G, root, classes, norm, ctx
-        self.multi = len(classes) > 1
+    combine = "max"
+
+    def __init__(self, net, ctx: MethodContext, G: JacobianGraph, classes: list, split_acts: list, mode: str):
+        self.net, self.ctx, self.root_G, self.classes, self.mode = net, ctx, G, classes, mode
+        self.norm = ctx.norm
+        # one domain for all outputs (sharing forward bounds and pattern LPs) except l_inf input splitting,
+        # where domains per output let the search spend its time on the worst output
+        self.all_outputs = len(classes) > 1 and (ctx.norm != math.inf or mode == "neuron")
         self.split_acts = split_acts
         self.offsets = list(itertools.accumulate([0] + [net.nodes[k].size for k in split_acts]))
-        self.N = self.offsets[-1]
-        #: undecided neurons that cannot be split (not of the ReLU-like form): every domain keeps them
-        self.unsplittable = [k for k in G.acts if k not in split_acts and bool((G.s[k][1] > G.s[k][0]).any())]
-        self.root_vals = {i: float(root.value[i]) for i in range(len(classes))}
-        self.history = [(time.perf_counter() - ctx.start, self.combine(self.root_vals))]
-        self.heap: list = []
-        self.counter = itertools.count()
-        self.lp, self.lp_eager, self.refresh, self.batch = None, False, "all", 1
-        self.pruned = self.steps = 0
+        self.root_width = torch.as_tensor((ctx.region.upper - ctx.region.lower).reshape(-1), dtype=torch.float64)
+        self.first_act = min(G.acts) if G.acts else 0
+        self.relu_like = {k: net.nodes[k].op.fn.relu_like_slope is not None for k in G.acts}
+        self.lp = None
+        self.lp_eager = False
+        self.refresh, self.root_res = "all", None
+        self.deadline = None
+        self.pruned = 0
+        self.rng = np.random.default_rng(ctx.seed)
 
-    def splittable_undecided(self) -> bool:
-        return self.N > 0 and any(bool((self.G.s[k][1] > self.G.s[k][0]).any()) for k in self.split_acts)
+    # ---- bounding ----------------------------------------------------------------------------------
+    def bound(self, children: list) -> list:
+        keys, parts = [c[0] for c in children], [c[1] for c in children]
+        fwd = self._forward(parts)
+        dec = self._implied(torch.stack([p.dec for p in parts]), fwd)
+        res, rows, G = self._graph(keys, fwd, dec)
+        values, entry_abs, scores = self._per_domain(res, rows, G, len(parts))
+        lo, hi = torch.stack([p.lo for p in parts]), torch.stack([p.hi for p in parts])
+        splits = self._choose(lo, hi, fwd, dec, entry_abs, scores)
+        out = []
+        keys_f = list(fwd)
+        flat = torch.cat([fwd[k][i] for k in keys_f for i in (0, 1)], 1)
+        ends = list(itertools.accumulate([0] + [fwd[k][i].shape[1] for k in keys_f for i in (0, 1)]))
+        for b, p in enumerate(parts):
+            row = flat[b].clone()  # one copy per child: a dropped child frees its memory, not its batch's
+            f = {k: (row[ends[2 * j] : ends[2 * j + 1]], row[ends[2 * j + 1] : ends[2 * j + 2]])
+                 for j, k in enumerate(keys_f)}
+            out.append((float(values[b]), _Part(p.lo, p.hi, dec[b].clone(), f, p.refine_from, splits[b], p.n_rows,
+                                                p.check, p.explicit)))
+        return out
 
-    def combine(self, per_class: dict) -> float:
-        vals = torch.tensor(list(per_class.values()), dtype=torch.float64)
-        if self.norm == 2 and self.multi:
-            return float(torch.sqrt((vals ** 2).sum()))
-        return float(vals.max())
+    def _forward(self, parts: list) -> dict:
+        """Forward bounds of each domain: CROWN from its first changed layer on, within its parent's."""
+        lo, hi = torch.stack([p.lo for p in parts]), torch.stack([p.hi for p in parts])
+        known = {k: (torch.stack([p.fwd[k][0] for p in parts]), torch.stack([p.fwd[k][1] for p in parts]))
+                 for k in parts[0].fwd}
+        refine = min(p.refine_from for p in parts)
+        if refine > max(known):
+            return known
+        return forward_bounds_batch(self.net, lo, hi, known, refine, deadline=self.deadline)
 
-    def target_reached(self) -> bool:
-        """True when an enclosing run (`lipbound.certify`, through ``ctx.shared``) already has a certified
-        lower bound L and a target gap g with current bound <= g L: splitting further cannot change its answer."""
-        lower, gap = self.ctx.shared_value("best_lower"), self.ctx.shared_value("target_gap")
-        return lower is not None and gap is not None and lower > 0 and self.current_bound() <= gap * lower
+    def _implied(self, dec: torch.Tensor, fwd: dict) -> torch.Tensor:
+        """Decisions the domain's forward bounds imply (z >= 0 or z <= 0 proven): recorded so that the pattern
+        LP can use them and the split rule skips them."""
+        dec = dec.clone()
+        for i, k in enumerate(self.split_acts):
+            d = dec[:, self.offsets[i] : self.offsets[i + 1]]
+            l, u = fwd[k]
+            root_und = self.root_G.s[k][1] > self.root_G.s[k][0]  # stable at the root: no decision needed
+            d[(d == 0) & (l >= 0) & root_und] = 1
+            d[(d == 0) & (u <= 0) & root_und] = -1
+        return dec
 
-    def current_bound(self) -> float:
-        if not (self.norm == 2 and self.multi):
-            return -self.heap[0][0]
-        per = {}
-        for negb, _, ci, *_ in self.heap:
-            per[ci] = max(per.get(ci, 0.0), -negb)
-        return self.combine(per)
-
-    def push_roots(self):
-        G = self.G
-        und_root = {k: (G.s[k][1] > G.s[k][0]).unsqueeze(0).expand(len(self.classes), -1) for k in G.acts}
-        scores = _scores(G, self.root, und_root, self.split_acts)
-        for i in range(len(self.classes)):
-            nxt = int(scores[i].argmax()) if bool((scores[i] > 0).any()) else -1
-            heapq.heappush(self.heap, (-self.root_vals[i], next(self.counter), i, torch.zeros(self.N, dtype=torch.int8),
-                                       nxt, 0))
-
-    # ---- one step ---------------------------------------------------------------------------------
-    def select(self) -> tuple[list, bool]:
-        """Pop up to ``batch`` domains with the largest bounds (lazy pattern LP on each popped domain whose
-        checkable decisions grew). Returns (popped, done): done when the worst domain has nothing left
-        to split (it and everything popped go back)."""
-        popped, closed, done = [], [], False
-        while self.heap and len(popped) < self.batch:
-            item = heapq.heappop(self.heap)
-            if self.lp is not None:  # lazy pattern check: only domains that reach the top are checked
-                n_rows = self.lp.checkable(item[3])[1]
-                if n_rows > item[5]:
-                    if not self.lp.feasible(item[3]):
-                        self.pruned += 1
-                        continue
-                    item = item[:5] + (n_rows,)
-            if item[4] < 0:
-                if not popped and not closed:
-                    done = True  # the worst remaining domain has no splittable undecided neuron
-                closed.append(item)
-                if done:
-                    break
-                continue
-            popped.append(item)
-        for item in closed:
-            heapq.heappush(self.heap, item)
-        if done:
-            for item in popped:
-                heapq.heappush(self.heap, item)
-        return popped, done
-
-    def split(self, popped: list) -> _Children:
-        """Two children per domain: +1 (active slope) and -1 (inactive slope) on its chosen neuron."""
-        dec = torch.stack([it[3] for it in popped] * 2)
-        idx = torch.tensor([it[4] for it in popped] * 2)
-        sign = torch.tensor([1] * len(popped) + [-1] * len(popped), dtype=torch.int8)
-        dec[torch.arange(dec.shape[0]), idx] = sign
-        return _Children(dec, idx, [it[2] for it in popped] * 2,
-                         torch.tensor([-it[0] for it in popped] * 2, dtype=torch.float64), [it[5] for it in popped] * 2)
-
-    def prune(self, ch: _Children) -> _Children | None:
-        """Drop the children the cheap pattern checks (samples, single rows; the LP itself only with
-        ``lp_eager``) prove unrealisable; None when none is left."""
-        if self.lp is None:
-            return ch
-        keep = []
-        for b in range(ch.dec.shape[0]):
-            n_rows = self.lp.checkable(ch.dec[b])[1]
-            if n_rows > ch.n_rows[b]:
-                ok = self.lp.feasible(ch.dec[b], use_lp=self.lp_eager)
-                if ok is False:
-                    self.pruned += 1
-                    continue
-                if ok:
-                    ch.n_rows[b] = n_rows
-            keep.append(b)
-        if not keep:
-            return None
-        return ch if len(keep) == ch.dec.shape[0] else ch.take(keep)
-
-    def bound(self, ch: _Children) -> tuple[torch.Tensor, torch.Tensor]:
-        """The children's bounds (never above the parent's) and their split scores."""
-        G = self.G
-        decisions = {k: ch.dec[:, self.offsets[i] : self.offsets[i + 1]] for i, k in enumerate(self.split_acts)}
-        cls = [self.classes[c] for c in ch.cls_pos]
+    def _graph(self, keys: list, fwd: dict, dec: torch.Tensor):
+        """CROWN on the Jacobian graph of every (domain, output) row."""
+        B = dec.shape[0]
+        m = len(self.classes)
+        if self.all_outputs:
+            rows = torch.arange(B).repeat_interleave(m)
+            cls = torch.tensor(self.classes).repeat(B)
+            pos = torch.arange(m).repeat(B)
+        else:
+            rows = torch.arange(B)
+            pos = torch.tensor(keys)
+            cls = torch.tensor([self.classes[k] for k in keys])
+        G = JacobianGraph(self.net, {k: (fwd[k][0][rows], fwd[k][1][rows]) for k in fwd})
+        G.deadline = self.deadline
+        decisions = {k: dec[rows, self.offsets[i] : self.offsets[i + 1]] for i, k in enumerate(self.split_acts)}
         g_known = v_known = None
         if self.refresh != "all":
-            sel = torch.tensor(ch.cls_pos)
-            g_known = {k: (self.root.g[k][0][sel], self.root.g[k][1][sel]) for k in G.acts}
-            v_known = (self.root.v[0][sel], self.root.v[1][sel])
+            g_known = {k: (self.root_res.g[k][0][pos], self.root_res.g[k][1][pos]) for k in G.acts}
+            v_known = (self.root_res.v[0][pos], self.root_res.v[1][pos])
         res = G.bound(cls, self.norm, mode="crown", decisions=decisions, g_known=g_known, v_known=v_known,
                       refresh=self.refresh)
-        vals = torch.minimum(res.value, ch.parent)
+        return res, rows, G
+
+    def _per_domain(self, res, rows, G, B: int):
+        """(value (B,), |df/dx| bound (B, n0), neuron split scores (B, N)) of every domain from its rows."""
         und = {k: G._und[k] for k in G.acts}
-        return vals, _scores(G, res, und, self.split_acts)
+        scores = _scores(G, res, und, self.split_acts) if self.split_acts else torch.zeros(len(rows), 0)
+        if not self.all_outputs:
+            vals = res.entry_abs.amax(1) if self.norm == 1 else res.value
+            return vals, res.entry_abs, scores
+        m = len(self.classes)
+        vals = torch.stack([torch.tensor(combine(res.value[b * m:(b + 1) * m], res.entry_abs[b * m:(b + 1) * m],
+                                                 self.norm, True)) for b in range(B)])
+        ea = res.entry_abs.reshape(B, m, -1).amax(1)
+        return vals, ea, scores.reshape(B, m, -1).sum(1)
 
-    def record(self, ch: _Children, vals: torch.Tensor, scores: torch.Tensor):
-        """Push the children back with their next neuron to split (-1: nothing left)."""
-        for b in range(ch.dec.shape[0]):
-            nxt = int(scores[b].argmax()) if bool((scores[b] > 0).any()) else -1
-            heapq.heappush(self.heap, (-float(vals[b]), next(self.counter), ch.cls_pos[b], ch.dec[b].clone(), nxt,
-                                       ch.n_rows[b]))
-
-    def run(self, deadline: float, max_domains: int, details: dict) -> tuple[str, bool]:
-        """Steps until the time budget, ``max_domains`` domains, or the worst domain has nothing left to
-        split. Returns (status, done)."""
-        ctx, last_step = self.ctx, 0.0
-        while True:
-            now = time.perf_counter()
-            if now + last_step > deadline or ctx.out_of_time():
-                return "time_limit", False
-            if len(self.heap) >= max_domains:
-                details["stopped"] = "max_domains"
-                return "time_limit", False
-            if not self.heap:
-                return "time_limit", False
-            if self.target_reached():
-                details["stopped"] = "target gap: upper <= target_gap x the best certified lower bound of the run"
-                return "ok", False
-            popped, done = self.select()
-            if done:
-                return "ok", True
-            if not self.heap and not popped:
-                return "time_limit", False  # every domain pruned (cannot happen for a sound pattern check)
-            if not popped:
-                continue
-            ch = self.prune(self.split(popped))
-            if ch is not None:
-                self.record(ch, *self.bound(ch))
-            self.steps += 1
-            last_step = time.perf_counter() - now
-            self.history.append((time.perf_counter() - ctx.start,
-                                 self.current_bound() if self.heap else self.history[-1][1]))
-
-    def result(self, status: str, done: bool, details: dict, t_start: float) -> MethodResult:
-        history = self.history
-        value = min(self.current_bound(), history[0][1]) if self.heap else history[-1][1]
-        if history[-1][1] != value:
-            history.append((time.perf_counter() - self.ctx.start, value))
-        per = {}
-        for negb, _, ci, *_ in self.heap:
-            per[self.classes[ci]] = max(per.get(self.classes[ci], 0.0), -negb)
-        if self.lp is not None:
-            details["lp_calls"] = self.lp.lp_calls
-        converged = done and not self.unsplittable
-        details.update(steps=self.steps, domains=len(self.heap), converged=converged, per_output=per,
-                       pruned=self.pruned, time_bab_s=time.perf_counter() - t_start)
-        if done and self.unsplittable:
-            details["stopped"] = "unsplittable"
-            details["note"] = self.unsplittable_note()
-        elif converged:
+    def _choose(self, lo, hi, fwd: dict, dec, entry_abs, scores) -> list:
+        """The split of every domain (batched): in input mode, a domain with at most ``FEW_UNDECIDED``
+        undecided ReLU-like neurons splits them (first layer first, so that the pattern LP can check the
+        decisions on its box), else its box along the dimension of largest width x |df/dx_d| bound; in
+        neuron mode the neuron of largest area score. None: nothing left to split."""
+        B = lo.shape[0]
+        out: list = [None] * B
+        if self.mode == "input":
+            width = hi - lo
+            sc = torch.where(width > MIN_WIDTH * self.root_width, width * (entry_abs + 1e-12), torch.zeros_like(width))
+            dim = sc.argmax(1)
+            ok = (sc > 0).any(1)
+            few = decided = torch.zeros(B, dtype=torch.bool)
             if self.lp is not None:
-                details["note"] = ("the worst domain is a fully decided activation pattern that an LP found realisable "
-                                   "in the box: the value is the gradient norm of that pattern")
-            else:
-                details["note"] = ("the worst domain is fully decided: the value is the maximum over the activation "
-                                   "patterns consistent with the forward bounds")
-        return MethodResult(value, status=status, details=details)
+                und = torch.cat([(fwd[k][0] < 0) & (fwd[k][1] > 0) for k in self.split_acts], 1) & (dec == 0)
+                n_und = und.sum(1)
+                few = (n_und > 0) & (n_und <= FEW_UNDECIDED)
+                # every ReLU-like neuron decided (and no other undecided): the domain's value is one
+                # pattern's gradient norm; the lower-bound hook looks for a point inside its region
+                decided = (n_und == 0) & ~self._other_undecided(fwd)
+                first = und.to(torch.int8).argmax(1)
+            for b in range(B):
+                if bool(decided[b]):
+                    continue
+                if bool(few[b]):
+                    out[b] = ("neuron", int(first[b]))
+                elif bool(ok[b]):
+                    out[b] = ("input", int(dim[b]))
+            return out
+        if scores.numel():
+            if self.lp is not None:  # earliest layer first: the pattern LP can only check decided prefixes
+                scores = self._first_layer_only(scores)
+            best, arg = scores.max(1)
+            for b in range(B):
+                if float(best[b]) > 0:
+                    out[b] = ("neuron", int(arg[b]))
+        return out
 
-    def unsplittable_note(self) -> str:
-        names = sorted({self.net.nodes[k].op.fn.describe() for k in self.unsplittable})
-        return (f"undecided {', '.join(names)} neurons are not split (only the ReLU-like form max(z, 0) + a min(z, 0) "
-                "is): their whole derivative range stays in every domain (sound, not refined)")
+    def _first_layer_only(self, scores: torch.Tensor) -> torch.Tensor:
+        """Scores zeroed outside each domain's first layer that has an undecided neuron."""
+        out = torch.zeros_like(scores)
+        left = torch.ones(scores.shape[0], dtype=torch.bool)
+        for i in range(len(self.split_acts)):
+            part = scores[:, self.offsets[i] : self.offsets[i + 1]]
+            here = left & (part > 0).any(1)
+            out[:, self.offsets[i] : self.offsets[i + 1]] = torch.where(here[:, None], part, torch.zeros_like(part))
+            left &= ~here
+        return out
+
+    def _other_undecided(self, fwd: dict) -> torch.Tensor:
+        """(B,) True where a neuron that cannot be split (not ReLU-like) is undecided."""
+        out = torch.zeros(next(iter(fwd.values()))[0].shape[0], dtype=torch.bool)
+        for k in self.root_G.acts:
+            if k not in self.split_acts:
+                sl, su = self.net.nodes[k].op.fn.derivative_range(*fwd[k])
+                out |= (su > sl).any(1)
+        return out
+
+    # ---- branching ---------------------------------------------------------------------------------
+    def splittable(self, d: Domain) -> bool:
+        return d.data.split is not None
+
+    def empty(self, d: Domain) -> bool:
+        """A fully decided domain whose pattern no input of its box realises (pattern LP)."""
+        return not self._realisable(d.data)
+
+    def branch(self, domains: list) -> list:
+        out = []
+        for d in domains:
+            if not self._realisable(d.data):
+                self.pruned += 1
+                continue
+            kind, i = d.data.split
+            kids = self._input_children(d.data, i) if kind == "input" else self._neuron_children(d.data, i)
+            out += [(d.key, c, d.upper) for c in kids if self._cheap_realisable(c)]
+        return out
+
+    def _input_children(self, p: _Part, i: int) -> list:
+        mid = (p.lo[i] + p.hi[i]) / 2
+        hi1, lo2 = p.hi.clone(), p.lo.clone()
+        hi1[i], lo2[i] = mid, mid
+        # split decisions confirmed on the parent's box must be confirmed again on each half
+        check = p.check or bool(p.explicit)
+        n_rows = 0 if check else p.n_rows
+        return [_Part(p.lo, hi1, p.dec, p.fwd, self.first_act, None, n_rows, check, p.explicit),
+                _Part(lo2, p.hi, p.dec, p.fwd, self.first_act, None, n_rows, check, p.explicit)]
+
+    def _neuron_children(self, p: _Part, i: int) -> list:
+        """Active (z_i >= 0, slope 1) and inactive (z_i <= 0, slope a) children, z_i's bounds clipped."""
+        li = next(j for j in range(len(self.split_acts)) if self.offsets[j + 1] > i)
+        k, j = self.split_acts[li], i - self.offsets[li]
+        kids = []
+        for sign in (1, -1):
+            dec = p.dec.clone()
+            dec[i] = sign
+            l, u = p.fwd[k][0].clone(), p.fwd[k][1].clone()
+            if sign > 0:
+                l[j] = torch.clamp(l[j], min=0.0)
+            else:
+                u[j] = torch.clamp(u[j], max=0.0)
+            fwd = dict(p.fwd)
+            fwd[k] = (l, u)
+            kids.append(_Part(p.lo, p.hi, dec, fwd, k + 1, None, p.n_rows, True, True))
+        return kids
+
+    def _realisable(self, p: _Part) -> bool:
+        """The lazy pattern LP on a popped domain whose checkable decisions grew (False: no input realises it)."""
+        if self.lp is None or not p.check:
+            return True
+        n_rows = self.lp.checkable(p.dec)[1]
+        if n_rows > p.n_rows:
+            if not self.lp.feasible(p.dec, box=self._box(p)):
+                return False
+            p.n_rows, p.check = n_rows, False
+        return True
+
+    def _cheap_realisable(self, p: _Part) -> bool:
+        if self.lp is None or not p.check:
+            return True
+        n_rows = self.lp.checkable(p.dec)[1]
+        if n_rows > p.n_rows:
+            ok = self.lp.feasible(p.dec, use_lp=self.lp_eager, box=self._box(p))
+            if ok is False:
+                self.pruned += 1
+                return False
+            if ok:
+                p.n_rows, p.check = n_rows, False
+        return True
+
+    def _pattern_points(self, domains: list) -> list:
+        """For fully decided domains (nothing left to split) on a dense chain: the point deepest inside their
+        activation region (max-slack LP), where the gradient is the domain's exact value."""
+        if self.lp is None:
+            return []
+        pts = []
+        for d in domains:
+            if d.data.split is None:
+                x = self.lp.interior_point(d.data.dec, (d.data.lo, d.data.hi))
+                if x is not None:
+                    pts.append(torch.as_tensor(x, dtype=torch.float64).reshape(1, -1))
+        return pts
+
+    def _box(self, p: _Part):
+        return (p.lo, p.hi) if self.mode == "input" else None
+
+    # ---- the lower-bound hook ----------------------------------------------------------------------
+    def lower(self, domains: list):
+        """The certified gradient norm at the centre and a random point of each popped domain's box."""
+        lo = torch.stack([d.data.lo for d in domains])
+        hi = torch.stack([d.data.hi for d in domains])
+        if self.mode == "neuron":  # every domain has the region's box: random points only
+            lo, hi = lo[:1].expand(len(domains), -1), hi[:1].expand(len(domains), -1)
+            X = lo + (hi - lo) * torch.as_tensor(self.rng.random(lo.shape))
+        else:  # the worst domains (first popped) get more points: their bound is the one to meet
+            top = min(len(domains), TOP_DOMAINS)
+            lo_t, hi_t = lo[:top].repeat(TOP_POINTS, 1), hi[:top].repeat(TOP_POINTS, 1)
+            X = torch.cat([(lo + hi) / 2, lo + (hi - lo) * torch.as_tensor(self.rng.random(lo.shape)),
+                           lo_t + (hi_t - lo_t) * torch.as_tensor(self.rng.random(lo_t.shape))])
+        X = torch.cat([X] + self._pattern_points(domains))
+        X = X.reshape((-1,) + self.net.input_shape)
+        vals = jacobian_norms(self.net, X, self.norm, self.ctx.output)
+        b = int(torch.argmax(vals))
+        v = float(vals[b])
+        return (v, X[b].detach().numpy().reshape(-1)) if math.isfinite(v) else None
+
+
+def _mode(net, ctx: MethodContext, split_acts: list) -> str:
+    opt = ctx.option("split")
+    if opt != "auto":
+        return opt
+    return "input" if net.n_inputs <= INPUT_SPLIT_MAX_DIM else "neuron"
+
+
+def _unsplittable(net, G: JacobianGraph, split_acts: list) -> list:
+    return [k for k in G.acts if k not in split_acts and bool((G.s[k][1] > G.s[k][0]).any())]
+
+
+def _unsplittable_note(net, nodes: list) -> str:
+    names = sorted({net.nodes[k].op.fn.describe() for k in nodes})
+    return (f"undecided {', '.join(names)} neurons are not split (only the ReLU-like form max(z, 0) + a min(z, 0) "
+            "is): their whole derivative range stays in every domain (sound, not refined)")
+
+
+def _root_domains(search: _JacobianSearch, net, fwd: dict, root_vals: list, n_split: int) -> list:
+    lo = torch.as_tensor(search.ctx.region.lower.reshape(-1), dtype=torch.float64)
+    hi = torch.as_tensor(search.ctx.region.upper.reshape(-1), dtype=torch.float64)
+    keys = [-1] if search.all_outputs else list(range(len(search.classes)))
+    part = _Part(lo, hi, torch.zeros(n_split, dtype=torch.int8), dict(fwd), 10 ** 9)
+    bounded = search.bound([(k, part) for k in keys])
+    return [Domain(min(v, rv), k, p) for k, (v, p), rv in zip(keys, bounded, root_vals)]
 
 
 def branch_and_bound(net, ctx: MethodContext) -> MethodResult:
-    """See the module doc. Returns a certified upper bound (kind upper)."""
+    """Certified upper bound on the local Lipschitz constant over a box, in the l_inf, l2 or l1 operator norm
+    (see `methods` for what each norm's per-output bounds mean); exact (kind ``exact``, with a witness) when
+    the search closes the interval with its own lower bounds. Cost: up to the time limit (the option
+    ``budget`` when none is given); each step bounds ``batch`` x 2 children in one batched CROWN pass."""
     if ctx.region is None:
         raise Unsupported("crown-bab bounds a box region (give center and eps, or a box over the input domain)")
     t_start = time.perf_counter()
     budget = ctx.time_limit if ctx.time_limit is not None else ctx.option("budget")
     deadline = ctx.start + budget
-    batch = ctx.option("batch")
-    max_domains = ctx.option("max_domains")
-    refresh = ctx.option("refresh")  # validated: auto, all, input or final
     alpha = ctx.option("alpha")
-    norm = ctx.norm
-    if norm not in (2, math.inf):
-        raise Unsupported("crown-bab supports norms inf and 2")
-
-    # shared with crown through the blackboard; with a time limit the root bound keeps `crown`'s shares of
-    # it (its passes stop there and keep interval bounds: certified); the search then runs to the deadline
+    classes = [ctx.output] if ctx.output is not None else list(range(net.n_outputs))
+    # the root: crown's shares of the time (its bounds are cached on the blackboard for crown itself)
     fwd, fwd_cut = cached_forward(net, ctx, "crown", alpha, ctx.start + FORWARD_SHARE * budget)
     G = JacobianGraph(net, fwd)
     G.deadline = ctx.start + GRAPH_SHARE * budget
-    classes = [ctx.output] if ctx.output is not None else list(range(net.n_outputs))
     t0 = time.perf_counter()
-    root = G.bound(classes, norm, mode="crown")
+    root = G.bound(classes, ctx.norm, mode="crown")
     t_root = time.perf_counter() - t0
-    root_cut = fwd_cut or G.cut
-    G.deadline = deadline  # the children's bounds: cut at the deadline (a cut child keeps min(child, parent))
+    multi = len(classes) > 1
+    per_out = root.entry_abs.amax(1) if ctx.norm == 1 else root.value
+    root_value = combine(root.value, root.entry_abs, ctx.norm, multi)
     split_acts = [k for k in G.acts if net.nodes[k].op.fn.relu_like_slope is not None]
-    search = _Search(net, G, root, classes, norm, split_acts, ctx)
-    history = search.history
-    details = {"history": history, "root": history[0][1], "forward": "alpha-crown" if alpha else "crown",
+    unsplittable = _unsplittable(net, G, split_acts)
+    mode = _mode(net, ctx, split_acts)
+    details = {"root": root_value, "forward": "alpha-crown" if alpha else "crown", "split": mode,
                "undecided_neurons": [int((G.s[k][1] > G.s[k][0]).sum()) for k in G.acts]}
-    if root_cut:  # the root bound already took the time: no search
-        details.update(steps=0, domains=len(classes), converged=False,
+    if fwd_cut or G.cut:  # the root bound already took the time: no search
+        details.update(steps=0, domains=len(classes), converged=False, history=[(time.perf_counter() - ctx.start,
+                                                                                root_value)],
                        cut="the root CROWN bound stopped at the time limit: interval bounds kept from there "
                            "(certified, looser)")
-        return MethodResult(history[0][1], status="time_limit", details=details)
-    if not search.splittable_undecided():
-        details.update(steps=0, domains=len(classes), converged=not search.unsplittable,
-                       note=search.unsplittable_note() if search.unsplittable
+        return MethodResult(root_value, status="time_limit", details=details)
+    undecided = any(bool((G.s[k][1] > G.s[k][0]).any()) for k in G.acts)
+    if not undecided or (mode == "neuron" and not any(bool((G.s[k][1] > G.s[k][0]).any()) for k in split_acts)):
+        details.update(steps=0, domains=len(classes), converged=not unsplittable,
+                       history=[(time.perf_counter() - ctx.start, root_value)],
+                       note=_unsplittable_note(net, unsplittable) if unsplittable
                        else "no undecided ReLU-like neuron: nothing to split")
-        return MethodResult(history[0][1], details=details)
+        return _at_centre(net, ctx, root_value, details)
 
-    search.refresh, search.batch = _plan(refresh, batch, budget, t_root, len(classes))
-    details["refresh"] = search.refresh
-    details["batch"] = search.batch
-    lp_opt = ctx.option("lp_prune")  # True, False or "auto" (= True)
-    if lp_opt in ("auto", True) and net.n_inputs <= 2000:
+    search = _JacobianSearch(net, ctx, G, classes, split_acts, mode)
+    search.deadline = deadline
+    search.refresh, batch = _plan(ctx.option("refresh"), ctx.option("batch"), budget, t_root,
+                                  len(classes))
+    search.root_res = root
+    if ctx.option("lp_prune") in ("auto", True) and net.n_inputs <= 2000:
         try:
             search.lp = PatternLP(net, G, split_acts, search.offsets, ctx.region)
             search.lp.deadline = deadline
         except Unsupported:
             search.lp = None
-    details["lp_prune"] = search.lp is not None
     search.lp_eager = ctx.option("lp_eager")
+    root_vals = [root_value] if search.all_outputs else [float(v) for v in per_out]
+    roots = _root_domains(search, net, fwd, root_vals, search.offsets[-1])
+    outcome = _engine(search, ctx, batch, deadline).run(roots)
+    return _result(search, outcome, details, unsplittable, root_value, batch, t_start)
 
-    search.push_roots()
-    status, done = search.run(deadline, max_domains, details)
-    return search.result(status, done, details, t_start)
+
+def _at_centre(net, ctx: MethodContext, value: float, details: dict) -> MethodResult:
+    """The root's result with the certified gradient norm at the box's centre as its lower bound; exact when
+    they meet (no undecided neuron: one linear region)."""
+    x = torch.as_tensor(ctx.region.mid.reshape((1,) + net.input_shape), dtype=torch.float64)
+    low = float(jacobian_norms(net, x, ctx.norm, ctx.output)[0])
+    if not (math.isfinite(low) and low > 0):
+        return MethodResult(value, details=details)
+    w = x.numpy().reshape(-1)
+    if value <= low * (1 + EXACT_RTOL):
+        return MethodResult(value, kind="exact", witness=w, details=details, lower=low, lower_witness=w)
+    return MethodResult(value, details=details, lower=low, lower_witness=w)
+
+
+def _engine(search: _JacobianSearch, ctx: MethodContext, batch: int, deadline: float) -> Engine:
+    """The engine with what an enclosing run (`lipbound.certify`, through ``ctx.shared``) knows: its certified
+    lower bound and witness, and its target gap when that is looser than this method's."""
+    gap = max(ctx.option("target_gap"), ctx.shared_value("target_gap", 1.0))
+    lower = ctx.shared_value("best_lower", 0.0)
+    return Engine(search, batch=batch, deadline=deadline, target_gap=gap, max_domains=ctx.option("max_domains"),
+                  lower=lower, witness=ctx.shared_value("witness"), start=ctx.start,
+                  outside_lower=lambda: ctx.shared_value("best_lower"))
+
+
+def _result(search: _JacobianSearch, out, details: dict, unsplittable: list, root_value: float, batch: int,
+            t_start: float) -> MethodResult:
+    value = min(out.upper, root_value)
+    per: dict = {}
+    if not search.all_outputs:
+        for key, upper in out.open:
+            per[search.classes[key]] = max(per.get(search.classes[key], 0.0), upper)
+    converged = out.status == "exact" or (out.status == "converged" and not (search.mode == "neuron" and unsplittable))
+    details.update(history=[(t, u) for t, _, u in out.history], timeline=out.history, steps=out.steps,
+                   domains=out.domains, dropped=out.dropped, per_output=per, pruned=search.pruned, converged=converged,
+                   stopped=out.status, refresh=search.refresh, batch=batch, lp_prune=search.lp is not None,
+                   time_bab_s=time.perf_counter() - t_start)
+    if search.lp is not None:
+        details["lp_calls"] = search.lp.lp_calls
+    if out.status == "converged" and search.mode == "neuron" and unsplittable:
+        details["stopped"] = "unsplittable"
+        details["note"] = _unsplittable_note(search.net, unsplittable)
+    lower = out.lower if out.lower > 0 and out.witness is not None else None
+    status = "time_limit" if out.status in ("time_limit", "max_domains") else "ok"
+    met = out.witness is not None and out.lower > 0 and value <= out.lower * (1 + EXACT_RTOL)
+    if out.status == "exact" and out.witness is not None or met:
+        # the certified ends meet (to rounding): the value is the exact constant, attained at the witness
+        return MethodResult(value, kind="exact", status=status, witness=np.asarray(out.witness), details=details,
+                            lower=out.lower, lower_witness=np.asarray(out.witness))
+    return MethodResult(value, status=status, details=details, lower=lower,
+                        lower_witness=None if lower is None else np.asarray(out.witness))

@@ -120,7 +120,9 @@ class JacobianBounds:
 
 
 class JacobianGraph:
-    """The backward graph of ``net`` with forward bounds fixed: {activation node: (lo, hi)}."""
+    """The backward graph of ``net`` with forward bounds fixed: {activation node: (lo, hi)}, flat (n,) for
+    one region, or (B, n) per batch element (branch-and-bound domains or boxes: then every `bound` call
+    has that batch size B)."""
 
     def __init__(self, net: Network, fwd: dict):
         for node in net.nodes:
@@ -148,7 +150,7 @@ class JacobianGraph:
         segment between a and 1."""
         out = {}
         for k in self.acts:
-            sl, su = (t.unsqueeze(0).expand(B, -1) for t in self.s[k])
+            sl, su = (t.unsqueeze(0).expand(B, -1) if t.dim() == 1 else t for t in self.s[k])
             if decisions is not None and k in decisions:
                 fn = self.net.nodes[k].op.fn
                 neg = fn.relu_like_slope

@@ -4,9 +4,10 @@ Methods (all ``upper``, box regions only; a "global" box over an input domain is
   * ``crown``: forward pre-activation bounds by CROWN (option ``alpha``: alpha-CROWN), then the
     backward (Clarke-Jacobian) graph bounded by CROWN with the exact chord relaxation of the product
     s*u and the chord of |v|, back-substituted to the one-hot start. All outputs in one batch.
-  * ``crown-bab``: ``crown`` plus branch and bound on undecided forward ReLU-like neurons
-    (anytime, default 30 s when no time limit is given; on dense ReLU chains unrealisable patterns are
-    pruned by LP, so it converges to the exact local constant; see `bab`).
+  * ``crown-bab``: ``crown`` refined by branch and bound on the project's engine (`branch_and_bound`):
+    input splitting for networks with few inputs, neuron splitting whose constraints propagate to the
+    later layers' bounds otherwise, certified lower bounds inside the search; exact (with a witness) when
+    the two ends meet; anytime, default 30 s when no time limit is given; see `bab`.
   * ``recurjac``: the same code with RecurJac's weaker relaxation (constant intervals for products
     whose gradient interval crosses 0).
   * ``ibp-jacobian``: interval forward bounds and interval propagation through the backward graph.
@@ -188,8 +189,9 @@ def ibp_jacobian_method(net, ctx: MethodContext) -> MethodResult:
     return MethodResult(value, details=details)
 
 
-@register_method("crown-bab", kind="upper", norms=(2, INF), regions=("box",), ops=OPS, activations=ACTS,
-                 description="local bound: CROWN on the Jacobian graph + branch and bound on unstable ReLUs",
+@register_method("crown-bab", kind="upper", norms=(1, 2, INF), regions=("box",), ops=OPS, activations=ACTS,
+                 description="local bound: CROWN on the Jacobian graph + branch and bound (input or neuron splits; "
+                             "exact when it closes)",
                  options={"alpha": Option(bool, True, "alpha-CROWN forward bounds (false: plain CROWN)"),
                           "batch": Option(int, 128, "domains split per step", min=1),
                           "refresh": Option(str, "auto", "intermediate bounds recomputed per child",
@@ -199,13 +201,18 @@ def ibp_jacobian_method(net, ctx: MethodContext) -> MethodResult:
                                              "realises (LP, dense chains, at most 2000 inputs; auto = true)"),
                           "lp_eager": Option(bool, False, "run the pattern LP on every child at once instead of "
                                              "when it is popped"),
-                          "budget": Option(float, BAB_DEFAULT_TIME, "seconds when no time limit is given", min=0)},
+                          "budget": Option(float, BAB_DEFAULT_TIME, "seconds when no time limit is given", min=0),
+                          "split": Option(str, "auto", "what a domain splits: the input box, ReLU-like neurons, or "
+                                          "auto (the input when the network has at most 12 inputs)",
+                                          choices=("auto", "input", "neuron")),
+                          "target_gap": Option(float, 1 + 1e-6, "stop when upper <= target_gap x the best certified "
+                                               "lower bound found", min=1.0)},
                  family=FAMILY)
 def crown_bab_method(net, ctx: MethodContext) -> MethodResult:
-    """Certified upper bound on the local Lipschitz constant over a box (norm inf; norm 2 as `crown`):
-    `crown` refined by branch and bound on undecided forward ReLU-like neurons (relu, leaky_relu, abs), anytime.
-    The bound only decreases; details['history'] lists (seconds, bound) after every step.
-    Cost: up to the time limit (default 30 s when none is given)."""
+    """Certified upper bound on the local Lipschitz constant over a box (norms inf, 2 and 1, per output as
+    `crown`), and the exact value with a witness when the search closes: `crown` refined by branch and bound
+    (`bab`), anytime. The bound only decreases; details['history'] lists (seconds, bound) after every step,
+    details['timeline'] (seconds, lower, upper). Cost: up to the time limit (default 30 s when none is given)."""
     from .bab import branch_and_bound
 
     with one_thread(net):

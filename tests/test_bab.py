@@ -1,0 +1,233 @@
+"""The branch-and-bound engine (`lipbound.branch_and_bound`) and crown-bab on it: batched forward bounds with
+split constraints, input and neuron splitting, lower bounds inside the search, every norm.
+
+Soundness (lower <= exact <= upper) is checked against `enumerate` (the exact local constant by region
+enumeration, written independently of the Jacobian-graph code) and against sampled gradients. A split
+constraint applied with the wrong sign (clipping z_i to [l, 0] in the child whose slope is 1) fails
+`test_split_constraint_bounds_hold_on_their_half`, `test_crown_bab_equals_enumeration` (values below the exact
+constant) and `test_bab_with_pattern_lp_reaches_the_exact_value` in test_local_crown.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import lipbound
+from lipbound import Region
+from lipbound.branch_and_bound import Domain, Engine
+from lipbound.crown import forward_bounds, forward_bounds_batch
+from lipbound.network import Activation
+from _nets import random_graph_net, random_mlp
+
+
+def _sampled(net, lo, hi, n, norm, seed=0):
+    rng = np.random.default_rng(seed)
+    x = torch.as_tensor(rng.uniform(lo, hi, size=(n, lo.size)))
+    J = net.jacobian(x.reshape((n,) + net.input_shape)).numpy()
+    if norm == math.inf:
+        return float(np.abs(J).sum(2).max())
+    if norm == 1:
+        return float(np.abs(J).sum(1).max())
+    return float(np.linalg.norm(J, 2, axis=(1, 2)).max())
+
+
+# ---------------------------------------------------------------- batched forward bounds ----------
+
+
+@pytest.mark.parametrize("make", [lambda: random_mlp([5, 12, 10, 8, 3], seed=0),
+                                  lambda: random_mlp([4, 9, 9, 2], seed=4, activation="tanh"),
+                                  lambda: random_mlp([3, 8, 8, 2], seed=2, activation="gelu"),
+                                  lambda: random_graph_net(1)])
+def test_forward_bounds_batch_equals_one_box_at_a_time(make):
+    net = make()
+    rng = np.random.default_rng(3)
+    n = net.n_inputs
+    c = rng.random((7, n))
+    eps = rng.uniform(0.01, 0.4, size=(7, 1))
+    lo, hi = c - eps, c + eps
+    batch = forward_bounds_batch(net, lo, hi)
+    for b in range(7):
+        one = forward_bounds(net, (lo[b].reshape(net.input_shape), hi[b].reshape(net.input_shape)))
+        assert set(one) == set(batch)
+        for k in one:
+            for i in (0, 1):
+                assert torch.allclose(one[k][i], batch[k][i][b], rtol=1e-9, atol=1e-11)
+        x = torch.as_tensor(rng.uniform(lo[b], hi[b], size=(3000, n))).reshape((-1,) + net.input_shape)
+        vals = net.forward_all(x)
+        for k in batch:
+            if isinstance(net.nodes[k].op, Activation):
+                z = vals[net.nodes[k].inputs[0]].reshape(3000, -1)
+                assert bool((z >= batch[k][0][b] - 1e-9).all() and (z <= batch[k][1][b] + 1e-9).all())
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_split_constraint_bounds_hold_on_their_half(seed):
+    """Clipping an unstable first-layer neuron to z >= 0 (or z <= 0) and recomputing the later layers gives
+    bounds valid on the inputs where the constraint holds, tighter than the parent's."""
+    net = random_mlp([4, 10, 10, 10, 2], seed=seed)
+    rng = np.random.default_rng(seed)
+    c = rng.random(4)
+    lo, hi = (c - 0.4)[None], (c + 0.4)[None]
+    root = forward_bounds_batch(net, lo, hi)
+    acts = sorted(root)
+    k0 = acts[0]
+    unstable = ((root[k0][0] < 0) & (root[k0][1] > 0))[0].nonzero().reshape(-1)
+    if len(unstable) == 0:
+        pytest.skip("no unstable first-layer neuron")
+    j = int(unstable[0])
+    x = torch.as_tensor(rng.uniform(lo[0], hi[0], size=(20000, 4)))
+    vals = net.forward_all(x)
+    z0 = vals[net.nodes[k0].inputs[0]].reshape(20000, -1)[:, j]
+    for sign in (1, -1):
+        known = {k: (root[k][0].clone(), root[k][1].clone()) for k in acts}
+        if sign > 0:
+            known[k0][0][0, j] = 0.0
+        else:
+            known[k0][1][0, j] = 0.0
+        child = forward_bounds_batch(net, lo, hi, known=known, refine_from=k0 + 1)
+        half = (z0 >= 0) if sign > 0 else (z0 <= 0)
+        for k in acts[1:]:
+            z = vals[net.nodes[k].inputs[0]].reshape(20000, -1)[half]
+            assert bool((z >= child[k][0][0] - 1e-9).all() and (z <= child[k][1][0] + 1e-9).all())
+            assert bool((child[k][0] >= root[k][0] - 1e-12).all() and (child[k][1] <= root[k][1] + 1e-12).all())
+
+
+# ---------------------------------------------------------------- the engine on a toy problem -----
+
+
+class _IntervalMax:
+    """max of f(x) = x (1 - x) sin(7x)^2 over [0, 1] by interval halving: the upper bound of [a, b] is
+    f(c) + L (b - a) / 2 with L a Lipschitz constant of f; the lower bound is f at the centre."""
+
+    combine = "max"
+    L = 15.0
+
+    def f(self, x):
+        return x * (1 - x) * math.sin(7 * x) ** 2
+
+    def bound(self, children):
+        return [(self.f((a + b) / 2) + self.L * (b - a) / 2, (a, b)) for _, (a, b) in children]
+
+    def branch(self, domains):
+        out = []
+        for d in domains:
+            a, b = d.data
+            m = (a + b) / 2
+            out += [(0, (a, m), d.upper), (0, (m, b), d.upper)]
+        return out
+
+    def splittable(self, d):
+        return d.data[1] - d.data[0] > 1e-12
+
+    def lower(self, domains):
+        best = max(domains, key=lambda d: self.f(sum(d.data) / 2))
+        return self.f(sum(best.data) / 2), sum(best.data) / 2
+
+    def empty(self, d):
+        return False
+
+
+def _true_max(prob) -> float:
+    """The maximum of the toy function by a grid, then a bounded scalar search around the grid's best point."""
+    from scipy.optimize import minimize_scalar
+
+    xs = np.linspace(0, 1, 100001)
+    i = int(np.argmax(xs * (1 - xs) * np.sin(7 * xs) ** 2))
+    r = minimize_scalar(lambda x: -prob.f(x), bounds=(xs[max(i - 1, 0)], xs[min(i + 1, len(xs) - 1)]),
+                        method="bounded", options={"xatol": 1e-14})
+    return -float(r.fun)
+
+
+def test_engine_closes_the_gap_and_keeps_the_invariant():
+    prob = _IntervalMax()
+    true = _true_max(prob)
+    eng = Engine(prob, batch=4, deadline=None, target_gap=1 + 1e-6)
+    out = eng.run([Domain(prob.bound([(0, (0.0, 1.0))])[0][0], 0, (0.0, 1.0))])
+    assert out.status == "target_gap"
+    assert out.lower <= true + 1e-12 <= out.upper + 2e-12
+    assert out.upper <= (1 + 1e-6) * out.lower
+    assert prob.f(out.witness) == out.lower
+    assert out.dropped > 0  # domains below the lower bound were dropped, not split
+    uppers = [u for _, _, u in out.history]
+    lowers = [lo for _, lo, _ in out.history]
+    assert all(b <= a + 1e-15 for a, b in zip(uppers, uppers[1:]))
+    assert all(b >= a for a, b in zip(lowers, lowers[1:]))
+
+
+def test_engine_uses_outside_bounds():
+    """A certified lower bound from outside (as `certify` hands it over) lets the search stop at once."""
+    prob = _IntervalMax()
+    true = _true_max(prob)
+    root = Domain(prob.bound([(0, (0.0, 1.0))])[0][0], 0, (0.0, 1.0))
+    eng = Engine(prob, batch=4, deadline=None, target_gap=100.0, outside_lower=lambda: 0.9 * true)
+    out = eng.run([root])
+    assert out.status == "target_gap" and out.steps == 0
+    eng = Engine(prob, batch=4, deadline=None, target_gap=1.0, upper_cap=true * 1.5)
+    eng.deadline = 0.0  # no step: the answer is the cap
+    assert eng.run([root]).upper == true * 1.5
+
+
+# ---------------------------------------------------------------- crown-bab against enumeration ---
+
+
+def _cases():
+    out = []
+    for seed, (sizes, act, eps) in enumerate([([3, 8, 6, 2], "relu", 0.3), ([2, 10, 2], "relu", 1.0),
+                                              ([4, 6, 6, 6, 3], "relu", 0.2), ([5, 7, 5, 2], "leaky_relu", 0.15),
+                                              ([3, 8, 8, 1], "leaky_relu", 0.5), ([6, 8, 4], "relu", 0.05)]):
+        net = random_mlp(sizes, seed=10 + seed, activation=act, param=0.2)
+        region = Region.box(np.random.default_rng(seed).random(sizes[0]), eps)
+        out.append((net, region))
+    return out
+
+
+@pytest.mark.parametrize("case", range(6))
+@pytest.mark.parametrize("norm", ["inf", 1])
+@pytest.mark.parametrize("split", ["input", "neuron"])
+def test_crown_bab_equals_enumeration(case, norm, split):
+    net, region = _cases()[case]
+    exact = lipbound.bound(net, "enumerate", norm=norm, region=region)
+    assert exact.kind == "exact", exact.reason
+    crown = lipbound.bound(net, "crown", norm=norm, region=region)
+    bab = lipbound.bound(net, "crown-bab", norm=norm, region=region, time_limit=4, split=split)
+    p = math.inf if norm == "inf" else 1
+    samp = _sampled(net, region.lower.ravel(), region.upper.ravel(), 3000, p)
+    assert samp <= exact.value + 1e-9
+    assert exact.value * (1 - 1e-9) - 1e-12 <= bab.value <= crown.value * (1 + 1e-9) + 1e-12
+    if bab.lower is not None:
+        assert bab.lower <= exact.value * (1 + 1e-9) + 1e-12
+    if bab.kind == "exact":
+        assert bab.value == pytest.approx(exact.value, rel=1e-9)
+    if split == "input" and net.n_outputs == 1 or norm == "inf":
+        # one output, or l_inf (domains per output): the search closes these small cases
+        assert bab.kind == "exact", (bab.status, bab.value, bab.lower, exact.value)
+
+
+def test_crown_bab_norm2_is_sound_and_closes_on_one_output():
+    net = random_mlp([3, 8, 8, 1], seed=5)
+    region = Region.box(np.array([0.2, 0.5, 0.1]), 0.4)
+    samp = _sampled(net, region.lower.ravel(), region.upper.ravel(), 20000, 2)
+    crown = lipbound.bound(net, "crown", norm=2, region=region)
+    bab = lipbound.bound(net, "crown-bab", norm=2, region=region, time_limit=5)
+    assert samp - 1e-9 <= bab.value <= crown.value + 1e-9
+    assert bab.kind == "exact" and bab.value == pytest.approx(samp, rel=1e-3)
+
+
+def test_closed_interval_costs_one_step():
+    """A box where crown is already exact (one linear region): the first popped domain is covered by its
+    own centre's gradient and the search ends."""
+    net = random_mlp([4, 10, 8, 3], seed=2)
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        x0 = rng.normal(size=4)
+        if min(float(z.abs().min()) for z in net.preactivations(torch.as_tensor(x0)[None])) > 1e-2:
+            break
+    region = Region.box(x0, 1e-6)
+    bab = lipbound.bound(net, "crown-bab", norm="inf", region=region, time_limit=30)
+    assert bab.kind == "exact" and bab.details["steps"] <= 1
+    J = net.jacobian(torch.as_tensor(x0)[None])[0].numpy()
+    assert bab.value == pytest.approx(float(np.abs(J).sum(1).max()), rel=1e-9)
