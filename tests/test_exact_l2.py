@@ -278,7 +278,7 @@ def test_l2_time_limit_gives_a_certified_lower_bound():
 
 def test_spectral_norm_upper_bounds_every_enclosed_matrix():
     """The l2 pruning bound: above ||J||_2 for every J with |J| <= M, and tight (the Perron root of M^T M)."""
-    from lipbound.methods.exact.enumerate import spectral_norm_upper
+    from lipbound.norms import spectral_norm_upper
 
     rng = np.random.default_rng(7)
     for trial in range(60):

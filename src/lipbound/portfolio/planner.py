@@ -15,9 +15,10 @@ Rules (the cost of each method comes from `costs.estimate`, from sizes):
   (naive; autolip in l2; eclipse-fast on l2 chains; crown on a box) whose estimate is below
   `PHASE1_S` (at least the cheapest one, whatever its cost), and lower-sample with few samples;
 * phase 2, the methods that can shrink the interval for this class: the SDP family (eclipse-family,
-  lipsdp-opt; with per-neuron slopes on a box) for l2 on chains; crown and crown-bab on a box; enumerate
-  when at most `ENUMERATE_MAX_UNSTABLE` neurons are unstable under CROWN bounds, and mip, for l1 / linf on
-  a box (ReLU-like chains); lipopt (l1, linf) and shor-sdp (linf, one or two hidden layers) when their
+  lipsdp-opt; with per-neuron slopes on a box) for l2 on chains; crown and crown-bab on a box (crown-bab
+  with the largest weight when the network has few inputs: it splits the box and closes the interval
+  itself); enumerate when at most `ENUMERATE_MAX_UNSTABLE` neurons are unstable under CROWN bounds (every
+  norm), and mip for l1 / linf, on a box (ReLU-like chains); lipopt (l1, linf) and shor-sdp (linf, one or two hidden layers) when their
   estimate fits; exact SeqLip (l2) on narrow layers; lower-grad for the lower end. Each has a weight, the
   share of the gap it is expected to close for this class (from the benchmarks in benchmarks/results);
 * order of phase 2: quick methods that cannot be interrupted (estimate below `QUICK_SHARE` of the time
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 from ..norms import INF
 from ..registry import MethodSpec
 from . import costs
+from ..methods.jacobian.bab import INPUT_SPLIT_MAX_DIM
 from .problem import Problem
 
 #: phase 1 runs the cheap upper bounds estimated below min(PHASE1_S, PHASE1_SHARE x budget) seconds (or
@@ -230,12 +232,16 @@ def _phase2(prob: Problem, cands: dict, budget: float, plan: Plan, done: set) ->
             add("eclipse-family", 0.4 if box else 0.5, "closed-form LipSDP family" + (" with local slopes" if box else ""))
         add("lipsdp-opt", 0.7 if box else 0.9, "LipSDP-Neuron optimum" + (" with local slopes" if box else ""))
     if box:
-        if "crown-bab" in cands and "crown-bab" not in done and p != 1:
+        if "crown-bab" in cands and "crown-bab" not in done:
             skip("crown", "crown-bab starts from crown's bound (its root) and is anytime from there")
         else:
             add("crown", 0.5 if p == INF else 0.3, "CROWN on the Jacobian graph")
-        add("crown-bab", 0.6 if p == INF else 0.4, "branch and bound on unstable neurons (anytime)")
-    if box and p != 2:
+        # with few inputs crown-bab splits the box and closes the interval itself (exact with a witness)
+        few_inputs = prob.n_inputs <= INPUT_SPLIT_MAX_DIM
+        add("crown-bab", 1.0 if few_inputs else (0.6 if p == INF else 0.4),
+            "branch and bound " + ("on the input box (few inputs)" if few_inputs else "on unstable neurons")
+            + " with lower bounds inside the search (anytime)")
+    if box:
         if u is None:
             skip("enumerate", "the number of unstable neurons is unknown (no pre-activation bounds)")
         elif u <= ENUMERATE_MAX_UNSTABLE:
@@ -243,7 +249,8 @@ def _phase2(prob: Problem, cands: dict, budget: float, plan: Plan, done: set) ->
         else:
             skip("enumerate", f"{u} unstable neurons under CROWN bounds (> {ENUMERATE_MAX_UNSTABLE}): 2^{u} patterns")
         easy = u is not None and u <= MIP_EASY_UNSTABLE
-        add("mip", 0.9 if easy else 0.3, f"exact MIP ({'few' if easy else 'many'} unstable neurons), anytime sandwich")
+        if p != 2:
+            add("mip", 0.9 if easy else 0.3, f"exact MIP ({'few' if easy else 'many'} unstable neurons), anytime sandwich")
     _maybe_slow(prob, cands, budget, add, skip)
     add("lower-grad", 0.5, "gradient ascent for the lower end", role="lower")
     return steps

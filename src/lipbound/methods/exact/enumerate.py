@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...highs import Status
-from ...norms import operator_norm
+from ...norms import operator_norm, spectral_norm_upper
 from .mip_core import Model, act_interval, affine_interval
 
 
@@ -164,34 +164,6 @@ def jacobian_bound(layers, k, A, c, dk, lo, hi, bounds, norm, output):
     else:
         val = float(Jabs.sum(0).max())
     return val * (1 + 1e-10) + 1e-300
-
-
-def spectral_norm_upper(M) -> float:
-    """Upper bound on the spectral norm of an entrywise nonnegative matrix M, tight up to ~1e-9 relative and
-    certified without trusting an eigensolver: by Collatz-Wielandt, for the nonnegative B = M^T M and any
-    v > 0, ||M||_2^2 = rho(B) <= max_i (B v)_i / v_i. v is the (floored, power-iterated) top right singular
-    vector; the result never exceeds the Frobenius norm nor sqrt(||M||_1 ||M||_inf). Every product sums
-    nonnegative terms (relative rounding <= (m + n) u): the callers' 1 + 1e-10 factor covers it.
-
-    Any matrix J with |J| <= M entrywise has ||J||_2 <= || |J| ||_2 <= ||M||_2 (Perron-Frobenius
-    monotonicity), so this bounds the spectral norm of every Jacobian an interval matrix encloses."""
-    M = np.asarray(M, dtype=np.float64)
-    if M.size == 0 or not np.any(M > 0):
-        return 0.0
-    fro = float(np.sqrt(np.sum(M * M)))
-    if min(M.shape) == 1:
-        return fro  # a vector: its spectral norm is its l2 norm
-    best = min(fro, float(np.sqrt(M.sum(0).max() * M.sum(1).max())))
-    try:
-        v = np.abs(np.linalg.svd(M, full_matrices=False)[2][0])
-    except np.linalg.LinAlgError:
-        return best
-    for _ in range(3):
-        v = v + 1e-9 * v.max() + 1e-300  # strictly positive
-        w = M.T @ (M @ v)
-        best = min(best, float(np.sqrt(np.max(w / v))))
-        v = w / w.max()
-    return best
 
 
 def global_scale(layers) -> float:

@@ -39,6 +39,7 @@ from ...branch_and_bound import Domain, Engine
 from ...crown import forward_bounds_batch
 from ...errors import Unsupported
 from ...network import tensor_view
+from ...norms import spectral_norm_certified
 from ...registry import MethodContext, MethodResult
 from ..lower.methods import jacobian_norms
 from .graph import JacobianGraph
@@ -47,12 +48,15 @@ from .methods import FORWARD_SHARE, GRAPH_SHARE, cached_forward, combine
 DEFAULT_BUDGET = 30.0
 #: "auto" splits the input of networks with at most this many inputs (ACAS Xu: 5), neurons otherwise
 INPUT_SPLIT_MAX_DIM = 12
-#: the certified ends within this relative distance are reported as the exact value (the upper end)
-EXACT_RTOL = 1e-12
+#: the certified ends within this relative distance (margins and rounding of the two computations) are reported
+#: as the exact value (the upper end)
+EXACT_RTOL = 1e-9
 #: in input splitting, a domain with at most this many undecided ReLU-like neurons splits them instead
 FEW_UNDECIDED = 3
 #: the lower-bound hook samples TOP_POINTS random points in each of the TOP_DOMAINS worst popped domains
 TOP_DOMAINS, TOP_POINTS = 8, 16
+#: the lower-bound hook also probes the deepest point of the decided region of this many worst popped domains
+TOP_PATTERN_POINTS = 4
 #: an input dimension narrower than this fraction of the region's width is not split again
 MIN_WIDTH = 1e-9
 
@@ -326,8 +330,12 @@ class _JacobianSearch:
             vals = res.entry_abs.amax(1) if self.norm == 1 else res.value
             return vals, res.entry_abs, scores
         m = len(self.classes)
-        vals = torch.stack([torch.tensor(combine(res.value[b * m:(b + 1) * m], res.entry_abs[b * m:(b + 1) * m],
-                                                 self.norm, True)) for b in range(B)])
+        vals = torch.tensor([combine(res.value[b * m:(b + 1) * m], res.entry_abs[b * m:(b + 1) * m], self.norm, True)
+                             for b in range(B)], dtype=torch.float64)
+        if self.norm == 2:  # the spectral norm of the interval Jacobian, when below the Frobenius bound
+            vl, vu = (t.reshape(B, m, -1) for t in res.v)
+            vals = torch.minimum(vals, torch.tensor([interval_spectral_bound(vl[b], vu[b]) for b in range(B)],
+                                                    dtype=torch.float64))
         ea = res.entry_abs.reshape(B, m, -1).amax(1)
         return vals, ea, scores.reshape(B, m, -1).sum(1)
 
@@ -461,13 +469,15 @@ class _JacobianSearch:
         return True
 
     def _pattern_points(self, domains: list) -> list:
-        """For fully decided domains (nothing left to split) on a dense chain: the point deepest inside their
-        activation region (max-slack LP), where the gradient is the domain's exact value."""
+        """On a dense chain, the point deepest inside the region of a domain's decided neurons (max-slack LP):
+        for a fully decided domain, where the gradient is its exact value; for the worst popped ones, a point
+        where their split neurons have the chosen signs (a thin region sampling rarely meets)."""
         if self.lp is None:
             return []
         pts = []
-        for d in domains:
-            if d.data.split is None:
+        for i, d in enumerate(domains):
+            # fully decided domains, and the worst few popped ones whose split decisions route the gradient
+            if d.data.split is None or (i < TOP_PATTERN_POINTS and d.data.explicit):
                 x = self.lp.interior_point(d.data.dec, (d.data.lo, d.data.hi))
                 if x is not None:
                     pts.append(torch.as_tensor(x, dtype=torch.float64).reshape(1, -1))
@@ -495,6 +505,19 @@ class _JacobianSearch:
         b = int(torch.argmax(vals))
         v = float(vals[b])
         return (v, X[b].detach().numpy().reshape(-1)) if math.isfinite(v) else None
+
+
+def interval_spectral_bound(vl: torch.Tensor, vu: torch.Tensor) -> float:
+    """Certified upper bound on ||J||_2 for every matrix J with vl <= J <= vu (rows: outputs): the spectral norm
+    of the midpoint plus a bound on that of the radius matrix (|J - mid| <= rad entrywise, so ||J - mid||_2 <=
+    ||rad||_2 <= min(||rad||_F, sqrt(||rad||_1 ||rad||_inf))). Tight when the domain's Jacobian is nearly
+    decided, where the Frobenius bound of the per-output norms is not. Cost: one small Gram eigenproblem."""
+    mid = ((vl + vu) / 2).numpy()
+    rad = ((vu - vl) / 2).clamp(min=0).numpy()
+    # the midpoint and radius are rounded: widen the radius by the rounding of their computation
+    rad = rad + 4 * np.finfo(np.float64).eps * np.maximum(np.abs(vl.numpy()), np.abs(vu.numpy()))
+    r = min(float(np.sqrt(np.sum(rad * rad))), float(np.sqrt(rad.sum(0).max() * rad.sum(1).max())))
+    return (spectral_norm_certified(mid) + r) * (1 + 1e-12)
 
 
 def _mode(net, ctx: MethodContext, split_acts: list) -> str:
@@ -545,6 +568,8 @@ def branch_and_bound(net, ctx: MethodContext) -> MethodResult:
     multi = len(classes) > 1
     per_out = root.entry_abs.amax(1) if ctx.norm == 1 else root.value
     root_value = combine(root.value, root.entry_abs, ctx.norm, multi)
+    if ctx.norm == 2 and multi:
+        root_value = min(root_value, interval_spectral_bound(*root.v))
     split_acts = [k for k in G.acts if net.nodes[k].op.fn.relu_like_slope is not None]
     unsplittable = _unsplittable(net, G, split_acts)
     mode = _mode(net, ctx, split_acts)
