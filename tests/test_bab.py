@@ -3,9 +3,10 @@ split constraints, input and neuron splitting, lower bounds inside the search, e
 
 Soundness (lower <= exact <= upper) is checked against `enumerate` (the exact local constant by region
 enumeration, written independently of the Jacobian-graph code) and against sampled gradients. A split
-constraint applied with the wrong sign (clipping z_i to [l, 0] in the child whose slope is 1) fails
-`test_split_constraint_bounds_hold_on_their_half`, `test_crown_bab_equals_enumeration` (values below the exact
-constant) and `test_bab_with_pattern_lp_reaches_the_exact_value` in test_local_crown.py.
+constraint applied with the wrong sign (clipping z_i to [l, 0] in the child whose slope is 1; checked by
+mutating `bab._neuron_children`) fails `test_neuron_split_children_hold_their_half_of_the_box` (all seeds),
+`test_crown_bab_equals_enumeration[neuron-inf-4]` and `[neuron-1-4]` (values below the exact constant) and
+`test_bab_with_pattern_lp_reaches_the_exact_value[6]` in test_local_crown.py.
 """
 
 from __future__ import annotations
@@ -231,3 +232,42 @@ def test_closed_interval_costs_one_step():
     assert bab.kind == "exact" and bab.details["steps"] <= 1
     J = net.jacobian(torch.as_tensor(x0)[None])[0].numpy()
     assert bab.value == pytest.approx(float(np.abs(J).sum(1).max()), rel=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_neuron_split_children_hold_their_half_of_the_box(seed):
+    """crown-bab's own split: the active child (slope 1) must bound every input of the box where z_i >= 0, the
+    inactive one every input where z_i <= 0, with forward bounds re-derived under the split constraint."""
+    from lipbound.methods.jacobian.bab import _JacobianSearch, _Part
+    from lipbound.methods.jacobian.graph import JacobianGraph
+    from lipbound.registry import MethodContext
+
+    net = random_mlp([4, 10, 10, 10, 2], seed=seed)
+    rng = np.random.default_rng(seed)
+    region = Region.box(rng.random(4), 0.5)
+    fwd = forward_bounds(net, region)
+    G = JacobianGraph(net, fwd)
+    ctx = MethodContext(norm=math.inf, region=region, method="crown-bab")
+    search = _JacobianSearch(net, ctx, G, [0, 1], list(G.acts), "neuron")
+    lo, hi = (torch.as_tensor(t.reshape(-1)) for t in (region.lower, region.upper))
+    root = _Part(lo, hi, torch.zeros(search.offsets[-1], dtype=torch.int8), dict(fwd), 10 ** 9)
+    (_, part), = search.bound([(-1, root)])
+    x = torch.as_tensor(rng.uniform(lo, hi, size=(20000, 4)))
+    vals = net.forward_all(x)
+    z = {k: vals[net.nodes[k].inputs[0]].reshape(20000, -1) for k in G.acts}
+    tried = 0
+    for li, k in enumerate(G.acts):
+        # undecided neurons that the samples see on both sides (so both halves can be checked)
+        both = (part.fwd[k][0] < 0) & (part.fwd[k][1] > 0) & (z[k] > 0).any(0) & (z[k] < 0).any(0)
+        for j in both.nonzero().reshape(-1)[:2].tolist():
+            i = search.offsets[li] + j
+            kids = search._neuron_children(part, i)
+            for sign, (_, child) in zip((1, -1), search.bound([(-1, c) for c in kids])):
+                half = z[k][:, j] >= 0 if sign > 0 else z[k][:, j] <= 0
+                assert int(child.dec[i]) == sign
+                for k2 in G.acts:
+                    zz = z[k2][half]
+                    assert bool((zz >= child.fwd[k2][0] - 1e-9).all() and (zz <= child.fwd[k2][1] + 1e-9).all()), \
+                        (sign, k, j, k2)
+            tried += 1
+    assert tried >= 2
