@@ -1,4 +1,5 @@
-"""Points per second of `lipbound sweep`: one in-process worker vs a local Ray runtime of 2 workers (issue 13).
+"""Points per second of `lipbound sweep` (issue 13): one in-process worker vs a local Ray runtime of 2 workers,
+and (``--batching``) batched bounds on one thread vs the per-point loop.
 
 A CPU-bound sweep: the built-in digits MLP, N points of the digits-like [0, 1]^64 cube (seeded), eps 0.05,
 ``-m crown-bab`` with a time limit of T seconds per point (crown-bab is anytime: each point takes about T).
@@ -8,6 +9,15 @@ first record (warm workers), and the speedup of 2 workers over 1 with and withou
 running inflate them; `os.getloadavg()` is recorded). Writes benchmarks/results/sweep.json.
 
     python benchmarks/sweep.py [--points 20] [--time-limit 2] [--method crown-bab]
+
+``--batching``: crown with plain CROWN forward bounds (alpha=False) on mnist-net_256x2 (the shared networks),
+eps 0.01, N MNIST-shaped points (seeded uniform in [0, 1]), one torch thread: the per-point loop
+(`lipbound.bound` per point) against `lipbound.sweep` with the batched path (chunks of ``--batch`` points),
+interleaved block by block so that both see the same machine load; also the default ``-m crown``
+(alpha-CROWN, point by point) on the first block. Prints the table (points/s, ratio, the largest relative
+difference of the values) and writes benchmarks/results/sweep_batching.json.
+
+    python benchmarks/sweep.py --batching [--points 1000] [--batch 64] [--norm inf] [--block 100]
 """
 
 from __future__ import annotations
@@ -25,6 +35,8 @@ import lipbound
 from lipbound.sweep import ray_pool
 
 OUT = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "sweep.json"
+OUT_BATCHING = OUT.with_name("sweep_batching.json")
+MNIST = Path(__file__).resolve().parents[2] / "shared" / "networks" / "mnist-net_256x2.onnx"
 
 
 def timed_sweep(net, x, args, workers: int, out: Path) -> dict:
@@ -41,12 +53,84 @@ def timed_sweep(net, x, args, workers: int, out: Path) -> dict:
             "points_per_s": round(n / wall, 4), "steady_points_per_s": None if steady is None else round(steady, 4)}
 
 
+def batching(args) -> None:
+    """The batched path against the per-point loop (see the module doc)."""
+    import torch
+
+    torch.set_num_threads(1)
+    net = lipbound.load(str(args.model))
+    n = args.points or 1000
+    x = np.random.default_rng(0).uniform(0, 1, (n,) + net.input_shape)
+    eps, norm = 0.01, args.norm
+    lipbound.bound(net, "crown", norm, center=x[0], eps=eps, alpha=False)  # warm-up (imports, caches)
+    t_loop = t_batch = t_alpha = 0.0
+    loop_vals, batch_vals, worst, n_alpha, looser = {}, {}, 0.0, 0, []
+    load_before = os.getloadavg()
+    for b0 in range(0, n, args.block):
+        ids = range(b0, min(n, b0 + args.block))
+        t0 = time.perf_counter()
+        for i in ids:
+            loop_vals[i] = lipbound.bound(net, "crown", norm, center=x[i], eps=eps, alpha=False).value
+        t_loop += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for rec in lipbound.sweep(net, x, eps, norm=norm, methods=["crown"], options={"alpha": False},
+                                  ids=f"{ids.start}:{ids.stop}", batch=args.batch, time_limit=60):
+            batch_vals[rec["id"]] = rec["results"][0]["value"]
+        t_batch += time.perf_counter() - t0
+        if b0 == 0:  # the default -m crown (alpha-CROWN forward bounds), point by point, on the first block
+            t0 = time.perf_counter()
+            for rec in lipbound.sweep(net, x, eps, norm=norm, methods=["crown"], ids=f"{ids.start}:{ids.stop}",
+                                      time_limit=60):
+                a = rec["results"][0]["value"]
+                looser.append((batch_vals[rec["id"]] - a) / a if a else 0.0)
+                n_alpha += 1
+            t_alpha += time.perf_counter() - t0
+        print(f"  points {ids.stop}/{n}: loop {ids.stop / t_loop:.1f} pt/s, batched {ids.stop / t_batch:.1f} pt/s",
+              flush=True)
+    for i in range(n):
+        a, b = loop_vals[i], batch_vals[i]
+        worst = max(worst, abs(a - b) / max(abs(a), 1e-300))
+    rows = [("run", "points", "time (s)", "points/s"),
+            ("per-point loop: bound(crown, alpha=False)", n, round(t_loop, 2), round(n / t_loop, 2)),
+            (f"sweep, batched (chunks of {args.batch})", n, round(t_batch, 2), round(n / t_batch, 2)),
+            ("sweep -m crown (alpha-CROWN, per point)", n_alpha, round(t_alpha, 2), round(n_alpha / t_alpha, 2))]
+    for r in rows:
+        print(f"{r[0]:<46}{r[1]!s:>8}{r[2]!s:>10}{r[3]!s:>10}")
+    ratio = t_loop / t_batch
+    print(f"batched / per-point loop: {ratio:.2f}x points/s (target >= 5x); largest relative difference of the "
+          f"values: {worst:.3g} (target ~1e-9)")
+    print(f"plain CROWN (batched) vs alpha-CROWN (default crown) on the first {n_alpha} points: relative excess "
+          f"max {max(looser):.3g}, mean {sum(looser) / len(looser):.3g}, equal on {sum(1 for v in looser if v == 0)}")
+    print(f"load average before / after: {load_before[0]:.2f} / {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    OUT_BATCHING.parent.mkdir(parents=True, exist_ok=True)
+    OUT_BATCHING.write_text(json.dumps({
+        "model": str(args.model), "points": n, "eps": eps, "norm": str(norm), "batch": args.batch,
+        "block": args.block, "threads": 1,
+        "loop": {"time_s": round(t_loop, 3), "points_per_s": round(n / t_loop, 3)},
+        "batched": {"time_s": round(t_batch, 3), "points_per_s": round(n / t_batch, 3)},
+        "ratio": round(ratio, 3), "max_relative_difference": worst,
+        "alpha_crown_per_point": {"points": n_alpha, "time_s": round(t_alpha, 3),
+                                  "points_per_s": round(n_alpha / t_alpha, 3),
+                                  "plain_minus_alpha_relative_max": max(looser),
+                                  "plain_minus_alpha_relative_mean": sum(looser) / len(looser)},
+        "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "cpu_count": os.cpu_count()}, indent=2))
+    print(f"JSON written to {OUT_BATCHING}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--points", type=int, default=20)
+    ap.add_argument("--points", type=int, default=None, help="default 20 (Ray), 1000 (--batching)")
     ap.add_argument("--time-limit", type=float, default=2.0)
     ap.add_argument("--method", default="crown-bab")
+    ap.add_argument("--batching", action="store_true", help="batched bounds vs the per-point loop, one thread")
+    ap.add_argument("--model", default=str(MNIST), help="--batching: the network (default mnist-net_256x2)")
+    ap.add_argument("--batch", type=int, default=64, help="--batching: points per batched call")
+    ap.add_argument("--block", type=int, default=100, help="--batching: points per interleaved block")
+    ap.add_argument("--norm", default="inf", help="--batching: 1, 2 or inf")
     args = ap.parse_args()
+    if args.batching:
+        return batching(args)
+    args.points = args.points or 20
     net = lipbound.examples.digits_mlp()
     x = np.random.default_rng(0).uniform(0, 1, (args.points, 64))
     load_before = os.getloadavg()

@@ -11,7 +11,7 @@
                      [--json OUT] [--plot PNG] [--quiet]
     lipbound demo [--plot out.png] [--json OUT] [--quiet]
     lipbound sweep MODEL (--inputs X.npy|X.npz [--key NAME] [--ids A:B] --eps E [--eps E2 ...] | --vnnlib FILE ...)
-                   --out results.jsonl [--norm N] [-m METHOD ...] [--time-limit T] [--domain LO HI]
+                   --out results.jsonl [--norm N] [-m METHOD ... [--option KEY=VALUE ...]] [--time-limit T] [--domain LO HI]
                    [--workers K | --address ADDR] [--plot PNG] [--seed S] [--quiet]
 
 ``--vnnlib FILE`` (bound, compare, certify): the input box(es) of a VNN-LIB property; a disjunction of
@@ -187,6 +187,9 @@ def _add_sweep(sub) -> None:
                     help="run exactly these methods (repeatable; default: certify)")
     ps.add_argument("--time-limit", type=float, default=10.0,
                     help="seconds per point for certify, per method with -m (default 10)")
+    ps.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="method option with -m, e.g. alpha=false (plain CROWN: bounded in batches of points); "
+                         "or METHOD.KEY=VALUE; repeatable")
     ps.add_argument("--domain", type=float, nargs=2, metavar=("LO", "HI"), default=None,
                     help="input domain to clip each box to")
     ps.add_argument("--out", required=True, metavar="OUT.jsonl", help="JSON Lines results (resumed if it exists)")
@@ -212,12 +215,15 @@ def _sweep(args) -> int:
         raise LipboundError("--inputs needs --eps (the radius of the box around each point)")
     if args.address is not None and args.workers != 1:
         raise LipboundError("--address joins a cluster with its own CPUs: do not combine it with --workers")
+    if args.option and not args.methods:
+        raise LipboundError("--option sets options of the methods given with -m (certify plans its own)")
+    options = _parse_options(args.option, args.methods) if args.option else None
     net = _load_model(args.model)
     t0 = time.perf_counter()
     records = sweep(net, args.inputs if args.vnnlib is None else args.vnnlib, args.eps, norm=args.norm,
                     methods=args.methods, time_limit=args.time_limit, out=args.out, workers=args.workers,
                     address=args.address, ids=args.ids, domain=args.domain, seed=args.seed, progress=not args.quiet,
-                    key=args.key, model=args.model)
+                    key=args.key, model=args.model, options=options)
     n = sum(1 for _ in records)
     print(report.summary(args.out, time.perf_counter() - t0, n))
     if args.plot:

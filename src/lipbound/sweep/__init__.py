@@ -1,7 +1,8 @@
 """`sweep`: local Lipschitz constants over a dataset (one box per point and eps), on one process or Ray.
 
 Layout: `inputs` (the points: a memory-mapped .npy, an .npz member, an array, or VNN-LIB files; ids;
-hashes), `compute` (one record: certify or the given methods on one point), `store` (the JSON Lines file:
+hashes), `compute` (one record: certify or the given methods on one point; a chunk of points, the
+batched methods in one call per chunk), `store` (the JSON Lines file:
 append-only, one fsync'd line per record, resuming), `ray_pool` (chunks of points on Ray; imported only
 when workers > 1 or an address is given), `report` (the summary table and the plot).
 
@@ -21,19 +22,21 @@ from ..errors import LipboundError
 from ..norms import norm_name, parse_norm
 from ..registry import get_method
 from . import inputs as _inputs
-from .compute import Config, compute_record
+from .compute import BATCH, Config, batched_methods, compute_records
 from .store import Writer, record_key, scan
 
 __all__ = ["sweep"]
 
-#: points per Ray task at most (a killed task loses at most this many points of work)
+#: points per Ray task at most when no method is batched (a killed task loses at most this many points of
+#: work); with a batched method, chunks go up to the config's batch size (`compute.BATCH`)
 MAX_CHUNK = 16
 #: chunks per CPU at least (while chunks stay under MAX_CHUNK points): the last round stays short
 CHUNKS_PER_CPU = 8
 
 
 def sweep(net, inputs, eps=None, norm=2, methods=None, time_limit=10, out=None, workers=1, address=None,
-          ids=None, domain=None, seed=0, progress=False, *, key=None, model=None) -> Iterator[dict]:
+          ids=None, domain=None, seed=0, progress=False, *, key=None, model=None, options=None,
+          batch=BATCH) -> Iterator[dict]:
     """Bound the local Lipschitz constant of ``net`` on the box of radius eps (l_inf, clipped to ``domain``)
     around each point of ``inputs``, for each eps; yields one record (dict) per (point, eps) as it
     completes (in completion order), after writing it to ``out`` when given.
@@ -42,7 +45,15 @@ def sweep(net, inputs, eps=None, norm=2, methods=None, time_limit=10, out=None, 
     .npz file (``key``: its array), or VNN-LIB file path(s) (one region each, id = file name; ``eps`` must
     then be None). ``ids``: 'A:B', a range or a slice of rows (default: all). ``methods``: None runs
     `certify` with ``time_limit`` seconds per (point, eps); a list runs exactly those methods, each with
-    ``time_limit`` seconds (`compare`). Every point uses the same ``seed``.
+    ``time_limit`` seconds (`compare`). Every point uses the same ``seed``. ``options``: the methods' options
+    as `compare` takes them (method -> {option: value}, or option -> value for every method declaring it);
+    recorded in the settings when given.
+
+    Batching: the methods that are a tensor computation over the box (`compute.batched_methods`:
+    ``ibp-jacobian``; ``crown`` and ``recurjac`` with ``options={"alpha": False}``) bound the boxes of
+    ``batch`` points in one call (in-process; a Ray task's chunk of points), with the values of
+    `lipbound.bound` point by point (to float64 rounding); the records are written as each point
+    completes. ``crown`` with its default alpha-CROWN forward bounds runs point by point.
     ``out``: the JSON Lines file; pairs already in it are not recomputed (resume), a final line cut by a
     crash is dropped; a file written with other settings is refused. ``workers`` > 1: a local Ray runtime
     of that many CPUs; ``address``: an existing Ray cluster. ``model``: the model's name in the settings.
@@ -51,17 +62,19 @@ def sweep(net, inputs, eps=None, norm=2, methods=None, time_limit=10, out=None, 
     generator and raises `LipboundError` on bad input, before anything is written. Memory: the inputs
     array (memory-mapped for .npy) and the set of (id, eps) keys already done; records are streamed.
     Cost: the per-point cost (about ``time_limit``) times the pairs to do, divided by the workers."""
-    plan = _plan(net, inputs, eps, norm, methods, time_limit, out, workers, address, ids, domain, seed, key, model)
+    plan = _plan(net, inputs, eps, norm, methods, time_limit, out, workers, address, ids, domain, seed, key, model,
+                 options, batch)
     return _run(plan, progress)
 
 
-def _plan(net, inputs, eps, norm, methods, time_limit, out, workers, address, ids, domain, seed, key, model) -> dict:
+def _plan(net, inputs, eps, norm, methods, time_limit, out, workers, address, ids, domain, seed, key, model,
+          options=None, batch=BATCH) -> dict:
     """Every check of `sweep`, and what `_run` needs: the network, the items, the settings, the config."""
     from ..api import _as_network
 
     model = model or (str(net) if isinstance(net, (str, Path)) else None)
     net = _as_network(net)
-    cfg = _config(norm, methods, time_limit, domain, seed)
+    cfg = _config(norm, methods, time_limit, domain, seed, options, batch)
     workers = _check_workers(workers)
     if _inputs.is_vnnlib(inputs):
         if eps is not None:
@@ -83,6 +96,8 @@ def _plan(net, inputs, eps, norm, methods, time_limit, out, workers, address, id
     settings = {"model": model or net.name, "model_sha256": _inputs.network_hash(net), "norm": norm_name(cfg.norm),
                 "methods": None if cfg.methods is None else list(cfg.methods), "time_limit": cfg.time_limit,
                 "domain": None if cfg.domain is None else list(cfg.domain), "seed": cfg.seed, **source}
+    if cfg.options:  # only when given: files of sweeps without options resume as before
+        settings["options"] = cfg.options
     if out is not None:
         scan(out, settings)  # refuses a file of other settings now, before anything is written
     if address is not None:
@@ -93,7 +108,7 @@ def _plan(net, inputs, eps, norm, methods, time_limit, out, workers, address, id
             "out": out, "workers": workers, "address": address}
 
 
-def _config(norm, methods, time_limit, domain, seed) -> Config:
+def _config(norm, methods, time_limit, domain, seed, options=None, batch=BATCH) -> Config:
     p = parse_norm(norm)
     if methods is not None:
         methods = [methods] if isinstance(methods, str) else list(dict.fromkeys(methods))
@@ -118,7 +133,18 @@ def _config(norm, methods, time_limit, domain, seed) -> Config:
         domain = (lo, hi)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise LipboundError(f"seed must be an integer, got {seed!r}")
-    return Config(p, methods, t, domain, int(seed))
+    if options:
+        if methods is None:
+            raise LipboundError("options are the methods' options: give the methods too (certify chooses its own)")
+        from ..registry import route_options
+
+        routed = route_options(list(methods), options)  # a bad option or value: LipboundError
+        options = {m: o for m, o in routed.items() if o} or None
+    else:
+        options = None
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise LipboundError(f"batch must be an integer >= 1, got {batch!r}")
+    return Config(p, methods, t, domain, int(seed), options, batch)
 
 
 def _check_workers(workers) -> int:
@@ -181,16 +207,19 @@ def _run(plan: dict, progress: bool) -> Iterator[dict]:
 
 def _records(plan: dict, done: set, todo: int) -> Iterator[dict]:
     items = _items(plan, done)
+    cfg = plan["cfg"]
+    batched = bool(batched_methods(cfg))
     if plan["workers"] == 1 and plan["address"] is None:
         from ..threads import blas_threads
 
-        with blas_threads(1):
-            for it in items:
-                yield compute_record(plan["net"], it, plan["cfg"])
+        with blas_threads(1):  # chunks of cfg.batch points when a method is batched (records still one by one)
+            for chunk in _chunks(items, cfg.batch if batched else 1):
+                yield from compute_records(plan["net"], chunk, cfg)
         return
     from .ray_pool import run_chunks
 
-    size = max(1, min(MAX_CHUNK, todo // (CHUNKS_PER_CPU * plan["workers"])))
+    # batched methods are fast per point: chunks up to cfg.batch points (a lost task costs little)
+    size = max(1, min(cfg.batch if batched else MAX_CHUNK, todo // (CHUNKS_PER_CPU * plan["workers"])))
     yield from run_chunks(plan["net"], _chunks(items, size), plan["cfg"], plan["workers"], plan["address"])
 
 
