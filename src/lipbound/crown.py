@@ -152,11 +152,11 @@ class _CrownPass:
     A . node over the box; upper bounds are lower bounds of -A)."""
 
     def __init__(self, net: Network, relax: dict, alphas: dict | None = None, approx: bool = False,
-                 deadline: float | None = None, boxes: int = 1):
+                 deadline: float | None = None, row_box: torch.Tensor | None = None):
         self.net = net
-        #: boxes bounded at once: with B > 1 the rows of A are grouped by box (B groups of S rows) and the
-        #: relaxation lines are per box, (B, n)
-        self.boxes = boxes
+        #: several boxes at once: ``row_box[r]`` is the box of row r of A, the relaxation lines and the box
+        #: ends are per box, (B, n); None: one box
+        self.row_box = row_box
         self.deadline = deadline  # checked at every node (`OutOfTime`)
         self.index = {id(n): i for i, n in enumerate(net.nodes)}
         self.relax = relax  # activation node index -> ActivationRelaxation
@@ -183,13 +183,10 @@ class _CrownPass:
         k = self.index[id(node)]
         rel = self.relax[k]
         tl, tu = self.alphas.get(k, (None, None))
-        aL, bL, aU, bU = rel.lines(tl, tu, approx=self.approx)
-        # rows grouped by box: (B, S, n) against per-box lines (B, 1, n); one box: (S, n) against (n,) or (S, n)
-        Af = A.reshape(self.boxes, -1, A[0].numel()) if self.boxes > 1 else A.reshape(A.shape[0], -1)
-        if self.boxes > 1:
-            aL, bL, aU, bU = (t.unsqueeze(1) for t in (aL, bL, aU, bU))
+        aL, bL, aU, bU = (self._per_row(t) for t in rel.lines(tl, tu, approx=self.approx))
+        Af = A.reshape(A.shape[0], -1)
         pos, neg = Af.clamp(min=0), Af.clamp(max=0)
-        self._add_bias((pos * bL + neg * bU).sum(-1).reshape(-1))
+        self._add_bias((pos * bL + neg * bU).sum(1))
         return (pos * aL + neg * aU).reshape(A.shape)
 
     def _add(self, op, node, A):
@@ -202,7 +199,7 @@ class _CrownPass:
         tl, tu = self.alphas.get(k, (None, None))
         hi, lo, order = maxmin_pairs(op, node.shape)
         Af = A.reshape(A.shape[0], -1)
-        aL, bL, aU, bU = (self._per_row(t, Af.shape[0]) for t in self.relax[k].lines(tl, tu, approx=self.approx))
+        aL, bL, aU, bU = (self._per_row(t) for t in self.relax[k].lines(tl, tu, approx=self.approx))
         A_hi, A_lo = Af[:, hi], Af[:, lo]
         c = A_hi - A_lo
         pos, neg = c.clamp(min=0), c.clamp(max=0)
@@ -223,19 +220,17 @@ class _CrownPass:
         out = self.bias
         if A0 is not None:
             A0 = A0.reshape(A0.shape[0], -1)
-            if self.boxes > 1:
-                A0 = A0.reshape(self.boxes, -1, A0.shape[1])
-                mid, rad = (t.reshape(self.boxes, -1, 1) for t in (mid, rad))
-                out = out + (torch.bmm(A0, mid) - torch.bmm(A0.abs(), rad)).reshape(-1)
+            if self.row_box is not None:
+                B = lo.shape[0]
+                mid, rad = (t.reshape(B, -1)[self.row_box] for t in (mid, rad))
+                out = out + (A0 * mid).sum(1) - (A0.abs() * rad).sum(1)
             else:
                 out = out + A0 @ mid.reshape(-1) - A0.abs() @ rad.reshape(-1)
         return out
 
-    def _per_row(self, t: torch.Tensor, rows: int) -> torch.Tensor:
-        """A per-box tensor (B, n) repeated for the rows of its box (rows grouped by box); unchanged for one box."""
-        if self.boxes == 1:
-            return t
-        return t.repeat_interleave(rows // self.boxes, 0)
+    def _per_row(self, t: torch.Tensor) -> torch.Tensor:
+        """A per-box tensor (B, n) taken for every row's box; unchanged for one box."""
+        return t if self.row_box is None else t[self.row_box]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -318,49 +313,74 @@ def _needs_refinement(fn, lo, hi):
 
 
 def _crown_neurons(net, relax, start, idx, box, alpha, alpha_steps, lr, pairs=None, deadline=None,
-                   alpha_deadline=None, boxes: int = 1):
-    """Lower and upper CROWN bounds of the entries ``idx`` of node ``start`` (with ``pairs`` = (hi, lo):
-    of the differences x[hi[i]] - x[lo[i]] for i in ``idx``); shape (K,), or (B, K) for ``boxes`` = B > 1
-    (then ``box`` holds (B, *input_shape) ends and ``relax`` per-box lines). ``deadline``: checked between
+                   alpha_deadline=None):
+    """Lower and upper CROWN bounds (K,) of the entries ``idx`` of node ``start`` over one box (with ``pairs``
+    = (hi, lo): of the differences x[hi[i]] - x[lo[i]] for i in ``idx``). ``deadline``: checked between
     chunks and nodes; the entries not bounded by then get (-inf, inf) (the caller keeps their interval
-    bounds). ``alpha_deadline``: alpha-CROWN's optimisation stops there (plain CROWN bounds kept; one box only)."""
-    n_start = net.nodes[start].size
+    bounds). ``alpha_deadline``: alpha-CROWN's optimisation stops there (plain CROWN bounds kept)."""
     width = max(node.size for node in net.nodes[: start + 1])
-    chunk = max(1, CHUNK_ENTRIES // max(1, 2 * width * boxes))
+    chunk = max(1, CHUNK_ENTRIES // max(1, 2 * width))
     lows, highs = [], []
     for c0 in range(0, len(idx), chunk):
         sel = idx[c0 : c0 + chunk]
         K = len(sel)
-        A = torch.zeros(2 * K, n_start, dtype=DTYPE)
-        if pairs is None:
-            A[torch.arange(K), sel] = 1.0
-            A[torch.arange(K, 2 * K), sel] = -1.0
-        else:
-            A[torch.arange(K), pairs[0][sel]] = 1.0
-            A[torch.arange(K), pairs[1][sel]] = -1.0
-            A[K:] = -A[:K]
-        A = A.repeat(boxes, 1).reshape((boxes * 2 * K,) + net.nodes[start].shape)
+        A = _specifications(net, start, sel, pairs)
         t_pass = time.perf_counter()
         try:
             with torch.no_grad():
-                best = _CrownPass(net, relax, deadline=deadline, boxes=boxes).lower_bound(start, A, box)
+                best = _CrownPass(net, relax, deadline=deadline).lower_bound(start, A, box)
             t_pass = time.perf_counter() - t_pass
         except OutOfTime:  # this chunk and the rest keep their interval bounds
             rest = len(idx) - c0
-            lows.append(torch.full((boxes, rest), -np.inf, dtype=DTYPE))
-            highs.append(torch.full((boxes, rest), np.inf, dtype=DTYPE))
+            lows.append(torch.full((rest,), -np.inf, dtype=DTYPE))
+            highs.append(torch.full((rest,), np.inf, dtype=DTYPE))
             break
         work = 2 * K * sum(node.size for node in net.nodes[: start + 1])
         # an alpha step (a pass with gradients, then its backward) costs about 3 plain passes
         a_dl = alpha_deadline if alpha_deadline is not None else deadline
-        if alpha and boxes == 1 and relax and work <= ALPHA_MAX_WORK and \
-                not past(None if a_dl is None else a_dl - 3 * t_pass):
+        if alpha and relax and work <= ALPHA_MAX_WORK and not past(None if a_dl is None else a_dl - 3 * t_pass):
             best = _optimise(net, relax, start, A, box, best, alpha_steps, lr, a_dl)
-        best = best.reshape(boxes, 2 * K)
-        lows.append(best[:, :K])
-        highs.append(-best[:, K:])
-    lo, hi = torch.cat(lows, 1), torch.cat(highs, 1)
-    return (lo[0], hi[0]) if boxes == 1 else (lo, hi)
+        lows.append(best[:K])
+        highs.append(-best[K:])
+    return torch.cat(lows), torch.cat(highs)
+
+
+def _specifications(net, start: int, cols: torch.Tensor, pairs=None) -> torch.Tensor:
+    """The 2K rows +e_i, then -e_i, for the entries ``cols`` of node ``start`` (with ``pairs``: of the pair
+    differences e_hi - e_lo)."""
+    K = len(cols)
+    A = torch.zeros(2 * K, net.nodes[start].size, dtype=DTYPE)
+    if pairs is None:
+        A[torch.arange(K), cols] = 1.0
+    else:
+        A[torch.arange(K), pairs[0][cols]] = 1.0
+        A[torch.arange(K), pairs[1][cols]] = -1.0
+    A[K:] = -A[:K]
+    return A.reshape((2 * K,) + net.nodes[start].shape)
+
+
+def _crown_pairs(net, relax, start, idx, need, box, pairs=None, deadline=None):
+    """CROWN bounds (B, K) of the entries ``idx`` of node ``start`` over B boxes, computed only for the
+    (box, entry) pairs where ``need`` (B, K) is True (the rest: (-inf, inf)): every row of a pass is one
+    pair, with its box's relaxation lines. Chunked over pairs; past ``deadline`` the rest keep (-inf, inf)."""
+    B, K = need.shape
+    lo = torch.full((B, K), -np.inf, dtype=DTYPE)
+    hi = torch.full((B, K), np.inf, dtype=DTYPE)
+    bi, ki = need.nonzero(as_tuple=True)
+    width = max(node.size for node in net.nodes[: start + 1])
+    chunk = max(1, CHUNK_ENTRIES // max(1, 2 * width))
+    for c0 in range(0, len(bi), chunk):
+        b, k = bi[c0 : c0 + chunk], ki[c0 : c0 + chunk]
+        A = _specifications(net, start, idx[k], pairs)
+        try:
+            with torch.no_grad():
+                best = _CrownPass(net, relax, deadline=deadline, row_box=torch.cat([b, b])).lower_bound(start, A, box)
+        except OutOfTime:  # the remaining pairs keep their interval bounds
+            break
+        P = len(b)
+        lo[b, k] = best[:P]
+        hi[b, k] = -best[P:]
+    return lo, hi
 
 
 def _optimise(net, relax, start, A, box, best, steps, lr, deadline=None):
@@ -469,9 +489,8 @@ def forward_bounds_batch(net: Network, lower, upper, known: dict | None = None, 
     relaxed = [n for n in net.nodes if isinstance(n.op, (Activation, MaxMin, MaxPool2d))]
     if any(isinstance(n.op, MaxPool2d) for n in relaxed):
         raise Unsupported("CROWN bound propagation does not relax max pooling (MaxPool2d)")
-    width = max(node.size for node in net.nodes)
-    n_max = max([n.size for n in relaxed] + [1])
-    per_chunk = max(1, CHUNK_ENTRIES // max(1, 2 * n_max * width))
+    # the passes are chunked over (box, neuron) pairs; a chunk of boxes only bounds the per-box tensors
+    per_chunk = max(1, CHUNK_ENTRIES // max(1, 8 * max(node.size for node in net.nodes)))
     parts = []
     for b0 in range(0, B, per_chunk):
         sl = slice(b0, b0 + per_chunk)
@@ -519,8 +538,10 @@ def _layer_by_layer(net, box, boxes: int, known: dict, refine_from: int, alpha, 
                 # alpha-CROWN may use this layer's part of the time left, so that every layer gets CROWN bounds
                 a_dl = None if deadline is None else \
                     time.perf_counter() + (deadline - time.perf_counter()) / (len(relaxed) - n_done)
-                clo, chi = _crown_neurons(net, relax, p, idx, box, alpha, alpha_steps, lr, pairs, deadline, a_dl,
-                                          boxes=boxes)
+                if boxes == 1:
+                    clo, chi = _crown_neurons(net, relax, p, idx, box, alpha, alpha_steps, lr, pairs, deadline, a_dl)
+                else:  # only the (box, neuron) pairs that need it
+                    clo, chi = _crown_pairs(net, relax, p, idx, need[:, idx], box, pairs, deadline)
                 info["cut"] = info["cut"] or past(deadline)
                 # only where refinement is needed (as for one box: the same relaxations, box by box)
                 sel = need[..., idx]
