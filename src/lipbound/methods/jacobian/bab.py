@@ -39,7 +39,6 @@ from ...branch_and_bound import Domain, Engine
 from ...crown import forward_bounds_batch
 from ...errors import Unsupported
 from ...network import tensor_view
-from ...norms import spectral_norm_certified
 from ...registry import MethodContext, MethodResult
 from ..lower.methods import jacobian_norms
 from .graph import JacobianGraph
@@ -330,12 +329,9 @@ class _JacobianSearch:
             vals = res.entry_abs.amax(1) if self.norm == 1 else res.value
             return vals, res.entry_abs, scores
         m = len(self.classes)
-        vals = torch.tensor([combine(res.value[b * m:(b + 1) * m], res.entry_abs[b * m:(b + 1) * m], self.norm, True)
-                             for b in range(B)], dtype=torch.float64)
-        if self.norm == 2:  # the spectral norm of the interval Jacobian, when below the Frobenius bound
-            vl, vu = (t.reshape(B, m, -1) for t in res.v)
-            vals = torch.minimum(vals, torch.tensor([interval_spectral_bound(vl[b], vu[b]) for b in range(B)],
-                                                    dtype=torch.float64))
+        sl = [slice(b * m, (b + 1) * m) for b in range(B)]
+        vals = torch.tensor([combine(res.value[r], res.entry_abs[r], self.norm, True, (res.v[0][r], res.v[1][r]))
+                             for r in sl], dtype=torch.float64)
         ea = res.entry_abs.reshape(B, m, -1).amax(1)
         return vals, ea, scores.reshape(B, m, -1).sum(1)
 
@@ -507,19 +503,6 @@ class _JacobianSearch:
         return (v, X[b].detach().numpy().reshape(-1)) if math.isfinite(v) else None
 
 
-def interval_spectral_bound(vl: torch.Tensor, vu: torch.Tensor) -> float:
-    """Certified upper bound on ||J||_2 for every matrix J with vl <= J <= vu (rows: outputs): the spectral norm
-    of the midpoint plus a bound on that of the radius matrix (|J - mid| <= rad entrywise, so ||J - mid||_2 <=
-    ||rad||_2 <= min(||rad||_F, sqrt(||rad||_1 ||rad||_inf))). Tight when the domain's Jacobian is nearly
-    decided, where the Frobenius bound of the per-output norms is not. Cost: one small Gram eigenproblem."""
-    mid = ((vl + vu) / 2).numpy()
-    rad = ((vu - vl) / 2).clamp(min=0).numpy()
-    # the midpoint and radius are rounded: widen the radius by the rounding of their computation
-    rad = rad + 4 * np.finfo(np.float64).eps * np.maximum(np.abs(vl.numpy()), np.abs(vu.numpy()))
-    r = min(float(np.sqrt(np.sum(rad * rad))), float(np.sqrt(rad.sum(0).max() * rad.sum(1).max())))
-    return (spectral_norm_certified(mid) + r) * (1 + 1e-12)
-
-
 def _mode(net, ctx: MethodContext, split_acts: list) -> str:
     opt = ctx.option("split")
     if opt != "auto":
@@ -567,9 +550,7 @@ def branch_and_bound(net, ctx: MethodContext) -> MethodResult:
     t_root = time.perf_counter() - t0
     multi = len(classes) > 1
     per_out = root.entry_abs.amax(1) if ctx.norm == 1 else root.value
-    root_value = combine(root.value, root.entry_abs, ctx.norm, multi)
-    if ctx.norm == 2 and multi:
-        root_value = min(root_value, interval_spectral_bound(*root.v))
+    root_value = combine(root.value, root.entry_abs, ctx.norm, multi, root.v)
     split_acts = [k for k in G.acts if net.nodes[k].op.fn.relu_like_slope is not None]
     unsplittable = _unsplittable(net, G, split_acts)
     mode = _mode(net, ctx, split_acts)

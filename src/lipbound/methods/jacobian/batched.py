@@ -36,7 +36,7 @@ from ... import traversal
 from ...crown import check_deadline, forward_bounds_batch, interval_pass
 from ...network import DTYPE, Activation, Add
 from .graph import JacobianGraph
-from .methods import FORWARD_SHARE, GRAPH_SHARE, combine
+from .methods import FORWARD_SHARE, GRAPH_SHARE, combine, norm_note
 
 #: largest tensor (float64 entries) of the Jacobian-graph passes of one group of boxes (128 MB)
 MAX_ENTRIES = 1 << 24
@@ -353,7 +353,7 @@ def bound_boxes(net, lower, upper, norm, mode: str = "crown", output: int | None
         res = G.bound(torch.tensor(classes).repeat(nb), norm, mode=mode)
         for j in range(nb):
             r = slice(j * m, (j + 1) * m)
-            value = combine(res.value[r], res.entry_abs[r], norm, multi)
+            value = combine(res.value[r], res.entry_abs[r], norm, multi, (res.v[0][r], res.v[1][r]))
             details = {
                 "per_output": {int(c): float(v) for c, v in zip(classes, res.value[r])} if norm != 1 else None,
                 "undecided_neurons": [int((G.s[k][1][j * m] > G.s[k][0][j * m]).sum()) for k in G.acts],
@@ -364,10 +364,6 @@ def bound_boxes(net, lower, upper, norm, mode: str = "crown", output: int | None
     for rec in out:  # the times of the batch, shared equally (the one-box run's keys)
         rec["details"]["time_forward_s"] = t_fwd / B
         rec["details"]["time_backward_s"] = (t_all - t_fwd) / B
-        if norm == 2:
-            rec["details"]["note"] = ("norm 2: the l2 norm of each output's gradient (l2->linf per output); "
-                                      + ("several outputs: sqrt(sum_j U_j^2) bounds the Frobenius, hence spectral, "
-                                         "norm" if multi else "one output: equals the spectral norm"))
-        if norm == 1:
-            rec["details"]["note"] = "norm 1: sum over outputs of per-entry bounds of |df_j/dx_i|, max over i (loose)"
+        if norm in (1, 2):
+            rec["details"]["note"] = norm_note(norm, multi)
     return out

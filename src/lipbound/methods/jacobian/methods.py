@@ -15,8 +15,10 @@ Methods (all ``upper``, box regions only; a "global" box over an input domain is
 Norms: ``inf`` is the l_inf -> l_inf operator norm, max over outputs of ||grad f_j||_1 (the native
 setting). ``2``: each output's ||grad f_j||_2 is bounded through the chord of v^2 (looser than the l_inf
 setting: it bounds the l2 -> l_inf constant per output); with one output (``output=j`` or a one-output
-net) this is the spectral norm; with several outputs the reported value is sqrt(sum_j U_j^2), a bound on
-the Frobenius norm, hence on the spectral norm of every Clarke Jacobian (sound, loose). ``1``: the
+net) this is the spectral norm; with several outputs the reported value is the smaller of sqrt(sum_j U_j^2),
+a bound on the Frobenius norm, and the spectral norm of the interval Jacobian [vl, vu] (midpoint plus a
+bound on the radius; exact when the Jacobian is decided): both bound the spectral norm of every Clarke
+Jacobian. ``1``: the
 l1 -> l1 norm, max over inputs i of sum_j |df_j/dx_i|, bounded by sum_j max|v_ji| over the per-entry
 CROWN bounds (sound, loose; one output: max_i |v_i|).
 
@@ -34,11 +36,12 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 
 from ...crown import forward_bounds
 from ...errors import Unsupported
-from ...norms import INF
+from ...norms import INF, spectral_norm_certified
 from ...registry import AFFINE_OPS, BOOL_OR_AUTO, MethodContext, MethodResult, Option, register_method
 from ...registry import _region_key
 from ...registry import ALL_ACTIVATIONS
@@ -77,13 +80,29 @@ def _classes(net, ctx) -> list[int]:
     return [ctx.output] if ctx.output is not None else list(range(net.n_outputs))
 
 
-def combine(per_class: torch.Tensor, entry_abs: torch.Tensor, norm, multi: bool) -> float:
-    """The operator-norm bound from per-output bounds (see the module doc for each norm)."""
+def combine(per_class: torch.Tensor, entry_abs: torch.Tensor, norm, multi: bool, v=None) -> float:
+    """The operator-norm bound from per-output bounds (see the module doc for each norm); in l2 with several
+    outputs and the entry bounds ``v`` = (vl, vu) (rows: outputs), the smaller of the Frobenius bound and
+    `interval_spectral_bound`."""
     if norm == 1:
         return float(entry_abs.sum(0).amax()) if multi else float(entry_abs.amax())
     if norm == 2 and multi:
-        return float(torch.sqrt((per_class ** 2).sum()))
+        frob = float(torch.sqrt((per_class ** 2).sum()))
+        return frob if v is None else min(frob, interval_spectral_bound(*v))
     return float(per_class.max())
+
+
+def interval_spectral_bound(vl: torch.Tensor, vu: torch.Tensor) -> float:
+    """Certified upper bound on ||J||_2 for every matrix J with vl <= J <= vu (rows: outputs): the spectral norm
+    of the midpoint plus a bound on that of the radius matrix (|J - mid| <= rad entrywise, so ||J - mid||_2 <=
+    ||rad||_2 <= min(||rad||_F, sqrt(||rad||_1 ||rad||_inf))). Exact when the Jacobian is decided (a box in one
+    linear region), where the Frobenius bound of the per-output norms is not. Cost: one small Gram eigenproblem."""
+    mid = ((vl + vu) / 2).numpy()
+    rad = ((vu - vl) / 2).clamp(min=0).numpy()
+    # the midpoint and radius are rounded: widen the radius by the rounding of their computation
+    rad = rad + 4 * np.finfo(np.float64).eps * np.maximum(np.abs(vl.numpy()), np.abs(vu.numpy()))
+    r = min(float(np.sqrt(np.sum(rad * rad))), float(np.sqrt(rad.sum(0).max() * rad.sum(1).max())))
+    return (spectral_norm_certified(mid) + r) * (1 + 1e-12)
 
 
 #: with a time limit T, the forward (alpha-)CROWN bounds stop at FORWARD_SHARE x T and the Jacobian-graph
@@ -130,7 +149,7 @@ def run_propagation(net, ctx: MethodContext, mode: str):
     classes = _classes(net, ctx)
     res = graph.bound(classes, ctx.norm, mode=mode)
     multi = len(classes) > 1
-    value = combine(res.value, res.entry_abs, ctx.norm, multi)
+    value = combine(res.value, res.entry_abs, ctx.norm, multi, res.v)
     unstable = [int((graph.s[k][1] > graph.s[k][0]).sum()) for k in graph.acts]
     details = {
         "per_output": {int(j): float(v) for j, v in zip(classes, res.value)} if ctx.norm != 1 else None,
@@ -142,13 +161,18 @@ def run_propagation(net, ctx: MethodContext, mode: str):
     if fwd_cut or graph.cut:
         details["cut"] = ", ".join(w for w, c in (("forward bounds", fwd_cut), ("Jacobian graph", graph.cut)) if c) \
             + " stopped at the time limit: interval bounds kept from there (certified, looser)"
-    if ctx.norm == 2:
-        details["note"] = ("norm 2: the l2 norm of each output's gradient (l2->linf per output); "
-                           + ("several outputs: sqrt(sum_j U_j^2) bounds the Frobenius, hence spectral, norm"
-                              if multi else "one output: equals the spectral norm"))
-    if ctx.norm == 1:
-        details["note"] = "norm 1: sum over outputs of per-entry bounds of |df_j/dx_i|, max over i (loose)"
+    if ctx.norm in (1, 2):
+        details["note"] = norm_note(ctx.norm, multi)
     return value, details, graph, res
+
+
+def norm_note(norm, multi: bool) -> str:
+    """What the value means in norms 2 and 1 (``details["note"]`` of crown, recurjac, ibp-jacobian)."""
+    if norm == 1:
+        return "norm 1: sum over outputs of per-entry bounds of |df_j/dx_i|, max over i (loose)"
+    return ("norm 2: the l2 norm of each output's gradient (l2->linf per output); "
+            + ("several outputs: the smaller of sqrt(sum_j U_j^2) (a Frobenius bound) and the spectral norm of "
+               "the interval Jacobian (midpoint + radius)" if multi else "one output: equals the spectral norm"))
 
 
 @register_method("crown", kind="upper", norms=(1, 2, INF), regions=("box",), ops=OPS, activations=ACTS,
