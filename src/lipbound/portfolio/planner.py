@@ -249,8 +249,10 @@ def _phase2(prob: Problem, cands: dict, budget: float, plan: Plan, done: set) ->
         else:
             skip("enumerate", f"{u} unstable neurons under CROWN bounds (> {ENUMERATE_MAX_UNSTABLE}): 2^{u} patterns")
         easy = u is not None and u <= MIP_EASY_UNSTABLE
+        # with few inputs crown-bab's input splitting closes boxes the MIP cannot: the MIP gets a small share
         if p != 2:
-            add("mip", 0.9 if easy else 0.3, f"exact MIP ({'few' if easy else 'many'} unstable neurons), anytime sandwich")
+            add("mip", 0.9 if easy else (0.1 if prob.n_inputs <= INPUT_SPLIT_MAX_DIM else 0.3),
+                f"exact MIP ({'few' if easy else 'many'} unstable neurons), anytime sandwich")
     _maybe_slow(prob, cands, budget, add, skip)
     add("lower-grad", 0.5, "gradient ascent for the lower end", role="lower")
     return steps
