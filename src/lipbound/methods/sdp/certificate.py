@@ -30,7 +30,7 @@ import torch
 
 from ...errors import MethodFailed
 from ...opnorms import cholesky_factor
-from .prepare import Prepared, _t, gram_t, lam_max
+from .prepare import Prepared, _t, gram, gram_t, lam_max
 
 # relative margin added to every certified value (absorbs rounding in the last pivot and eigenvalue)
 REL_MARGIN = 1e-9
@@ -95,14 +95,18 @@ def _pivot(lam: torch.Tensor, KX: torch.Tensor, n_inner: int) -> torch.Tensor:
     (K's entries are inner products of length ~n_inner); the diagonal r_j = g (lam_j + v_j sum_l v_l)
     dominates each row of that error (Gershgorin), so M_k - diag(r) lies below the exact M_k. Using it in
     the rest of the recursion only makes the next pivots smaller and the final value larger: a valid,
-    conservative certificate, and rows with tiny multipliers get tiny margins."""
-    Mk = KX * lam[:, None]
-    Mk *= lam[None, :]
-    Mk.neg_()
-    v = torch.sqrt(torch.clamp(torch.diagonal(KX), min=0.0)) * lam
-    g = PIVOT_MARGIN * (n_inner + lam.shape[0])
-    Mk.diagonal().add_(lam - g * (lam + v * v.sum()))
-    return Mk
+    conservative certificate, and rows with tiny multipliers get tiny margins.
+    numpy on the tensors' memory (single-threaded: torch's element-wise passes with 2 OpenMP threads were
+    measured 5x slower on a busy machine); the same operations in the same order. Cost: 3 passes over n^2."""
+    K, lv = KX.numpy(), lam.numpy()
+    Mk = K * lv[:, None]
+    Mk *= lv[None, :]
+    np.negative(Mk, out=Mk)
+    v = np.sqrt(np.maximum(np.diagonal(K), 0.0)) * lv
+    g = PIVOT_MARGIN * (n_inner + lv.shape[0])
+    d = Mk.reshape(-1)[:: Mk.shape[0] + 1]  # the diagonal, a view
+    d += lv - g * (lv + v * v.sum())
+    return torch.from_numpy(Mk)
 
 
 def _has_p(p) -> bool:
@@ -110,11 +114,47 @@ def _has_p(p) -> bool:
     return bool(np.any(np.asarray(p) != 0.0))
 
 
+def _mirror_upper(G: np.ndarray, b: int = 64) -> np.ndarray:
+    """Copy the upper triangle of the square G onto its lower one, in place, by panels of b rows (exactly
+    symmetric afterwards). numpy, single-threaded: torch's copies of transposed panels were measured 7x
+    slower with 2 OpenMP threads on a busy machine. Cost: n^2 / 2 transposed copies (~1 ms at n = 1000)."""
+    n = G.shape[0]
+    for i in range(0, n, b):
+        j = min(i + b, n)
+        G[i:j, :i] = G[:i, i:j].T
+        D = G[i:j, i:j]
+        D[:] = np.triu(D) + np.triu(D, 1).T
+    return G
+
+
+def gram_syrk(R: torch.Tensor | None, W: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """scale * W M^{-1} W^T for M = R R^T (R None: M = I), exactly symmetric: C = R^{-1} W^T by one
+    triangular solve, then scale * C^T C by one BLAS syrk (half the flops of a product; scipy's BLAS, its
+    threads limited by `threads.blas_threads` like torch's) and a mirror; with several torch threads by
+    torch's blocked `prepare.gram` instead. The entries carry the rounding
+    of ordinary inner products of length n_in (what `_pivot`'s margin assumes).
+    Cost: n_in^2 n_out (solve) + n_in n_out^2 (syrk); one n_out^2 result (plus C, n_in x n_out)."""
+    from scipy.linalg.blas import dsyrk
+
+    C = W.T if R is None else torch.linalg.solve_triangular(R, W.T, upper=False)
+    if torch.get_num_threads() > 1:
+        # scipy's OpenBLAS syrk with 2 threads beside a busy process was measured 2.5x slower than torch's
+        # (MKL) blocked product: threaded runs keep `prepare.gram` (5/8 of a product's flops)
+        return gram(C, scale)
+    a = C.numpy()
+    if a.flags.f_contiguous:  # C^T C = a^T a, a read in place (Fortran order)
+        G = dsyrk(scale, a, trans=1, lower=1)
+    else:  # a.T is Fortran-ordered: C^T C = (a.T)(a.T)^T
+        G = dsyrk(scale, np.ascontiguousarray(a).T, trans=0, lower=1)
+    # G is Fortran-ordered with its lower triangle set: its transpose, C-ordered, has the upper one
+    return torch.from_numpy(_mirror_upper(G.T))
+
+
 def _scaled_gram(R, W: torch.Tensor, f: float, m) -> torch.Tensor:
-    """D_m V M^{-1} V^T D_m with V = f W (m a float, or a per-neuron array: D_m = diag(m))."""
+    """D_m V M^{-1} V^T D_m with V = f W (m a float, or a per-neuron array: D_m = diag(m)). `gram_syrk`."""
     if np.ndim(m) == 0:
-        return gram_t(R, W, (float(m) * f) ** 2)
-    G = gram_t(R, W, f * f)
+        return gram_syrk(R, W, (float(m) * f) ** 2)
+    G = gram_syrk(R, W, f * f)
     mt = torch.from_numpy(np.asarray(m, dtype=np.float64))
     G *= mt[:, None]
     G *= mt[None, :]
@@ -160,8 +200,10 @@ def run_chain(prep: Prepared, policy: Policy, *, ctx=None, fallback: Policy | No
 
     If ``ctx`` runs out of time: with ``fallback`` the remaining stages use it; otherwise the chain is
     cut and the remaining layers are bounded by Frobenius norms (valid, looser).
-    Cost: per layer one triangular solve, one Gram product and one Cholesky factorisation (O(n_k^3)),
-    plus the policy's cost."""
+    Cost: per layer one triangular solve, one syrk Gram product (`gram_syrk`) and one Cholesky
+    factorisation (O(n_k^3)), whose factor is both the certificate of the pivot and the next layer's solve
+    (no inverse, no eigenvalue decomposition); plus the policy's cost. Memory: the weights are read in
+    place; at a time K_k, M_k, its factor and the previous one (4 n_k^2 floats) and the solve's n x n_k."""
     raw, inv = prep.raw_and_inverse_scales()
     Ws, L = [_t(W) for W in raw], prep.L  # W_k(normalised) = inv[k] * Ws[k]
     ps, ms = prep.ps, prep.ms
