@@ -409,7 +409,11 @@ class _JacobianSearch:
                 continue
             kind, i = d.data.split
             kids = self._input_children(d.data, i) if kind == "input" else self._neuron_children(d.data, i)
-            out += [(d.key, c, d.upper) for c in kids if self._cheap_realisable(c)]
+            for c in kids:
+                if self._realisable(c, use_lp=self.lp_eager):
+                    out.append((d.key, c, d.upper))
+                else:
+                    self.pruned += 1
         return out
 
     def _input_children(self, p: _Part, i: int) -> list:
@@ -440,30 +444,24 @@ class _JacobianSearch:
             kids.append(_Part(p.lo, p.hi, dec, fwd, k + 1, None, p.n_rows, True, True))
         return kids
 
-    def _realisable(self, p: _Part) -> bool:
-        """The lazy pattern LP on a popped domain whose checkable decisions grew (False: no input realises it)."""
+    def _realisable(self, p: _Part, use_lp: bool = True) -> bool:
+        """The pattern check of a domain whose checkable decisions grew since its last check: False when no input
+        of its box realises them (``use_lp`` false: only the checks that need no LP)."""
         if self.lp is None or not p.check:
             return True
         n_rows = self.lp.checkable(p.dec)[1]
         if n_rows > p.n_rows:
-            if not self.lp.feasible(p.dec, box=self._box(p)):
-                return False
-            p.n_rows, p.check = n_rows, False
-        return True
-
-    def _cheap_realisable(self, p: _Part) -> bool:
-        if self.lp is None or not p.check:
-            return True
-        n_rows = self.lp.checkable(p.dec)[1]
-        if n_rows > p.n_rows:
-            ok = self.lp.feasible(p.dec, use_lp=self.lp_eager, box=self._box(p))
+            ok = self.lp.feasible(p.dec, use_lp=use_lp, box=self._box(p))
             if ok is False:
-                self.pruned += 1
                 return False
             if ok:
                 p.n_rows, p.check = n_rows, False
         return True
 
+    def _box(self, p: _Part):
+        return (p.lo, p.hi) if self.mode == "input" else None
+
+    # ---- the lower-bound hook ----------------------------------------------------------------------
     def _pattern_points(self, domains: list) -> list:
         """On a dense chain, the point deepest inside the region of a domain's decided neurons (max-slack LP):
         for a fully decided domain, where the gradient is its exact value; for the worst popped ones, a point
@@ -479,10 +477,6 @@ class _JacobianSearch:
                     pts.append(torch.as_tensor(x, dtype=torch.float64).reshape(1, -1))
         return pts
 
-    def _box(self, p: _Part):
-        return (p.lo, p.hi) if self.mode == "input" else None
-
-    # ---- the lower-bound hook ----------------------------------------------------------------------
     def lower(self, domains: list):
         """The certified gradient norm at the centre and a random point of each popped domain's box."""
         lo = torch.stack([d.data.lo for d in domains])
