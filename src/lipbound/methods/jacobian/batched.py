@@ -206,35 +206,39 @@ class _RowwiseGraph(JacobianGraph):
             lines[c] = [torch.where(mask, t.gather(1, ridx), 0.0).reshape(nb, m, 1, -1) for t in relax[c]]
             lines[c].append(recorded[c][:, :m, :].unsqueeze(3))  # (nb, m, U, 1): the output row's coefficient
             lines[c] += [ridx, mask]
+        terms = {c: _line_coefficients(lines[c]) for c in order}
 
         def src(c):  # (nb, U_c, n_k): the adjoints of box b's undecided neurons of c
             return Vk[:, offs[c] : offs[c] + own[c][0].shape[1], :]
 
         def chain(base_F, base, rec):
             """The base class's loop over the undecided activations, per (box, output, specification):
-            ``base(c)`` (nb, 1 or m, S, U_c) is the part of lam that comes from the adjoint alone."""
+            ``base(c)`` (nb, 1 or m, S, U_c) is the part of lam that comes from the adjoint alone. Each
+            activation adds sum_u lam * (b + a * cls) (the lower line where lam > 0, the upper one
+            elsewhere: `_line_terms`) as batched products, and passes lam * a on to the later ones."""
             S = base_F.shape[1]
-            bias = torch.zeros(nb, m, S, dtype=DTYPE)
             out = base_F.reshape(nb, m, S)
             z = {}
-            for c in order:
+            for i, c in enumerate(order):
                 aL, bL, aU, bU, cls_rec, ridx, mask = lines[c]
                 lam = base(c)
                 for c2, z2 in z.items():
                     T = recorded[c2][:, offs[c] : offs[c] + own[c][0].shape[1], :]  # (nb, U_c, U_c2)
                     lam = lam + torch.einsum("bsv,buv->bsu", z2.reshape(nb, m * S, -1), T).reshape(nb, m, S, -1)
-                up = lam > 0
-                bias = bias + (lam * torch.where(up, bL, bU)).sum(-1)
-                zc = lam * torch.where(up, aL, aU)
-                z[c] = zc
-                out = out + (zc @ cls_rec).squeeze(3)
+                pos = lam.clamp(min=0)
+                neg = lam - pos
+                out = out + _line_terms(pos, neg, terms[c])
+                if i + 1 < len(order):
+                    z[c] = pos * aL + neg * aU
                 if rec is not None:
                     full = torch.zeros(B, net.nodes[c].size, dtype=DTYPE)
                     full.scatter_add_(1, ridx, (lam.abs().expand(nb, m, S, -1).reshape(B, S, -1) * mask.unsqueeze(1))
                                       .sum(1))
                     rec[c] = full
-            return (out + bias).reshape(B, S)
+            return out.reshape(B, S)
 
+        if isinstance(seed, tuple) and len(order) == 1:
+            return _entries_one_layer(F[:, seed[1]], src(order[0])[:, :, seed[1]].transpose(1, 2), terms[order[0]])
         if isinstance(seed, tuple):
             idx = seed[1]
             width = 2 * B * max(1, sum(own[c][0].shape[1] for c in order))
@@ -257,6 +261,38 @@ class _RowwiseGraph(JacobianGraph):
             return torch.einsum("bsn,bun->bsu", sd.reshape(nb, m * S, n_k), src(c)).reshape(nb, m, S, -1)
 
         return chain(torch.einsum("bsn,bn->bs", sd, F), base, record)
+
+
+def _line_coefficients(lines: list) -> tuple:
+    """(lower, upper) (nb, m, U): b + a * cls for the lower and the upper line of each undecided neuron of
+    a box, cls its coefficient in the box's output row m (``lines``: the aL, bL, aU, bU, cls of `chain`)."""
+    aL, bL, aU, bU, cls_rec = lines[:5]
+    cls = cls_rec.transpose(2, 3)  # (nb, m, 1, U)
+    return (bL + aL * cls)[:, :, 0, :], (bU + aU * cls)[:, :, 0, :]
+
+
+def _line_terms(pos: torch.Tensor, neg: torch.Tensor, coefficients: tuple) -> torch.Tensor:
+    """sum_u pos * lower + neg * upper (nb, m, S) for multipliers split by sign, pos and neg (nb, 1 or m,
+    S, U): batched matrix products instead of elementwise work on (nb, m, S, U) tensors (the same terms,
+    summed in another order); a multiplier shared by the m outputs of a box is multiplied once."""
+    lower, upper = coefficients
+    if pos.shape[1] == 1:
+        return (pos[:, 0] @ lower.transpose(1, 2) + neg[:, 0] @ upper.transpose(1, 2)).transpose(1, 2)
+    return (pos @ lower.unsqueeze(3) + neg @ upper.unsqueeze(3)).squeeze(3)
+
+
+def _entries_one_layer(F: torch.Tensor, R: torch.Tensor, coefficients: tuple) -> torch.Tensor:
+    """`lowrank_walk` on gradient entries when one activation has undecided neurons: lower bounds (B, 2K)
+    of +entry and of -entry for the K entries, from F (B, K) (the decided part of each row) and R (nb, K,
+    U) (the adjoints of each box's undecided neurons, shared by its m rows). The multipliers of -entry are
+    those of +entry negated, so their positive and negative parts swap: one product of [pos, neg] with
+    [[lower, upper], [upper, lower]] gives both (`chain`'s terms, summed in another order)."""
+    lower, upper = (t.transpose(1, 2) for t in coefficients)  # (nb, U, m)
+    nb, m = lower.shape[0], lower.shape[2]
+    pos = R.clamp(min=0)
+    mixed = torch.cat([pos, R - pos], 2) @ torch.cat([torch.cat([lower, upper], 2), torch.cat([upper, lower], 2)], 1)
+    rows = mixed.reshape(nb, -1, 2, m).permute(0, 3, 2, 1)  # (nb, m, 2, K)
+    return torch.cat([F + rows[:, :, 0].reshape(F.shape), -F - rows[:, :, 1].reshape(F.shape)], 1)
 
 
 def _interval_order(net, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
@@ -282,14 +318,28 @@ def _undecided(net, fwd: dict, B: int) -> list[torch.Tensor]:
     return out or [torch.zeros(B, dtype=torch.long)]
 
 
+def _layers(counts: list, b: int) -> int:
+    """The set of activation nodes in which box ``b`` has undecided neurons, as a bit mask."""
+    return sum(1 << i for i, c in enumerate(counts) if int(c[b]) > 0)
+
+
+def _box_order(counts: list) -> torch.Tensor:
+    """The boxes sorted by the set of activation nodes in which they have undecided neurons, then by their
+    number of undecided neurons (`_groups` cuts between sets)."""
+    total = sum(counts)
+    layers = sum((c > 0).long() << i for i, c in enumerate(counts))
+    return torch.argsort(layers * (int(total.max()) + 1 if len(total) else 1) + total, stable=True)
+
+
 def _groups(net, counts: list, order: torch.Tensor, rows_per_box: int) -> list[torch.Tensor]:
-    """The boxes in ``order`` (fewest undecided neurons first) cut into consecutive groups whose low-rank
-    adjoint pass, boxes x (rows_per_box + the largest count of each activation in the group) x (sum of
-    the node sizes) entries, stays within `MAX_ENTRIES`, and whose rows x the widest node stay within
-    `ROW_ENTRIES` (at least one box per group). Sorted boxes pad
-    little: a box's undecided neurons are padded to the group's largest count, at most `PAD` x the group's
-    smallest total count + `PAD_ABS` (boxes without undecided neurons, whose Jacobian is exact, form their
-    own groups)."""
+    """The boxes in ``order`` (`_box_order`) cut into consecutive groups whose low-rank adjoint pass, boxes
+    x (rows_per_box + the largest count of each activation in the group) x (sum of the node sizes)
+    entries, stays within `MAX_ENTRIES`, and whose rows x the widest node stay within `ROW_ENTRIES` (at
+    least one box per group). Sorted boxes pad little: a box's undecided neurons are padded to the group's
+    largest count, at most `PAD` x the group's smallest total count + `PAD_ABS`. The boxes of a group have
+    undecided neurons in the same activation nodes: a node undecided only by padding would still cost
+    its share of the walk, and one undecided node takes the walk's cheaper form (`_one_layer`); boxes
+    without undecided neurons (exact Jacobian) form their own groups."""
     total = sum(n.size for n in net.nodes)
     width = max(n.size for n in net.nodes)
     out, cur, peak, first = [], [], None, 0  # first: the group's smallest total count (its first box's)
@@ -297,7 +347,7 @@ def _groups(net, counts: list, order: torch.Tensor, rows_per_box: int) -> list[t
         cand = [int(c[b]) for c in counts] if peak is None else [max(p, int(c[b])) for p, c in zip(peak, counts)]
         big = (len(cur) + 1) * (rows_per_box + sum(cand)) * total > MAX_ENTRIES or \
             (len(cur) + 1) * rows_per_box * width > ROW_ENTRIES
-        if cur and (big or sum(cand) > PAD * first + PAD_ABS):
+        if cur and (big or sum(cand) > PAD * first + PAD_ABS or _layers(counts, b) != _layers(counts, cur[0])):
             out.append(torch.tensor(cur))
             cur, cand = [], [int(c[b]) for c in counts]
         if not cur:
@@ -344,8 +394,7 @@ def bound_boxes(net, lower, upper, norm, mode: str = "crown", output: int | None
     multi = m > 1
     out: list = [None] * B
     counts = _undecided(net, fwd, B)
-    order = torch.argsort(sum(counts), stable=True)
-    for grp in _groups(net, counts, order, m):
+    for grp in _groups(net, counts, _box_order(counts), m):
         nb = len(grp)
         rows = grp.repeat_interleave(m)
         G = _RowwiseGraph(net, {k: (fwd[k][0][rows], fwd[k][1][rows]) for k in fwd}, m)

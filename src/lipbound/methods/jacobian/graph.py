@@ -176,6 +176,8 @@ class JacobianGraph:
             in_shape = net.nodes[node.inputs[0]].shape
             mid, rad = (hi + lo) / 2, (hi - lo) / 2
             m = op.linear_t(mid, in_shape)
+            if not bool(rad.any()):  # points (every derivative decided so far): exact, no radius product
+                return ((m, m.clone()),)
             r = _abs_linear_t(op, rad, in_shape, self._abs_cache)
             return ((m - r, m + r),)  # one input: a 1-tuple of intervals
 
@@ -500,8 +502,8 @@ class JacobianGraph:
             else:
                 interval_val = entry_abs.sum(1)
                 a, b = abs_chord(vl, vu)
-            if mode == "ibp":
-                value = interval_val
+            if mode == "ibp" or not any(self._und[k].any() for k in self.acts):
+                value = interval_val  # (no undecided neuron: the intervals are points, the chord adds nothing)
             else:
                 seed = (-a).reshape((B, 1) + self.net.input_shape)
                 direct, lowrank = self.walk_cost(0, B, 1, self._und)
