@@ -18,6 +18,12 @@ interleaved block by block so that both see the same machine load; also the defa
 difference of the values) and writes benchmarks/results/sweep_batching.json.
 
     python benchmarks/sweep.py --batching [--points 1000] [--batch 64] [--norm inf] [--block 100]
+
+``--memory``: the peak RSS of ``lipbound sweep`` (the CLI in a child process; os.wait4's rusage) on 1000 and
+N (default 10,000) MNIST-shaped points, ``-m crown --option alpha=false`` (batched) on mnist-net_256x2: what
+grows with the number of points beyond the inputs array. Writes benchmarks/results/sweep_memory.json.
+
+    python benchmarks/sweep.py --memory [--points 10000] [--method-memory crown] [--option alpha=false]
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from lipbound.sweep import ray_pool
 
 OUT = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "sweep.json"
 OUT_BATCHING = OUT.with_name("sweep_batching.json")
+OUT_MEMORY = OUT.with_name("sweep_memory.json")
 MNIST = Path(__file__).resolve().parents[2] / "shared" / "networks" / "mnist-net_256x2.onnx"
 
 
@@ -117,6 +124,50 @@ def batching(args) -> None:
     print(f"JSON written to {OUT_BATCHING}")
 
 
+def _peak_rss_mb(cmd: list) -> tuple[float, float]:
+    """(peak RSS in MB, wall s) of a command run as a child process (os.wait4's rusage)."""
+    import subprocess
+
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed: {proc.stderr.read().decode()[-2000:]}")
+    return usage.ru_maxrss / 1024, time.perf_counter() - t0  # ru_maxrss: kB on Linux
+
+
+def memory(args) -> None:
+    """Peak RSS of `lipbound sweep` (the CLI, in its own process) on N and 10 N points: what grows with the
+    number of points beyond the inputs array itself (the issue's 10,000-point target)."""
+    net = lipbound.load(str(args.model))
+    n_small, n_large = 1000, args.points or 10_000
+    method = ["-m", args.method_memory] + sum((["--option", o] for o in args.option), [])
+    rows, out = [], {}
+    with tempfile.TemporaryDirectory() as d:
+        for n in (n_small, n_large):
+            x = np.random.default_rng(0).uniform(0, 1, (n,) + net.input_shape)
+            xs = Path(d) / f"x{n}.npy"
+            np.save(xs, x)
+            mb_inputs = x.nbytes / 2 ** 20
+            del x
+            res = Path(d) / f"r{n}.jsonl"
+            rss, wall = _peak_rss_mb(["lipbound", "sweep", str(args.model), "--inputs", str(xs), "--eps", "0.01",
+                                      "--norm", args.norm, *method, "--out", str(res), "--quiet"])
+            lines = sum(1 for _ in res.open())
+            rows.append((n, round(mb_inputs, 1), round(rss, 1), round(wall, 1), lines))
+            out[n] = {"inputs_mb": mb_inputs, "peak_rss_mb": rss, "wall_s": wall, "lines": lines}
+    growth = out[n_large]["peak_rss_mb"] - out[n_small]["peak_rss_mb"]
+    extra_inputs = out[n_large]["inputs_mb"] - out[n_small]["inputs_mb"]
+    print(f"{'points':>8}{'inputs (MB)':>13}{'peak RSS (MB)':>15}{'wall (s)':>10}{'lines':>8}")
+    for r in rows:
+        print(f"{r[0]:>8}{r[1]:>13}{r[2]:>15}{r[3]:>10}{r[4]:>8}")
+    print(f"peak RSS grows by {growth:.1f} MB from {n_small} to {n_large} points; the inputs array grows by "
+          f"{extra_inputs:.1f} MB (memory-mapped .npy: its pages are counted once read)")
+    OUT_MEMORY.write_text(json.dumps({"model": str(args.model), "method": method, "norm": args.norm, "runs": out,
+                                      "rss_growth_mb": growth, "inputs_growth_mb": extra_inputs}, indent=2))
+    print(f"JSON written to {OUT_MEMORY}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--points", type=int, default=None, help="default 20 (Ray), 1000 (--batching)")
@@ -127,7 +178,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64, help="--batching: points per batched call")
     ap.add_argument("--block", type=int, default=100, help="--batching: points per interleaved block")
     ap.add_argument("--norm", default="inf", help="--batching: 1, 2 or inf")
+    ap.add_argument("--memory", action="store_true", help="peak RSS of the CLI sweep on 1000 and --points points")
+    ap.add_argument("--method-memory", default="crown", help="--memory: the method (default crown, batched)")
+    ap.add_argument("--option", action="append", default=None, help="--memory: method option (default alpha=false)")
     args = ap.parse_args()
+    if args.memory:
+        args.option = args.option if args.option is not None else ["alpha=false"]
+        return memory(args)
     if args.batching:
         return batching(args)
     args.points = args.points or 20

@@ -180,7 +180,7 @@ def test_bad_requests_are_one_line_errors():
                           ({"target_gap": 0.5}, "target_gap"), ({"time_limit": -1}, "time_limit"),
                           ({"center": np.zeros(3), "eps": 0.1}, "center has 3 values"), ({"output": 9}, "out of range"),
                           ({"methods": ["lower-sample"]}, "no method can give a certified upper bound"),
-                          ({"methods": ["crown"]}, "local")]:
+                          ({"methods": ["crown-bab"]}, "local")]:
         with pytest.raises(LipboundError, match=words):
             lipbound.certify(net, 2, **{"time_limit": 1, **kwargs})
     with pytest.raises(LipboundError, match="unknown norm"):

@@ -102,7 +102,7 @@ def test_global_only_method_on_a_box_and_local_method_globally(tmp_path, capsys)
     code, out, err = run(["bound", "example:digits_mlp", "-m", "eclipse-fast", "--center", str(center), "--eps", "0.1",
                           "--quiet"], capsys)
     assert code == 0, err
-    code, out, err = run(["bound", "example:digits_mlp", "-m", "crown", "--norm", "inf", "--quiet"], capsys)
+    code, out, err = run(["bound", "example:digits_mlp", "-m", "crown-bab", "--norm", "inf", "--quiet"], capsys)
     assert code == 2 and "local" in err
 
 

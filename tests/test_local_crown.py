@@ -458,10 +458,42 @@ def test_unsupported_requests():
     b = lipbound.bound(net, "crown", norm="inf", region=region)
     assert b.status == "unsupported" and b.value is None
     mlp = random_mlp([3, 4, 2], seed=0)
-    assert lipbound.bound(mlp, "crown", norm="inf").status == "unsupported"  # global: needs a box
     assert lipbound.bound(mlp, "crown-bab", norm=1).status == "unsupported"  # global: needs a box
     b = GraphBuilder((4,))
     b.add(MaxMin(), [b.add(Linear(np.eye(4), np.zeros(4)), [0])])
     maxmin = b.build()
     for method in ("crown", "recurjac", "ibp-jacobian", "crown-bab"):  # the Jacobian graph has no MaxMin rule
         assert lipbound.bound(maxmin, method, norm="inf", region=Region.box(np.zeros(4), 0.1)).status == "unsupported"
+
+
+@pytest.mark.parametrize("activation,param", [("relu", 0.0), ("leaky_relu", 0.1)])
+@pytest.mark.parametrize("widths", [[3, 6, 2], [2, 5, 5, 3], [4, 4, 4, 4, 1]])
+def test_global_jacobian_bounds_hold_the_exact_global_constant(widths, activation, param):
+    """Globally (no box) crown, recurjac and ibp-jacobian give every neuron its activation's whole slope
+    range: each is >= the exact global constant (enumerate over every region of R^n, an independent
+    method), >= its own bound on a box, and crown <= ibp-jacobian (the same relaxation, tightened)."""
+    for seed in range(2):
+        net = random_mlp(widths, seed=seed, activation=activation, param=param)
+        for norm in (1, 2, "inf"):
+            exact = lipbound.bound(net, "enumerate", norm=norm)
+            assert exact.status == "ok", exact.reason
+            vals = {m: lipbound.bound(net, m, norm=norm) for m in ("crown", "recurjac", "ibp-jacobian")}
+            for m, b in vals.items():
+                assert b.status == "ok" and b.details["forward"] == "global slope ranges", (m, b.reason)
+                assert b.value >= exact.value * (1 - 1e-9), (m, norm, b.value, exact.value)
+            assert vals["crown"].value <= vals["ibp-jacobian"].value * (1 + 1e-9)
+            box = lipbound.bound(net, "crown", norm=norm, center=np.zeros(widths[0]), eps=0.5)
+            assert box.value <= vals["crown"].value * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "tanh", "gelu"])
+def test_global_crown_on_smooth_activations_is_above_sampled_gradients(activation):
+    """Smooth activations (no exact method): the global crown bound is above the gradient norm at random
+    points of every scale (lower-sample globally: certified gradients) and below naive."""
+    net = random_mlp([3, 8, 8, 2], seed=3, activation=activation, scale=2.0)
+    for norm in (1, 2, "inf"):
+        up = lipbound.bound(net, "crown", norm=norm)
+        low = lipbound.bound(net, "lower-sample", norm=norm, samples=3000)
+        naive = lipbound.bound(net, "naive", norm=norm)
+        assert up.status == "ok" and low.value > 0
+        assert low.value <= up.value * (1 + 1e-9) and up.value <= naive.value * (1 + 1e-9), (norm, low.value, up.value)

@@ -12,10 +12,11 @@ Rules (the cost of each method comes from `costs.estimate`, from sizes):
   ibp-jacobian (weaker relaxations than crown); in phase 2 also eclipse-family when lipsdp-opt can start
   (it starts from eclipse-family's value) and crown when crown-bab runs (its root bound is crown's);
 * phase 1, a certified finite interval within about a second: every cheap upper bound that applies
-  (naive; autolip in l2; eclipse-fast on l2 chains; crown on a box) whose estimate is below
+  (naive; autolip in l2; eclipse-fast on l2 chains; crown, except globally in l2 on chains) whose estimate is below
   `PHASE1_S` (at least the cheapest one, whatever its cost), and lower-sample with few samples;
 * phase 2, the methods that can shrink the interval for this class: the SDP family (eclipse-family,
-  lipsdp-opt; with per-neuron slopes on a box) for l2 on chains; crown and crown-bab on a box (crown-bab
+  lipsdp-opt; with per-neuron slopes on a box) for l2 on chains; crown globally (every neuron undecided,
+  the activations' global slope ranges; not l2 on chains) and crown and crown-bab on a box (crown-bab
   with the largest weight when the network has few inputs: it splits the box and closes the interval
   itself); enumerate when at most `ENUMERATE_MAX_UNSTABLE` neurons are unstable under CROWN bounds (every
   norm), and mip for l1 / linf, on a box (ReLU-like chains); lipopt (l1, linf) and shor-sdp (linf, one or two hidden layers) when their
@@ -187,7 +188,7 @@ def _phase1(prob: Problem, cands: dict, budget: float, plan: Plan) -> list:
         cheap = [m for m in cheap if m not in ("autolip", "eclipse-fast")]
     if not prob.chain:
         cheap = [m for m in cheap if m != "eclipse-fast"]
-    if not prob.is_box:
+    if not prob.is_box and prob.norm == 2 and prob.chain:  # global l2 on chains: the closed forms are better
         cheap = [m for m in cheap if m != "crown"]
     if not cheap:  # the caller's methods: the cheapest upper-capable one opens the interval
         cheap = [m for m in cands if cands[m].kind in ("upper", "exact")]
@@ -231,6 +232,8 @@ def _phase2(prob: Problem, cands: dict, budget: float, plan: Plan, done: set) ->
         else:
             add("eclipse-family", 0.4 if box else 0.5, "closed-form LipSDP family" + (" with local slopes" if box else ""))
         add("lipsdp-opt", 0.7 if box else 0.9, "LipSDP-Neuron optimum" + (" with local slopes" if box else ""))
+    if not box and not (p == 2 and prob.chain):  # every neuron undecided: its global slope range
+        add("crown", 0.5, "CROWN on the Jacobian graph with the activations' global slope ranges")
     if box:
         if "crown-bab" in cands and "crown-bab" not in done:
             skip("crown", "crown-bab starts from crown's bound (its root) and is anytime from there")

@@ -59,6 +59,13 @@ def _abs_linear_t(op, r, in_shape, cache: dict):
     return op.linear_t(r, in_shape)  # pooling, padding, reshapes, permutations: non-negative maps
 
 
+def _global_slopes(node) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lo, hi) (n,): the activation's global slope range for each of the node's n neurons."""
+    a, b = node.op.fn.slope_bounds()
+    n = int(node.size)
+    return torch.full((n,), float(a), dtype=DTYPE), torch.full((n,), float(b), dtype=DTYPE)
+
+
 def product_interval(sl, su, gl, gu):
     c = torch.stack([sl * gl, sl * gu, su * gl, su * gu], 0)
     return c.min(0).values, c.max(0).values
@@ -124,7 +131,9 @@ class JacobianGraph:
     one region, or (B, n) per batch element (branch-and-bound domains or boxes: then every `bound` call
     has that batch size B)."""
 
-    def __init__(self, net: Network, fwd: dict):
+    def __init__(self, net: Network, fwd: dict | None):
+        """``fwd`` None: the global problem (every input in R^n), where every neuron's derivative ranges over
+        its activation's global slope range (``fn.slope_bounds``)."""
         for node in net.nodes:
             if isinstance(node.op, MaxPool2d):
                 raise Unsupported("the Clarke-Jacobian bounds do not handle max pooling (MaxPool2d)")
@@ -132,7 +141,8 @@ class JacobianGraph:
         self.index = {id(n): i for i, n in enumerate(net.nodes)}
         self.acts = [i for i, n in enumerate(net.nodes) if isinstance(n.op, Activation)]
         self.fwd = fwd
-        self.s = {k: net.nodes[k].op.fn.derivative_range(*fwd[k]) for k in self.acts}
+        self.s = {k: net.nodes[k].op.fn.derivative_range(*fwd[k]) if fwd is not None else _global_slopes(net.nodes[k])
+                  for k in self.acts}
         self._abs_cache: dict = {}
         self._down: dict = {}
         self.m = net.n_outputs

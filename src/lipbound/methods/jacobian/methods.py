@@ -1,6 +1,8 @@
 """Local Lipschitz bounds by bound propagation on the Clarke-Jacobian graph (Shi et al., NeurIPS 2022).
 
-Methods (all ``upper``, box regions only; a "global" box over an input domain is just a box):
+Methods (all ``upper``; box regions, and for crown / recurjac / ibp-jacobian also the global problem over
+R^n, where no forward bounds exist and every neuron's Clarke derivative ranges over its activation's
+global slope range; a "global" box over an input domain is just a box):
   * ``crown``: forward pre-activation bounds by CROWN (option ``alpha``: alpha-CROWN), then the
     backward (Clarke-Jacobian) graph bounded by CROWN with the exact chord relaxation of the product
     s*u and the chord of |v|, back-substituted to the one-hot start. All outputs in one batch.
@@ -40,7 +42,6 @@ import numpy as np
 import torch
 
 from ...crown import forward_bounds
-from ...errors import Unsupported
 from ...norms import INF, spectral_norm_certified
 from ...registry import AFFINE_OPS, BOOL_OR_AUTO, MethodContext, MethodResult, Option, register_method
 from ...registry import _region_key
@@ -137,12 +138,13 @@ def run_propagation(net, ctx: MethodContext, mode: str):
 
     With a time limit the passes stop at their share of it (`FORWARD_SHARE`, `GRAPH_SHARE`) and keep the
     interval bounds they hold: the value stays certified and ``details["cut"]`` says where it stopped."""
-    if ctx.region is None:
-        raise Unsupported("this method bounds a box region (give center and eps, or a box over the input domain)")
     t0 = time.perf_counter()
-    alpha = ctx.option("alpha") if mode != "ibp" else False
+    alpha = ctx.option("alpha") if mode != "ibp" and ctx.region is not None else False
     how = "ibp" if mode == "ibp" else "crown"
-    fwd, fwd_cut = cached_forward(net, ctx, how, alpha, share_deadline(ctx, FORWARD_SHARE))
+    if ctx.region is None:  # global: no forward bounds, every neuron keeps its activation's global slope range
+        fwd, fwd_cut = None, False
+    else:
+        fwd, fwd_cut = cached_forward(net, ctx, how, alpha, share_deadline(ctx, FORWARD_SHARE))
     t_fwd = time.perf_counter() - t0
     graph = JacobianGraph(net, fwd)
     graph.deadline = share_deadline(ctx, GRAPH_SHARE)
@@ -154,7 +156,8 @@ def run_propagation(net, ctx: MethodContext, mode: str):
     details = {
         "per_output": {int(j): float(v) for j, v in zip(classes, res.value)} if ctx.norm != 1 else None,
         "undecided_neurons": unstable,
-        "forward": "interval" if mode == "ibp" else ("alpha-crown" if alpha else "crown"),
+        "forward": "global slope ranges" if fwd is None else
+                   "interval" if mode == "ibp" else ("alpha-crown" if alpha else "crown"),
         "time_forward_s": t_fwd,
         "time_backward_s": time.perf_counter() - t0 - t_fwd,
     }
@@ -175,7 +178,7 @@ def norm_note(norm, multi: bool) -> str:
                "the interval Jacobian (midpoint + radius)" if multi else "one output: equals the spectral norm"))
 
 
-@register_method("crown", kind="upper", norms=(1, 2, INF), regions=("box",), ops=OPS, activations=ACTS,
+@register_method("crown", kind="upper", norms=(1, 2, INF), regions=("global", "box"), ops=OPS, activations=ACTS,
                  description="local bound: CROWN on the Clarke-Jacobian graph (Shi et al. 2022)",
                  options={"alpha": _ALPHA},
                  family=FAMILY)
@@ -190,7 +193,7 @@ def crown_method(net, ctx: MethodContext) -> MethodResult:
     return MethodResult(value, details=details, status="time_limit" if "cut" in details else "ok")
 
 
-@register_method("recurjac", kind="upper", norms=(1, 2, INF), regions=("box",), ops=OPS, activations=ACTS,
+@register_method("recurjac", kind="upper", norms=(1, 2, INF), regions=("global", "box"), ops=OPS, activations=ACTS,
                  description="local bound: RecurJac-style relaxation of the Jacobian graph (baseline)",
                  options={"alpha": _ALPHA},
                  family=FAMILY)
@@ -202,7 +205,7 @@ def recurjac_method(net, ctx: MethodContext) -> MethodResult:
     return MethodResult(value, details=details, status="time_limit" if "cut" in details else "ok")
 
 
-@register_method("ibp-jacobian", kind="upper", norms=(1, 2, INF), regions=("box",), ops=OPS, activations=ACTS,
+@register_method("ibp-jacobian", kind="upper", norms=(1, 2, INF), regions=("global", "box"), ops=OPS, activations=ACTS,
                  description="local bound: interval propagation on the forward and Clarke-Jacobian graphs",
                  family=FAMILY)
 def ibp_jacobian_method(net, ctx: MethodContext) -> MethodResult:
