@@ -63,12 +63,14 @@ def test_time_limit_kept_on_mnist():
 
 
 def test_refused_when_the_start_cannot_fit(monkeypatch):
-    """When even one closed-form pass is estimated beyond the limit, lipsdp-opt refuses up front with the
-    estimate (status unsupported, no number) instead of overrunning."""
+    """When even one closed-form pass is estimated beyond the limit, lipsdp-opt and the closed forms refuse
+    up front with the estimate (status unsupported, no number) instead of overrunning."""
     monkeypatch.setattr(sdp_methods, "OPT_FLOP_RATE", 1.0)  # pretend the machine does 1 flop/s
     net = eclipse_network(3, 10, "randn", seed=0)
-    b = lipbound.bound(net, "lipsdp-opt", time_limit=1.0)
-    assert b.status == "unsupported" and b.value is None and "estimated" in b.reason
+    for method in ("lipsdp-opt", "eclipse-family", "eclipse-fast", "eclipse-g3"):  # the closed forms too
+        b = lipbound.bound(net, method, time_limit=1.0)
+        assert b.status == "unsupported" and b.value is None and "estimated" in b.reason, method
+    assert lipbound.bound(net, "eclipse-family").status == "ok"  # no limit: no refusal
     assert lipbound.bound(net, "lipsdp-opt", budget=0.5).status in ("ok", "time_limit")  # no limit: no refusal
 
 
