@@ -351,3 +351,24 @@ def test_random_k_cluster_and_train_mlp():
     assert out.shape == (200, 2) and torch.equal(out, out2)
     b = lipbound.bound(net, "mip", "inf", region=Region.from_bounds(np.zeros(2), np.ones(2)))
     assert b.kind == "exact" and b.value <= naive_product(net, "inf") * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("norm", [1, "inf"])
+@pytest.mark.parametrize("widths", [[6, 8, 3], [3, 7, 7, 9]])
+def test_subproblems_without_time_to_build_keep_a_certified_bound(widths, norm, monkeypatch):
+    """With no time to build any MIP every sub-problem gets its interval bound (l1 with fewer outputs than
+    inputs: from the outputs' gradient rows; otherwise from its own chain): the upper stays at or above
+    the exact constant (enumerate) and the result says it is not complete."""
+    from lipbound.methods.exact import methods as exact_methods
+
+    monkeypatch.setattr(exact_methods._MipRun, "build_estimate", lambda self: 1e9)
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        net = Network.sequential((widths[0],), [op for a, b in zip(widths[:-1], widths[1:]) for op in
+                                                (Linear(rng.standard_normal((b, a)), rng.standard_normal(b)),
+                                                 Activation("relu"))][:-1])
+        center = rng.standard_normal(widths[0])
+        exact = lipbound.bound(net, "enumerate", norm=norm, center=center, eps=0.3)
+        b = lipbound.bound(net, "mip", norm=norm, center=center, eps=0.3, time_limit=5)
+        assert b.value is not None and b.value >= exact.value * (1 - 1e-9), (seed, b.value, exact.value)
+        assert b.status == "time_limit"

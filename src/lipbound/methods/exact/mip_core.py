@@ -385,6 +385,11 @@ def stage_plan(layers, mode: str, vec: np.ndarray):
     return v0, order, mats
 
 
+def stage_starts(layers, mode: str, vecs: np.ndarray) -> np.ndarray:
+    """`stage_plan`'s start vectors of many directions (rows of ``vecs``, one mode) in one matrix product."""
+    return vecs @ layers[-1].W if mode == "backward" else vecs @ layers[0].W.T
+
+
 def derivative_sets(bounds, slopes):
     """Per hidden layer: (dmin, dmax) of the activation derivative over the box, from the bounds."""
     out = []
