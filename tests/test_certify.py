@@ -342,3 +342,21 @@ def test_methods_use_the_blackboard():
     mip = lipbound.bound(net, "mip", norm="inf", shared={"witness": w}, samples=0, **box)
     assert mip.details.get("seeded_witness") is True
     assert mip.lower >= jac_norm(f, w, "inf") * (1 - REL)
+
+
+def test_global_linf_uses_the_jacobian_graph_and_ibp_when_crown_is_too_slow(monkeypatch):
+    """Globally in l_inf crown (global slope ranges) opens the interval below naive; when crown's estimate
+    is above phase 1's limit, ibp-jacobian (otherwise dominated by crown) runs in phase 1 instead."""
+    from lipbound.portfolio import costs
+
+    net = random_mlp([6, 16, 16, 3], seed=4)
+    naive = lipbound.bound(net, "naive", norm="inf").value
+    res = lipbound.certify(net, "inf", time_limit=5)
+    ran = {s.method for s in res.plan.steps if s.outcome == "ran"}
+    assert "crown" in ran and "ibp-jacobian" not in ran and res.upper < naive
+    assert any(s["method"] == "ibp-jacobian" and "dominated" in s["reason"] for s in res.plan.skipped)
+    monkeypatch.setattr(costs, "CROWN_GLOBAL_UNIT_S", 1.0)  # crown now estimated far above a second
+    res = lipbound.certify(net, "inf", time_limit=5)
+    ran = {s.method for s in res.plan.steps if s.outcome == "ran"}
+    assert "ibp-jacobian" in ran and res.upper <= lipbound.bound(net, "ibp-jacobian", norm="inf").value * (1 + 1e-12)
+    assert res.upper < naive

@@ -142,6 +142,8 @@ def estimate(method: str, prob: Problem, options: dict | None = None) -> float:
         return SDP_OPT_S + SDP_OPT_UNIT_S * prob.neurons ** 3 + _family_cost(prob) + (preact if prob.is_box else 0.0)
     if method in ("crown", "crown-bab"):  # crown-bab: its root bound (the search is anytime)
         return CALL_S + (preact if prob.is_box else 0.0) + crown_jacobian_cost(prob)
+    if method == "ibp-jacobian":  # about three interval passes (forward on a box, backward with two ends)
+        return CALL_S + 4e-9 * prob.out_dims * prob.flops
     if method == "lower-sample":
         return sample_cost(prob, int(options.get("samples", 2000)))
     if method == "lower-grad":

@@ -9,7 +9,7 @@ Rules (the cost of each method comes from `costs.estimate`, from sizes):
 * dominated methods are skipped when the method that dominates them is a candidate: lipsdp-neuron and
   lipsdp-layer (lipsdp-opt reaches the LipSDP-Neuron optimum without a solver), eclipse and the single
   closed forms (eclipse-family is the minimum over the members; lipsdp-opt starts from it), recurjac and
-  ibp-jacobian (weaker relaxations than crown); in phase 2 also eclipse-family when lipsdp-opt can start
+  ibp-jacobian (weaker relaxations than crown; ibp-jacobian stays, in phase 1, when crown is estimated above PHASE1_S); in phase 2 also eclipse-family when lipsdp-opt can start
   (it starts from eclipse-family's value) and crown when crown-bab runs (its root bound is crown's);
 * phase 1, a certified finite interval within about a second: every cheap upper bound that applies
   (naive; autolip in l2; eclipse-fast on l2 chains; crown, except globally in l2 on chains) whose estimate is below
@@ -162,6 +162,8 @@ def candidates(net, prob: Problem, registry: dict, methods=None, exclude=()) -> 
     for name in list(out):
         dom = DOMINATED.get(name)
         if dom is not None and dom[0] in out and (chosen is None or dom[0] in chosen):
+            if name == "ibp-jacobian" and costs.estimate("crown", prob) > PHASE1_S:
+                continue  # crown may not fit the budget: the interval bound is the cheap fallback (phase 1)
             del out[name]
             skipped.append({"method": name, "reason": f"dominated by {dom[0]}: {dom[1]}"})
     return out, skipped
@@ -183,7 +185,7 @@ def make_plan(net, prob: Problem, registry: dict, budget: float, methods=None, e
 
 def _phase1(prob: Problem, cands: dict, budget: float, plan: Plan) -> list:
     """Cheap certified upper bounds and a quick sampled lower bound."""
-    cheap = [m for m in ("naive", "autolip", "eclipse-fast", "crown") if m in cands]
+    cheap = [m for m in ("naive", "autolip", "eclipse-fast", "crown", "ibp-jacobian") if m in cands]
     if prob.norm != 2:
         cheap = [m for m in cheap if m not in ("autolip", "eclipse-fast")]
     if not prob.chain:
