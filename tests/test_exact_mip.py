@@ -372,3 +372,18 @@ def test_subproblems_without_time_to_build_keep_a_certified_bound(widths, norm, 
         b = lipbound.bound(net, "mip", norm=norm, center=center, eps=0.3, time_limit=5)
         assert b.value is not None and b.value >= exact.value * (1 - 1e-9), (seed, b.value, exact.value)
         assert b.status == "time_limit"
+
+
+def test_direction_values_are_each_subproblems_norm_at_each_sample():
+    """The sub-problem values at sampled Jacobians (batched products) against the definition, per sample:
+    |c^T J|_1 for output directions, |(J d)_sel|_1 for input directions."""
+    from lipbound.methods.exact import methods as exact_methods
+
+    rng = np.random.default_rng(0)
+    J = rng.standard_normal((7, 4, 9))
+    sel = np.array([0, 2, 3])
+    dirs = ([("backward", rng.standard_normal(4), np.arange(9), f"b{k}") for k in range(3)]
+            + [("forward", np.eye(9)[i], sel, f"f{i}") for i in range(9)] + [("forward", rng.standard_normal(9), sel, "g")])
+    for (mode, vec, s, _), v in zip(dirs, exact_methods._direction_values(J, dirs)):
+        want = [np.abs(vec @ Jb).sum() if mode == "backward" else np.abs((Jb @ vec)[s]).sum() for Jb in J]
+        assert np.allclose(v, want, rtol=1e-12, atol=1e-12)

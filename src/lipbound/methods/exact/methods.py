@@ -145,13 +145,26 @@ def _directions(net, norm, output):
     return [("forward", eye[i], sel, f"input {i}") for i in range(n)]
 
 
-def _direction_value(J, d, norm):
-    """Sub-problem value at a batch of Jacobians J (B, m, n)."""
-    mode, vec, sel, _ = d
-    if mode == "backward":
-        return np.abs(np.einsum("bmn,m->bn", J, vec)).sum(1)
-    col = np.einsum("bmn,n->bm", J, vec)
-    return np.abs(col[:, sel]).sum(1)
+def _direction_values(J, dirs) -> list:
+    """Each sub-problem's value (B,) at a batch of Jacobians J (B, m, n): |c^T J|_1 for an output
+    direction, |(J d)_sel|_1 for an input one; directions of one mode batched into matrix products, in
+    chunks of bounded size (3072 einsums took 4.3 s on cifar_base_kw)."""
+    out = [None] * len(dirs)
+    B, m, n = J.shape
+    for mode in ("backward", "forward"):
+        idx = [i for i, d in enumerate(dirs) if d[0] == mode]
+        step = max(1, (1 << 22) // max(1, B * (n if mode == "backward" else m)))
+        for c0 in range(0, len(idx), step):
+            part = idx[c0 : c0 + step]
+            vecs = np.stack([dirs[i][1] for i in part])
+            if mode == "backward":
+                vals = np.abs(np.tensordot(vecs, J, axes=([1], [1]))).sum(2)  # (d, B)
+            else:
+                cols = np.tensordot(vecs, J, axes=([1], [2]))  # (d, B, m)
+                vals = np.stack([np.abs(cols[k][:, dirs[i][2]]).sum(1) for k, i in enumerate(part)])
+            for k, i in enumerate(part):
+                out[i] = vals[k]
+    return out
 
 
 def _sample(net, lo, hi, n, rng):
@@ -382,7 +395,7 @@ class _MipRun:
             X, J = np.vstack([xs, X]), np.concatenate([net.jacobian(torch.as_tensor(xs)).numpy(), J])
             self.details["seeded_witness"] = True  # re-evaluated below like any sample: certified here
         self.X = X
-        self.per_dir = [_direction_value(J, d, self.norm) for d in self.dirs]
+        self.per_dir = _direction_values(J, self.dirs)
         allv = operator_norm(torch.as_tensor(J), self.norm, self.output).numpy()
         for i in np.argsort(-allv)[:5]:
             v, xw = certified_gradient_lower(net, self.layers, None, X[i], self.norm, self.output, lo, hi, rng)
