@@ -10,7 +10,9 @@ Rules (the cost of each method comes from `costs.estimate`, from sizes):
   lipsdp-layer (lipsdp-opt reaches the LipSDP-Neuron optimum without a solver), eclipse and the single
   closed forms (eclipse-family is the minimum over the members; lipsdp-opt starts from it), recurjac and
   ibp-jacobian (weaker relaxations than crown; ibp-jacobian stays, in phase 1, when crown is estimated above PHASE1_S); in phase 2 also eclipse-family when lipsdp-opt can start
-  (it starts from eclipse-family's value) and crown when crown-bab runs (its root bound is crown's);
+  (it starts from eclipse-family's value) and crown when crown-bab runs (its root bound is crown's) and
+  reaches its root within `BAB_START_SHARE` of the budget (crown is anytime: cut at its limit it keeps
+  interval bounds from there);
 * phase 1, a certified finite interval within about a second: every cheap upper bound that applies
   (naive; autolip in l2; eclipse-fast on l2 chains; crown, except globally in l2 on chains) whose estimate is below
   `PHASE1_S` (at least the cheapest one, whatever its cost), and lower-sample with few samples;
@@ -65,6 +67,9 @@ LOWER_GRAD_SHARE_ZERO = 0.5
 #: eclipse-family is run on its own only when lipsdp-opt (which starts from it) cannot start within this
 #: share of the budget
 OPT_START_SHARE = 0.5
+#: crown is planned on a box beside crown-bab (instead of being left to crown-bab's root) when crown-bab's
+#: root bound is estimated above this share of the budget
+BAB_START_SHARE = 0.5
 #: lipopt / shor-sdp / seqlip are planned only when their estimate is below this share of the budget
 SLOW_SHARE = 0.3
 
@@ -237,9 +242,10 @@ def _phase2(prob: Problem, cands: dict, budget: float, plan: Plan, done: set) ->
     if not box and not (p == 2 and prob.chain):  # every neuron undecided: its global slope range
         add("crown", 0.5, "CROWN on the Jacobian graph with the activations' global slope ranges")
     if box:
-        if "crown-bab" in cands and "crown-bab" not in done:
+        bab_starts = costs.min_time("crown-bab", prob) <= BAB_START_SHARE * budget
+        if "crown-bab" in cands and "crown-bab" not in done and bab_starts:
             skip("crown", "crown-bab starts from crown's bound (its root) and is anytime from there")
-        else:
+        else:  # crown-bab would not reach its root bound in time: crown, cut at its limit, keeps intervals
             add("crown", 0.5 if p == INF else 0.3, "CROWN on the Jacobian graph")
         # with few inputs crown-bab splits the box and closes the interval itself (exact with a witness)
         few_inputs = prob.n_inputs <= INPUT_SPLIT_MAX_DIM
