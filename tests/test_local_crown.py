@@ -19,7 +19,8 @@ from lipbound.activations import ACTIVATIONS
 from lipbound.crown import forward_bounds, preactivation_bounds
 from lipbound.intervals import interval_bounds, preactivation_intervals
 from lipbound.methods.jacobian.graph import JacobianGraph, product_lines
-from lipbound.network import Activation, Add, Conv2d, ElementwiseAffine, GraphBuilder, Linear, MaxMin, Network, Reshape
+from lipbound.network import (Activation, Add, Conv2d, ElementwiseAffine, GraphBuilder, Linear, MaxMin, MaxPool2d,
+                              Network, Reshape)
 from lipbound.registry import Region
 
 from _nets import random_graph_net, random_mlp
@@ -453,10 +454,11 @@ def test_shared_networks_crown_above_sampled(name, eps):
 
 
 def test_unsupported_requests():
-    net = random_graph_net(0)  # has max pooling
-    region = Region.box(np.zeros(net.input_shape), 0.1)
-    b = lipbound.bound(net, "crown", norm="inf", region=region)
-    assert b.status == "unsupported" and b.value is None
+    b = GraphBuilder((2, 6, 6))  # max pooling with padding: no ReLU form (its window would pad with -inf)
+    b.add(MaxPool2d((2, 2), (2, 2), padding=(1, 1)), [0])
+    padded = b.build()
+    res = lipbound.bound(padded, "crown", norm="inf", region=Region.box(np.zeros((2, 6, 6)), 0.1))
+    assert res.status == "unsupported" and res.value is None and "padding" in res.reason
     mlp = random_mlp([3, 4, 2], seed=0)
     assert lipbound.bound(mlp, "crown-bab", norm=1).status == "unsupported"  # global: needs a box
     b = GraphBuilder((4,))
@@ -497,3 +499,41 @@ def test_global_crown_on_smooth_activations_is_above_sampled_gradients(activatio
         naive = lipbound.bound(net, "naive", norm=norm)
         assert up.status == "ok" and low.value > 0
         assert low.value <= up.value * (1 + 1e-9) and up.value <= naive.value * (1 + 1e-9), (norm, low.value, up.value)
+
+
+@pytest.mark.parametrize("kernel,stride", [((2, 2), (2, 2)), ((3, 3), (2, 2)), ((4, 4), (4, 4)), ((3, 2), (1, 1))])
+def test_max_pooling_as_relus_is_the_same_function(kernel, stride):
+    """`expand_maxpool`: the same outputs as torch's max pooling on random inputs (ties included) and the
+    same Jacobian where the max is unique; overlapping windows and odd window sizes included."""
+    from lipbound.maxpool_relu import expand_maxpool
+
+    b = GraphBuilder((3, 9, 8))
+    b.add(MaxPool2d(kernel, stride), [0])
+    net = b.build()
+    ex = expand_maxpool(net)
+    assert not any(isinstance(n.op, MaxPool2d) for n in ex.nodes) and expand_maxpool(net) is ex
+    x = torch.randn(6, 3, 9, 8, dtype=torch.float64)
+    x[0] = 0.5  # every window tied
+    want = torch.nn.functional.max_pool2d(x, kernel, stride)
+    assert torch.allclose(ex(x), want, rtol=0, atol=1e-14) and torch.allclose(net(x), want)
+    assert torch.allclose(ex.jacobian(x[1:3]), net.jacobian(x[1:3]), atol=1e-14)
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_max_pooling_nets_jacobian_bounds_hold_sampled_gradients(seed):
+    """Nets with max pooling (conv, ReLU, pooling, residual Add): crown and ibp-jacobian (three norms) and
+    crown-bab (l_inf) bound them through the ReLU form, at or above the certified gradient norms at many
+    random points of the box (lower-sample on the original network); crown at or below ibp-jacobian."""
+    net = random_graph_net(seed)
+    assert any(isinstance(n.op, MaxPool2d) for n in net.nodes)
+    rng = np.random.default_rng(seed)
+    region = Region.box(rng.standard_normal(net.input_shape), 0.3)
+    for norm in (1, 2, "inf"):
+        low = lipbound.bound(net, "lower-sample", norm=norm, region=region, samples=3000)
+        ups = {m: lipbound.bound(net, m, norm=norm, region=region) for m in ("crown", "ibp-jacobian")}
+        if norm == "inf":  # a few of its (slow, neuron-splitting) steps
+            ups["crown-bab"] = lipbound.bound(net, "crown-bab", norm=norm, region=region, time_limit=2)
+        for m, u in ups.items():
+            assert u.status in ("ok", "time_limit") and u.value is not None, (m, u.reason)
+            assert low.value <= u.value * (1 + 1e-9), (m, norm, low.value, u.value)
+        assert ups["crown"].value <= ups["ibp-jacobian"].value * (1 + 1e-9)

@@ -39,6 +39,7 @@ from ...branch_and_bound import Domain, Engine
 from ...crown import forward_bounds_batch
 from ...errors import Unsupported
 from ...network import tensor_view
+from ...maxpool_relu import expand_maxpool
 from ...registry import MethodContext, MethodResult
 from ..lower.methods import jacobian_norms
 from .graph import JacobianGraph
@@ -530,6 +531,7 @@ def branch_and_bound(net, ctx: MethodContext) -> MethodResult:
     ``budget`` when none is given); each step bounds ``batch`` x 2 children in one batched CROWN pass."""
     if ctx.region is None:
         raise Unsupported("crown-bab bounds a box region (give center and eps, or a box over the input domain)")
+    net = expand_maxpool(net)
     t_start = time.perf_counter()
     budget = ctx.time_limit if ctx.time_limit is not None else ctx.option("budget")
     deadline = ctx.start + budget

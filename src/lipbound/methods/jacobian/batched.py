@@ -34,6 +34,7 @@ import torch
 
 from ... import traversal
 from ...crown import check_deadline, forward_bounds_batch, interval_pass
+from ...maxpool_relu import expand_maxpool
 from ...network import DTYPE, Activation, Add
 from .graph import JacobianGraph
 from .methods import FORWARD_SHARE, GRAPH_SHARE, combine, norm_note
@@ -370,6 +371,7 @@ def bound_boxes(net, lower, upper, norm, mode: str = "crown", output: int | None
     output (default: all). ``time_limit``: seconds *per box*: the batch stops its forward pass at
     `FORWARD_SHARE` x B x time_limit and its Jacobian passes at `GRAPH_SHARE` x B x time_limit.
     Cost: one batched forward pass and one batched Jacobian-graph bound per group (`_groups`)."""
+    net = expand_maxpool(net)
     lo = torch.as_tensor(lower, dtype=DTYPE)
     hi = torch.as_tensor(upper, dtype=DTYPE)
     B = lo.shape[0]

@@ -31,7 +31,8 @@ negative) and the product s*u by the (projected) McCormick relaxation, i.e. the 
 over the box, treating s as a free variable in its range (no back-substitution into the forward graph);
 the forward bounds use the table's relaxations (`crown`). crown-bab splits only neurons of the ReLU-like
 form max(z, 0) + a min(z, 0) (``fn.relu_like_slope``: relu, leaky_relu, abs); the others keep their
-whole derivative range in every domain (sound, not refined). MaxPool2d, MaxMin: unsupported.
+whole derivative range in every domain (sound, not refined). MaxPool2d (no padding, no dilation): first
+rewritten as a tree of ReLUs, max(a, b) = b + relu(a - b) (`lipbound.maxpool_relu`). MaxMin: unsupported.
 """
 
 from __future__ import annotations
@@ -42,13 +43,14 @@ import numpy as np
 import torch
 
 from ...crown import forward_bounds
+from ...maxpool_relu import expand_maxpool
 from ...norms import INF, spectral_norm_certified
 from ...registry import AFFINE_OPS, BOOL_OR_AUTO, MethodContext, MethodResult, Option, register_method
 from ...registry import _region_key
 from ...registry import ALL_ACTIVATIONS
 from .graph import JacobianGraph
 
-OPS = AFFINE_OPS | {"Activation", "Add"}
+OPS = AFFINE_OPS | {"Activation", "Add", "MaxPool2d"}  # max pooling through `expand_maxpool`
 # the family name shown by `lipbound methods` (the module's name before the methods/ sub-packages; the CLI's
 # JSON output is a contract)
 FAMILY = "local_crown"
@@ -138,6 +140,7 @@ def run_propagation(net, ctx: MethodContext, mode: str):
 
     With a time limit the passes stop at their share of it (`FORWARD_SHARE`, `GRAPH_SHARE`) and keep the
     interval bounds they hold: the value stays certified and ``details["cut"]`` says where it stopped."""
+    net = expand_maxpool(net)  # max pooling as ReLUs: the graph has no max-pooling rule
     t0 = time.perf_counter()
     alpha = ctx.option("alpha") if mode != "ibp" and ctx.region is not None else False
     how = "ibp" if mode == "ibp" else "crown"
