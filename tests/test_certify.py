@@ -360,3 +360,17 @@ def test_global_linf_uses_the_jacobian_graph_and_ibp_when_crown_is_too_slow(monk
     ran = {s.method for s in res.plan.steps if s.outcome == "ran"}
     assert "ibp-jacobian" in ran and res.upper <= lipbound.bound(net, "ibp-jacobian", norm="inf").value * (1 + 1e-12)
     assert res.upper < naive
+
+
+def test_time_left_after_the_plan_goes_to_more_lower_grad_runs():
+    """When every planned step has run and at least a second is left, lower-grad runs again with new seeds
+    (phase 3 steps); the lower end is the best of all runs and no run outlives the budget."""
+    net = random_mlp([6, 16, 16, 3], seed=5)
+    t0 = time.perf_counter()
+    res = lipbound.certify(net, "inf", time_limit=6)
+    wall = time.perf_counter() - t0
+    extra = [s for s in res.plan.steps if s.phase == 3]
+    assert extra and all(s.method == "lower-grad" and s.outcome == "ran" for s in extra)
+    lows = [b.value for b in res.results if b.method == "lower-grad" and b.value is not None]
+    assert len(lows) == 1 + len(extra) and res.lower >= max(lows) * (1 - 1e-12)
+    assert wall <= 1.05 * 6 + 2

@@ -95,6 +95,24 @@ def _execute(runs: list, union: "_Union", deadline: float) -> None:
         now = time.perf_counter()
         box_deadline = now + max(deadline - now, 0.0) / (len(order) - k)
         run.run_phase(2, box_deadline, lambda run=run: union.done() or union.box_done(run))
+    for _ in range(LEFTOVER_ROUNDS):  # every planned step ran and time is left: more lower-bound search
+        ran = False
+        for k, run in enumerate(order):
+            if union.done():
+                return _not_run(runs)
+            now = time.perf_counter()
+            if not union.box_done(run):
+                ran |= run.run_leftover(now + max(deadline - now, 0.0) / (len(order) - k))
+        if not ran:
+            break
+    _not_run(runs)
+
+
+#: at most this many extra lower-grad runs per box with the time left after the plan (`BoxRun.run_leftover`)
+LEFTOVER_ROUNDS = 3
+
+
+def _not_run(runs: list) -> None:
     for run in runs:
         for step in run.pending():  # stopped early: what was not run
             step.outcome, step.note = "not run", "the interval reached the target first"
