@@ -127,9 +127,33 @@ def certify_row(net, name: str, norm: str, kind: str, T: float) -> dict:
             "ran": [s.method for s in res.plan.steps if s.outcome == "ran"]}
 
 
+_NO_CERTIFY = {"gap": None, "time_s": 0.0, "status": "—", "lower": None, "lower_method": None, "upper": None,
+               "upper_method": None}
+
+
+def cached_compare(args, key, path, net) -> dict:
+    """compare's row for key from --compare-cache, or computed (and appended to the cache)."""
+    cache = Path(args.compare_cache) if args.compare_cache else None
+    if cache and cache.exists():
+        for line in cache.read_text().splitlines():
+            r = json.loads(line)
+            if (r["network"], r["norm"], r["region"], r["T"]) == key:
+                return r["compare"]
+    name, p, kind, T = key
+    row = compare_row(path, name, net, p, kind, T)
+    if cache:
+        with cache.open("a") as f:
+            f.write(json.dumps({"network": name, "norm": p, "region": kind, "T": T, "compare": row},
+                               default=float) + "\n")
+    return row
+
+
 def configs(args) -> list:
     if args.quick:
         return [(SHARED / f"{n}.onnx", p, k) for n, p, k in QUICK]
+    if args.configs:
+        picked = [c.split(":") for c in args.configs]
+        return [(next(SHARED.glob(f"{n}*.onnx")), norm_name(p), k) for n, p, k in picked]
     out = []
     for path in sorted(SHARED.glob("*.onnx")):
         if args.only and args.only not in path.stem:
@@ -154,6 +178,12 @@ def main(argv=None):
     ap.add_argument("--norms", default="1,2,inf")
     ap.add_argument("--regions", default="global,box")
     ap.add_argument("--no-compare", action="store_true")
+    ap.add_argument("--no-certify", action="store_true", help="only the compare side (fills --compare-cache)")
+    ap.add_argument("--compare-cache", default=None,
+                    help="JSON Lines of compare rows keyed by (network, norm, region, T): reused when present, "
+                         "appended when computed, so the slow compare side can run once, apart from certify")
+    ap.add_argument("--configs", nargs="+", default=None, metavar="NET:NORM:REGION",
+                    help="run only these configurations (network name prefix, norm, global|box)")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args(argv)
@@ -181,12 +211,12 @@ def main(argv=None):
                 continue
             row = {"network": path.stem, "norm": p, "region": kind, "T": T,
                    "eps": None if kind == "global" else eps_for(path.stem)}
-            row["certify"] = certify_row(net, path.stem, p, kind, T)
-            row["compare"] = None if args.no_compare else compare_row(path, path.stem, net, p, kind, T)
+            row["certify"] = None if args.no_certify else certify_row(net, path.stem, p, kind, T)
+            row["compare"] = None if args.no_compare else cached_compare(args, key, path, net)
             rows.append(row)
             with jsonl.open("a") as f:
                 f.write(json.dumps(row, default=float) + "\n")
-            c, k = row["certify"], row["compare"] or {}
+            c, k = row["certify"] or _NO_CERTIFY, row["compare"] or {}
             print(f"{path.stem[:28]:28s} {p:>4s} {kind:>6s} {T:4g} | {fmt(c['gap']):>11s} {c['time_s']:6.1f} "
                   f"{c['status']:>10s} | {fmt(k.get('gap')):>11s} {fmt(k.get('time_s'), '7.1f'):>7s} | "
                   f"[{fmt(c['lower'])} {c['lower_method']}, {fmt(c['upper'])} {c['upper_method']}]", flush=True)

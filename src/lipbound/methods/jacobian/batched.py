@@ -346,8 +346,10 @@ def _groups(net, counts: list, order: torch.Tensor, rows_per_box: int) -> list[t
     out, cur, peak, first = [], [], None, 0  # first: the group's smallest total count (its first box's)
     for b in order.tolist():
         cand = [int(c[b]) for c in counts] if peak is None else [max(p, int(c[b])) for p, c in zip(peak, counts)]
+        # boxes with no undecided neuron have exact (point) Jacobians: their passes are plain matrix
+        # products, which do not need to stay in the caches (groups of 8 boxes cost 2x more per box)
         big = (len(cur) + 1) * (rows_per_box + sum(cand)) * total > MAX_ENTRIES or \
-            (len(cur) + 1) * rows_per_box * width > ROW_ENTRIES
+            (sum(cand) > 0 and (len(cur) + 1) * rows_per_box * width > ROW_ENTRIES)
         if cur and (big or sum(cand) > PAD * first + PAD_ABS or _layers(counts, b) != _layers(counts, cur[0])):
             out.append(torch.tensor(cur))
             cur, cand = [], [int(c[b]) for c in counts]

@@ -473,7 +473,8 @@ class JacobianGraph:
                 vl, vu = v_known
             else:
                 vl, vu = self.interval_pass(s, classes, g_known, v_known)[1]
-        if mode != "ibp":
+        undecided = any(self._und[k].any() for k in self.acts)
+        if mode != "ibp" and undecided:  # (no undecided neuron: the interval pass is exact, nothing to tighten)
             if refresh == "all" or g_known is None:
                 for k in reversed(self.acts):
                     gl, gu = g[k]
@@ -506,15 +507,11 @@ class JacobianGraph:
         if p == 1:
             value = entry_abs.amax(1)
         else:
-            if p == 2:
-                interval_val = (entry_abs ** 2).sum(1)
-                a, b = square_chord(vl, vu)
-            else:
-                interval_val = entry_abs.sum(1)
-                a, b = abs_chord(vl, vu)
-            if mode == "ibp" or not any(self._und[k].any() for k in self.acts):
+            interval_val = (entry_abs ** 2).sum(1) if p == 2 else entry_abs.sum(1)
+            if mode == "ibp" or not undecided:
                 value = interval_val  # (no undecided neuron: the intervals are points, the chord adds nothing)
             else:
+                a, b = square_chord(vl, vu) if p == 2 else abs_chord(vl, vu)
                 seed = (-a).reshape((B, 1) + self.net.input_shape)
                 direct, lowrank = self.walk_cost(0, B, 1, self._und)
                 try:
