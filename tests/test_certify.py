@@ -374,3 +374,20 @@ def test_time_left_after_the_plan_goes_to_more_lower_grad_runs():
     lows = [b.value for b in res.results if b.method == "lower-grad" and b.value is not None]
     assert len(lows) == 1 + len(extra) and res.lower >= max(lows) * (1 - 1e-12)
     assert wall <= 1.05 * 6 + 2
+
+
+def test_lower_grad_share_gives_way_to_a_crown_that_cannot_finish():
+    """lower-grad's cap of the time left: 0.5 while the lower end is 0, 0.1 when it holds a value and a crown
+    estimated beyond the time left follows (crown cut short keeps interval bounds), else 0.3."""
+    from lipbound.portfolio.planner import Step, share
+
+    def grad():
+        return Step("lower-grad", 2, "lower", 100.0, True, weight=0.5)
+
+    slow_crown = Step("crown", 2, "upper", 500.0, True, weight=1.0)
+    quick_crown = Step("crown", 2, "upper", 1.0, True, weight=1.0)
+    slow_opt = Step("lipsdp-opt", 2, "upper", 500.0, True, weight=1.0)
+    assert share(grad(), [slow_crown], 10.0)[0] == pytest.approx(1.0)
+    assert share(grad(), [slow_crown], 10.0, lower_zero=True)[0] == pytest.approx(5.0)
+    assert share(grad(), [quick_crown], 10.0)[0] == pytest.approx(3.0)
+    assert share(grad(), [slow_opt], 10.0)[0] == pytest.approx(3.0)
