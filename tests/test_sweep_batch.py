@@ -102,14 +102,14 @@ def test_memory_bound_groups_keep_the_values(monkeypatch):
     x = np.random.default_rng(5).standard_normal((10, 6))
     ref = batched.bound_boxes(net, x - 0.3, x + 0.3, 2, "crown")
     calls = []
-    real = batched._RowwiseGraph.bound
+    real = batched.RowwiseGraph.bound
 
     def spy(self, classes, *a, **k):
         calls.append(len(classes))
         return real(self, classes, *a, **k)
 
     monkeypatch.setattr(batched, "MAX_ENTRIES", 1)  # every group: one box (the least a group holds)
-    monkeypatch.setattr(batched._RowwiseGraph, "bound", spy)
+    monkeypatch.setattr(batched.RowwiseGraph, "bound", spy)
     out = batched.bound_boxes(net, x - 0.3, x + 0.3, 2, "crown")
     assert calls == [4] * 10  # one box (4 output rows) per Jacobian-graph call
     for a, b in zip(out, ref):

@@ -42,6 +42,7 @@ from ...network import tensor_view
 from ...maxpool_relu import expand_maxpool
 from ...registry import MethodContext, MethodResult
 from ..lower.methods import jacobian_norms
+from .batched import RowwiseGraph
 from .graph import JacobianGraph
 from .methods import FORWARD_SHARE, GRAPH_SHARE, cached_forward, combine
 
@@ -311,7 +312,9 @@ class _JacobianSearch:
             rows = torch.arange(B)
             pos = torch.tensor(keys)
             cls = torch.tensor([self.classes[k] for k in keys])
-        G = JacobianGraph(self.net, {k: (fwd[k][0][rows], fwd[k][1][rows]) for k in fwd})
+        # rows grouped by domain (m per domain, or 1): the low-rank walk runs one adjoint pass per domain over
+        # its own undecided neurons, where the base class runs m x (1 + their union over the batch)
+        G = RowwiseGraph(self.net, {k: (fwd[k][0][rows], fwd[k][1][rows]) for k in fwd}, m if self.all_outputs else 1)
         G.deadline = self.deadline
         decisions = {k: dec[rows, self.offsets[i] : self.offsets[i + 1]] for i, k in enumerate(self.split_acts)}
         g_known = v_known = None

@@ -8,7 +8,7 @@ taken in another order). This is what `lipbound.sweep` runs for a chunk of point
 How: the forward pre-activation bounds of all boxes come from `crown.forward_bounds_batch` (plain CROWN or
 intervals); the Clarke-Jacobian graph is bounded with one batch row per (box, output) (rows = box index
 repeated once per output, as `bab` does) and the outputs of each box are combined by `methods.combine`.
-`_RowwiseGraph` keeps the batch equal to the box-by-box runs and makes it cheaper than them:
+`RowwiseGraph` keeps the batch equal to the box-by-box runs and makes it cheaper than them:
   * the CROWN tightening of gradient entries is kept only in the boxes that need it (a one-box run's
     choice; the base class tightens every row as soon as one row of the batch needs it);
   * the low-rank back-substitution runs one adjoint pass per box for its outputs and its own undecided
@@ -69,10 +69,11 @@ def batch_mode(method: str, options: dict | None = None) -> str | None:
     return mode if options == {"alpha": False} else None
 
 
-class _RowwiseGraph(JacobianGraph):
+class RowwiseGraph(JacobianGraph):
     """A `JacobianGraph` over boxes x outputs: rows grouped by box, ``m`` consecutive rows per box, every row
-    of a box with the same forward bounds (only the output differs). Changes to the base class, none of
-    which changes a value beyond float64 rounding:
+    of a box with the same forward bounds (only the output differs). Used by `bound_boxes` (sweeps) and by
+    crown-bab (a box is a domain, with its split decisions). Changes to the base class, none of which
+    loosens a value of a one-box run beyond float64 rounding:
 
     * `_bound_entries`: the CROWN tightening of a gradient entry is kept only in the boxes where that entry
       crosses 0 in some row (what a one-box run, whose rows are its outputs, tightens); the base class keeps
@@ -401,7 +402,7 @@ def bound_boxes(net, lower, upper, norm, mode: str = "crown", output: int | None
     for grp in _groups(net, counts, _box_order(counts), m):
         nb = len(grp)
         rows = grp.repeat_interleave(m)
-        G = _RowwiseGraph(net, {k: (fwd[k][0][rows], fwd[k][1][rows]) for k in fwd}, m)
+        G = RowwiseGraph(net, {k: (fwd[k][0][rows], fwd[k][1][rows]) for k in fwd}, m)
         G.deadline = deadline_graph
         res = G.bound(torch.tensor(classes).repeat(nb), norm, mode=mode)
         for j in range(nb):
