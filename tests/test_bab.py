@@ -271,3 +271,40 @@ def test_neuron_split_children_hold_their_half_of_the_box(seed):
                         (sign, k, j, k2)
             tried += 1
     assert tried >= 2
+
+
+def test_pattern_lp_rows_are_the_pre_activations_of_the_decided_neurons():
+    """`PatternLP._rows`: with every undecided neuron decided as at a sample point x of the box, the rows
+    A x - b are exactly -sign * z_i(x) for the decided neurons of every layer (z from the network's own
+    forward pass, an independent computation), so x satisfies them and `feasible` keeps the domain; the
+    opposite decision on one neuron makes x violate its row."""
+    import itertools as it
+
+    from lipbound.crown import forward_bounds
+    from lipbound.methods.jacobian.bab import PatternLP
+    from lipbound.methods.jacobian.graph import JacobianGraph
+
+    net = random_mlp([6, 12, 10, 8, 3], seed=4)
+    region = Region.box(np.full(6, 0.3), 0.4)
+    G = JacobianGraph(net, forward_bounds(net, region))
+    acts = list(G.acts)
+    offsets = list(it.accumulate([0] + [net.nodes[k].size for k in acts]))
+    lp = PatternLP(net, G, acts, offsets, region)
+    und = torch.cat([G.s[k][1] > G.s[k][0] for k in acts])
+    assert int(und.sum()) >= 5
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        x = torch.as_tensor(rng.uniform(region.lower, region.upper))
+        z = torch.cat([t.reshape(-1) for t in net.preactivations(x.reshape((1,) + net.input_shape))])
+        dec = torch.where(und, torch.where(z > 0, 1, -1), 0).to(torch.int8)
+        rows, n = lp.checkable(dec)
+        assert n == int(und.sum())  # every layer checkable: all undecided neurons are decided
+        A, b, slack = lp._rows(rows, dec)
+        cols = torch.cat([offsets[li] + idx for li, (idx, _) in enumerate(rows)])
+        sg = torch.cat([g for _, g in rows])
+        assert torch.allclose(A @ x - b, -sg * z[cols], rtol=1e-9, atol=1e-9)
+        assert lp.feasible(dec) is True
+        flip = dec.clone()
+        flip[cols[0]] = -flip[cols[0]]
+        A2, b2, _ = lp._rows(lp.checkable(flip)[0], flip)
+        assert float((A2 @ x - b2)[0]) > 0 > float((A @ x - b)[0]) or abs(float(z[cols[0]])) < 1e-12

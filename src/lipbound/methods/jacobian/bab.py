@@ -76,6 +76,10 @@ def _scores(G: JacobianGraph, res, und: dict, split_acts: list) -> torch.Tensor:
     return torch.cat(parts, 1)
 
 
+#: feasible points of pattern LPs kept as certifying samples (`PatternLP`)
+MAX_LP_POINTS = 4000
+
+
 class PatternLP:
     """Infeasibility pruning for dense chains of ReLU-like activations (optional, sound).
 
@@ -100,15 +104,31 @@ class PatternLP:
         rng = np.random.default_rng(0)
         pts = rng.uniform(region.lower.reshape(-1), region.upper.reshape(-1), size=(2000, self.lo.shape[0]))
         pts = np.concatenate([pts, region.mid.reshape(1, -1)])
-        self.X = torch.as_tensor(pts)
         pre = net.preactivations(torch.as_tensor(pts).reshape((-1,) + net.input_shape))
-        self.Z = torch.cat([z.reshape(z.shape[0], -1) for z in pre], 1)  # (n_samples, N)
+        Z = torch.cat([z.reshape(z.shape[0], -1) for z in pre], 1)  # (n_samples, N)
+        # room for the LPs' feasible points (`_lp_feasible`): appended in place, not by copying the whole
+        # array per LP (which cost more than the LPs themselves on mnist-net_256x2)
+        n = pts.shape[0]
+        self._Xb = torch.empty(n + MAX_LP_POINTS, pts.shape[1], dtype=torch.float64)
+        self._Zb = torch.empty(n + MAX_LP_POINTS, Z.shape[1], dtype=torch.float64)
+        self._Xb[:n], self._Zb[:n] = torch.as_tensor(pts), Z
+        self.n_points = n
         self.lp_calls = 0
         self.deadline = None  # a time.perf_counter() time: LPs get the time left as their HiGHS limit
         self.net = net
         self.rad = float((self.hi - self.lo).abs().max()) + 1.0
         self.und = [G.s[k][1] > G.s[k][0] for k in split_acts]
         self.sfix = [G.s[k][0] for k in split_acts]
+
+    @property
+    def X(self) -> torch.Tensor:
+        """The points whose sign patterns certify feasibility (samples, then the LPs' feasible points)."""
+        return self._Xb[: self.n_points]
+
+    @property
+    def Z(self) -> torch.Tensor:
+        """The pre-activations of `X` (n_points, N)."""
+        return self._Zb[: self.n_points]
 
     def checkable(self, dec: torch.Tensor) -> tuple[list, int]:
         """(per layer: (neuron indices, signs) of the checkable decisions, count)."""
@@ -156,14 +176,20 @@ class PatternLP:
         A = c = None  # h_{li-1} = A x + c (None: the input itself)
         A_ub, b_ub, slack = [], [], []
         for li, (idx, g) in enumerate(rows):
-            M = self.W[li] if A is None else self.W[li] @ A
-            m = self.b[li] if A is None else self.W[li] @ c + self.b[li]
-            if len(idx):
+            if li == len(rows) - 1:  # the last checked layer: only its decided rows are needed
+                Mi = self.W[li][idx] if A is None else self.W[li][idx] @ A
+                mi = self.b[li][idx] if A is None else self.W[li][idx] @ c + self.b[li][idx]
+            else:
+                M = self.W[li] if A is None else self.W[li] @ A
+                m = self.b[li] if A is None else self.W[li] @ c + self.b[li]
                 Mi, mi = M[idx], m[idx]
+            if len(idx):
                 # g = +1: z_i >= 0  <=>  -M_i x <= m_i ; g = -1: M_i x <= -m_i
                 A_ub.append(-g[:, None] * Mi)
                 b_ub.append(g * mi)
                 slack.append(1e-7 * (1.0 + mi.abs() + Mi.abs().sum(1) * self.rad))
+            if li == len(rows) - 1:
+                break
             d = dec[self.offsets[li] : self.offsets[li + 1]]
             slope = torch.where(self.und[li], torch.where(d > 0, torch.ones_like(self.sfix[li]),
                                                           torch.full_like(self.sfix[li], self.params[li])), self.sfix[li])
@@ -195,12 +221,13 @@ class PatternLP:
                         **options)
         if r.status == highs.Status.INFEASIBLE:
             return False
-        if self.Z.shape[0] < 6000 and r.status == highs.Status.OPTIMAL and r.primal is not None:
+        if self.n_points < self._Xb.shape[0] and r.status == highs.Status.OPTIMAL and r.primal is not None:
             x = torch.as_tensor(np.asarray(r.primal, dtype=np.float64))
             x = torch.minimum(torch.maximum(x, self.lo), self.hi)
-            self.X = torch.cat([self.X, x.reshape(1, -1)])
             pre = self.net.preactivations(x.reshape((1,) + self.net.input_shape))
-            self.Z = torch.cat([self.Z, torch.cat([z.reshape(1, -1) for z in pre], 1)])
+            self._Xb[self.n_points] = x
+            self._Zb[self.n_points] = torch.cat([z.reshape(-1) for z in pre])
+            self.n_points += 1
         return True
 
 
