@@ -308,3 +308,20 @@ def test_pattern_lp_rows_are_the_pre_activations_of_the_decided_neurons():
         flip[cols[0]] = -flip[cols[0]]
         A2, b2, _ = lp._rows(lp.checkable(flip)[0], flip)
         assert float((A2 @ x - b2)[0]) > 0 > float((A @ x - b)[0]) or abs(float(z[cols[0]])) < 1e-12
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("eps", [0.01, 0.02])
+def test_crown_bab_closes_mnist_net_linf_boxes_at_the_enumerated_value(eps):
+    """mnist-net_256x2 (shared networks), l_inf box around rng(1): crown-bab ends exact (upper = its own
+    certified lower bound) at the value of `enumerate` (pattern LPs, an independent computation; its
+    neuron limit raised for eps 0.02, 40 undecided neurons). ~1 min."""
+    from conftest import SHARED
+
+    net = lipbound.load(SHARED / "mnist-net_256x2.onnx")
+    region = Region.box(np.random.default_rng(1).random(net.n_inputs).reshape(net.input_shape), eps)
+    bab = lipbound.bound(net, "crown-bab", "inf", region, time_limit=60)
+    assert bab.kind == "exact" and bab.lower == pytest.approx(bab.value, rel=1e-9)
+    ref = lipbound.bound(net, "enumerate", "inf", region, time_limit=300, max_unstable=48)
+    assert ref.kind == "exact"
+    assert bab.value == pytest.approx(ref.value, rel=1e-6)
