@@ -76,6 +76,12 @@ def _scores(G: JacobianGraph, res, und: dict, split_acts: list) -> torch.Tensor:
     return torch.cat(parts, 1)
 
 
+#: domains split per step (option ``batch``): input splitting amortises its batched passes over many
+#: sub-boxes (ACAS Xu 1_1 eps 0.2 at 30 s: 55.9 with 128, 72.8 with 32); neuron splitting does better
+#: splitting only the worst domains (mnist-net_256x2 l2 eps 0.05: 2.96 with 128, 2.59 with 32; the
+#: VNN-LIB MNIST box: 214 with 128, 176 with 32, 175 with 8-16)
+INPUT_BATCH, NEURON_BATCH = 128, 32
+
 #: feasible points of pattern LPs kept as certifying samples (`PatternLP`)
 MAX_LP_POINTS = 4000
 
@@ -598,7 +604,8 @@ def branch_and_bound(net, ctx: MethodContext) -> MethodResult:
 
     search = _JacobianSearch(net, ctx, G, classes, split_acts, mode)
     search.deadline = deadline
-    search.refresh, batch = _plan(ctx.option("refresh"), ctx.option("batch"), budget, t_root,
+    batch = ctx.option("batch") or (INPUT_BATCH if mode == "input" else NEURON_BATCH)
+    search.refresh, batch = _plan(ctx.option("refresh"), batch, budget, t_root,
                                   len(classes))
     search.root_res = root
     if ctx.option("lp_prune") in ("auto", True) and net.n_inputs <= 2000:

@@ -223,7 +223,8 @@ def ibp_jacobian_method(net, ctx: MethodContext) -> MethodResult:
                  description="local bound: CROWN on the Jacobian graph + branch and bound (input or neuron splits; "
                              "exact when it closes)",
                  options={"alpha": Option(bool, True, "alpha-CROWN forward bounds (false: plain CROWN)"),
-                          "batch": Option(int, 128, "domains split per step", min=1),
+                          "batch": Option(int, None, "domains split per step (auto: 128 splitting the input box, "
+                                          "32 splitting neurons)", min=1),
                           "refresh": Option(str, "auto", "intermediate bounds recomputed per child",
                                             choices=("auto", "all", "input", "final")),
                           "max_domains": Option(int, 200_000, "stop at this many domains", min=1),
