@@ -378,7 +378,8 @@ def test_time_left_after_the_plan_goes_to_more_lower_grad_runs():
 
 def test_lower_grad_share_gives_way_to_a_crown_that_cannot_finish():
     """lower-grad's cap of the time left: 0.5 while the lower end is 0, 0.1 when it holds a value and a crown
-    estimated beyond the time left follows (crown cut short keeps interval bounds), else 0.3."""
+    estimated beyond the time left follows (crown cut short keeps interval bounds), else 0.3; all of it when
+    no later step can run."""
     from lipbound.portfolio.planner import Step, share
 
     def grad():
@@ -391,3 +392,8 @@ def test_lower_grad_share_gives_way_to_a_crown_that_cannot_finish():
     assert share(grad(), [slow_crown], 10.0, lower_zero=True)[0] == pytest.approx(5.0)
     assert share(grad(), [quick_crown], 10.0)[0] == pytest.approx(3.0)
     assert share(grad(), [slow_opt], 10.0)[0] == pytest.approx(3.0)
+    # nothing after it can run (an SDP that needs 1e5 s to hold a value): the whole time left, capped by
+    # nothing, not even its estimate
+    hopeless = Step("lipsdp-opt", 2, "upper", 1e5, True, weight=1.0, min_s=1e5)
+    assert share(grad(), [hopeless], 10.0)[0] == pytest.approx(10.0)
+    assert share(grad(), [], 10.0)[0] == pytest.approx(10.0)

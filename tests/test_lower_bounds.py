@@ -3,6 +3,8 @@
 On every shared network and on random networks, in every norm; the exact value of the two scalar
 networks comes from an independent dense grid over the input line."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -212,3 +214,19 @@ def test_lower_grad_on_a_maxmin_residual_net_beats_or_matches_sampling():
     net = b.build()
     for norm in NORMS:
         _check_sandwich(net, norm)
+
+
+def test_lower_grad_keeps_the_starts_that_fit_its_time():
+    """After one measured step of n starts, lower-grad keeps the starts whose 150 steps fit its ascent time
+    (all when they fit, never below MIN_RESTARTS), half best samples and half random points."""
+    from lipbound.methods.lower.methods import MIN_RESTARTS, _kept_starts, _starts_that_fit
+
+    assert _starts_that_fit(200, 0.01, 150, 10.0) == 200          # 1.5 s of 10 s: all
+    assert _starts_that_fit(200, 0.1, 150, 30.0) == 200          # 15 s of 30 s: all
+    assert _starts_that_fit(200, 1.0, 150, 30.0) == 40           # 150 s for 200 in 30 s: 200 x 30 / 150
+    assert _starts_that_fit(200, 10.0, 150, 30.0) == MIN_RESTARTS
+    assert _starts_that_fit(200, 10.0, 150, math.inf) == 200     # no time limit: all
+    idx = _kept_starts(200, 100, 40)
+    assert idx.tolist() == list(range(20)) + list(range(100, 120))
+    assert _kept_starts(10, 5, 3).tolist() == [0, 1, 5]
+    assert _kept_starts(10, 9, 4).tolist() == [0, 1, 2, 9]        # one random start only

@@ -335,7 +335,11 @@ def share(step: Step, later: list, left: float, lower_zero: bool = False) -> tup
     give = pool if weights <= 0 else pool * step.weight / weights
     if not any(s.anytime for s in later):
         give = pool
-    if step.method == "lower-grad":  # the only lower-end method: its own cap, not a weighted share
+    runnable = [s for s in later if (s.min_s if s.anytime else s.estimate_s) <= left]
+    if step.method == "lower-grad" and not runnable:  # the last step that can run: one ascent with all the
+        # time (restarts scaled to it) rather than several short ones
+        give = pool
+    elif step.method == "lower-grad":  # the only lower-end method: its own cap, not a weighted share
         # (crown cut short keeps interval bounds from the cut on: every second counts there; lipsdp-opt and
         # crown-bab improve gradually and do not starve the lower end)
         starved = not lower_zero and any(s.method == "crown" and s.estimate_s > pool for s in later)
