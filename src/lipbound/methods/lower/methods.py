@@ -412,8 +412,12 @@ def lower_grad(net: Network, ctx: MethodContext) -> MethodResult:
         if last:
             status = "ok" if it == steps - 1 else "time_limit"
             break
-        if it == 0 and u.shape[0] > MIN_RESTARTS:  # measured: fewer starts when all of them cannot finish
-            keep = _starts_that_fit(u.shape[0], time.perf_counter() - t_ascent, steps, ascent_s)
+        if it == 0:
+            t_first = time.perf_counter()
+        elif it == 1 and u.shape[0] > MIN_RESTARTS:  # measured (the second step: the first has set-up costs):
+            # fewer starts when all of them cannot finish
+            now = time.perf_counter()
+            keep = _starts_that_fit(u.shape[0], now - t_first, steps - 2, ascent_s - (now - t_ascent))
             if keep < u.shape[0]:
                 idx = _kept_starts(u.shape[0], max(1, restarts // 2), keep)
                 u = u.detach()[idx].clone().requires_grad_(True)
