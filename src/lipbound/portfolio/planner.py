@@ -58,6 +58,9 @@ ENUMERATE_MAX_UNSTABLE = 20
 #: mip gets a large weight up to this many unstable neurons (exact within the budget is likely; on the
 #: digits MLP with ~50 unstable neurons a few seconds of mip stayed above crown's bound)
 MIP_EASY_UNSTABLE = 30
+#: ... and a small one beyond this many: its share goes to crown-bab (the VNN-LIB MNIST box, 91 unstable
+#: neurons, T = 60 s: the mip's 20 s moved nothing, gap 2.18; without it crown-bab reached 2.01)
+MIP_HARD_UNSTABLE = 60
 #: lower-grad takes at most this share of the time left (the lower end is often the weak one on boxes:
 #: ACAS Xu eps 0.05, lower-sample 0.106 vs lower-grad 0.330 in 1 s), and `LOWER_GRAD_SHARE_ZERO` when
 #: the lower end is still 0 (every sample on a flat piece: mnist-net_256x2 eps 0.01, where lower-grad
@@ -271,7 +274,8 @@ def _phase2(prob: Problem, cands: dict, budget: float, plan: Plan, done: set) ->
         easy = u is not None and u <= MIP_EASY_UNSTABLE
         # with few inputs crown-bab's input splitting closes boxes the MIP cannot: the MIP gets a small share
         if p != 2:
-            add("mip", 0.9 if easy else (0.1 if prob.n_inputs <= INPUT_SPLIT_MAX_DIM else 0.3),
+            hard = u is not None and u > MIP_HARD_UNSTABLE
+            add("mip", 0.9 if easy else (0.1 if prob.n_inputs <= INPUT_SPLIT_MAX_DIM or hard else 0.3),
                 f"exact MIP ({'few' if easy else 'many'} unstable neurons), anytime sandwich")
     _maybe_slow(prob, cands, budget, add, skip)
     # in l_inf (per-output domains) crown-bab's probes find the maximum; in l1 / l2 they stayed far below
