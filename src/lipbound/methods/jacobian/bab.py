@@ -44,7 +44,7 @@ from ...registry import MethodContext, MethodResult
 from ..lower.methods import jacobian_norms
 from .batched import RowwiseGraph
 from .graph import JacobianGraph
-from .methods import FORWARD_SHARE, GRAPH_SHARE, cached_forward, combine
+from .methods import FORWARD_SHARE, GRAPH_SHARE, INPUT_BATCH, NEURON_BATCH, cached_forward, combine
 
 DEFAULT_BUDGET = 30.0
 #: "auto" splits the input of networks with at most this many inputs (ACAS Xu: 5), neurons otherwise
@@ -75,12 +75,6 @@ def _scores(G: JacobianGraph, res, und: dict, split_acts: list) -> torch.Tensor:
         parts.append(torch.where(und[k], sc, torch.zeros_like(sc)))
     return torch.cat(parts, 1)
 
-
-#: domains split per step (option ``batch``): input splitting amortises its batched passes over many
-#: sub-boxes (ACAS Xu 1_1 eps 0.2 at 30 s: 55.9 with 128, 72.8 with 32); neuron splitting does better
-#: splitting only the worst domains (mnist-net_256x2 l2 eps 0.05: 2.96 with 128, 2.59 with 32; the
-#: VNN-LIB MNIST box: 214 with 128, 176 with 32, 175 with 8-16)
-INPUT_BATCH, NEURON_BATCH = 128, 32
 
 #: feasible points of pattern LPs kept as certifying samples (`PatternLP`)
 MAX_LP_POINTS = 4000
