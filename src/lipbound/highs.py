@@ -220,29 +220,21 @@ class Problem:
         self.sense = str(sense).lower()
         if self.sense not in ("min", "max"):
             raise ValueError(f"sense must be min or max, not {sense!r}")
-        lp = highspy.HighsLp() if highspy is not None else None
-        if lp is None:  # pragma: no cover
+        if highspy is None:  # pragma: no cover
             raise Unsupported("highspy (HiGHS) is not installed")
-        lp.num_col_, lp.num_row_ = n, m
-        lp.col_cost_ = c
-        lp.col_lower_ = _vec(col_lower, n, 0.0)
-        lp.col_upper_ = _vec(col_upper, n, INF)
-        lp.row_lower_ = _vec(row_lower, m, -INF)
-        lp.row_upper_ = _vec(row_upper, m, INF)
-        lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
-        lp.a_matrix_.start_ = M.indptr.astype(np.int32)
-        lp.a_matrix_.index_ = M.indices.astype(np.int32)
-        lp.a_matrix_.value_ = M.data.astype(np.float64)
-        lp.a_matrix_.num_col_, lp.a_matrix_.num_row_ = n, m
-        lp.sense_ = highspy.ObjSense.kMaximize if self.sense == "max" else highspy.ObjSense.kMinimize
         self.is_mip = integrality is not None and bool(np.any(integrality))
-        if self.is_mip:
-            V = highspy.HighsVarType
-            lp.integrality_ = [V.kInteger if f else V.kContinuous for f in np.asarray(integrality, dtype=bool)]
+        integ = (np.asarray(integrality, dtype=bool).astype(np.int32) if self.is_mip
+                 else np.zeros(n, dtype=np.int32))  # HighsVarType: 0 continuous, 1 integer
         self.h = new_highs()
         self._threads = None
         self.set_options(**options)
-        self.h.passModel(lp)
+        # the array overload of passModel: numpy arrays cross as buffers (a HighsLp's vector fields are
+        # converted element by element, 4 ms for a 20 x 784 dense LP against 1 ms this way)
+        sense_code = int(highspy.ObjSense.kMaximize if self.sense == "max" else highspy.ObjSense.kMinimize)
+        self.h.passModel(n, m, int(M.nnz), int(highspy.MatrixFormat.kColwise), sense_code, 0.0, c,
+                         _vec(col_lower, n, 0.0), _vec(col_upper, n, INF), _vec(row_lower, m, -INF),
+                         _vec(row_upper, m, INF), M.indptr.astype(np.int32), M.indices.astype(np.int32),
+                         M.data.astype(np.float64), integ)
         self._all = np.arange(n, dtype=np.int32)
 
     # -- options ----------------------------------------------------------------------------------
