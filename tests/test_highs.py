@@ -62,6 +62,21 @@ def test_mip_optimum_bound_cutoff_and_start():
     assert r.objective == pytest.approx(2.0, abs=1e-9)
 
 
+def test_mixed_integrality_only_where_flagged():
+    # max 3x + 2y on the same rows with only x integer: for x = 0, 1, 2 the best y is min((4-x)/2, 6-3x),
+    # i.e. y = 2, 3/2, 0 with objectives 4, 6, 6 -- a tie of (1, 3/2) and (2, 0) at 6, below the LP's 36/5.
+    # Flagging y instead: y = 0, 1, 2 gives x = 2, 5/3, 0 and objectives 6, 7, 4 -- (5/3, 1) at 7.
+    r = solve(C, A, None, RU, [0, 0], [10, 10], integrality=[True, False], sense="max", mip_rel_gap=0.0)
+    assert r.objective == pytest.approx(6.0, abs=1e-9)
+    assert r.primal[0] == pytest.approx(round(r.primal[0]), abs=1e-9)
+    r = solve(C, A, None, RU, [0, 0], [10, 10], integrality=[False, True], sense="max", mip_rel_gap=0.0)
+    assert r.objective == pytest.approx(7.0, abs=1e-9)
+    np.testing.assert_allclose(r.primal, [5 / 3, 1.0], atol=1e-9)
+    # all flags false: an LP (row duals, no MIP bound), whatever the integrality argument says
+    r = solve(C, A, None, RU, [0, 0], [10, 10], integrality=[False, False], sense="max")
+    assert r.objective == pytest.approx(36 / 5, abs=1e-9) and r.row_dual is not None and r.dual_bound is None
+
+
 def test_infeasible_and_empty_row_set():
     # x + y >= 3 with x, y in [0, 1]: infeasible
     r = solve([1.0, 1.0], [[1.0, 1.0]], [3.0], [np.inf], [0, 0], [1, 1])
