@@ -537,3 +537,44 @@ def test_max_pooling_nets_jacobian_bounds_hold_sampled_gradients(seed):
             assert u.status in ("ok", "time_limit") and u.value is not None, (m, u.reason)
             assert low.value <= u.value * (1 + 1e-9), (m, norm, low.value, u.value)
         assert ups["crown"].value <= ups["ibp-jacobian"].value * (1 + 1e-9)
+
+
+def test_sparse_activation_step_equals_the_dense_one(monkeypatch):
+    """CROWN's activation step relaxes only the columns its coefficients touch on a wide layer (here the
+    ReLUs of an expanded max pooling's pair differences, which touch two neurons each): the forward bounds equal
+    those of the dense step (forced by raising the width threshold) to rounding, the sparse step is really
+    taken, and sampled activation inputs lie inside them."""
+    import lipbound.crown as crown
+    from lipbound.maxpool_relu import expand_maxpool
+
+    rng = np.random.default_rng(3)
+    b = GraphBuilder((1, 21, 21))
+    c1 = b.add(Conv2d(rng.standard_normal((16, 1, 2, 2)), rng.standard_normal(16) * 0.1, (1, 1), (0, 0)), [0])
+    r1 = b.add(Activation("relu"), [c1])  # 16 x 20 x 20 = 6400 neurons: above SPARSE_MIN_WIDTH
+    pool = b.add(MaxPool2d((2, 2), (2, 2)), [r1])
+    flat = b.add(Reshape((16 * 10 * 10,)), [pool])
+    b.add(Linear(rng.standard_normal((3, 1600)) / 40, None), [flat])
+    net = expand_maxpool(b.build(name="wide_conv_pool"))
+    assert net.nodes[r1].size >= crown.SPARSE_MIN_WIDTH
+    centre = rng.uniform(0, 1, (1, 21, 21))
+    region = Region.box(centre, 0.05)
+
+    taken = []
+    touched = crown._touched_columns
+    monkeypatch.setattr(crown, "_touched_columns", lambda Af: taken.append(touched(Af)) or taken[-1])
+    sparse = forward_bounds(net, region)
+    assert any(t is not None for t in taken)
+    monkeypatch.setattr(crown, "SPARSE_MIN_WIDTH", 10 ** 9)
+    dense = forward_bounds(net, region)
+    assert sparse.keys() == dense.keys()
+    for k in dense:
+        for s_, d_ in zip(sparse[k], dense[k]):
+            np.testing.assert_allclose(s_.numpy(), d_.numpy(), rtol=1e-9, atol=1e-9)
+    # independent of both: the activation inputs of sampled points lie inside the bounds
+    x = torch.as_tensor(centre + rng.uniform(-0.05, 0.05, (300, 1, 21, 21)))
+    with torch.no_grad():
+        vals = net.forward_all(x)
+    assert len(sparse) >= 3  # the conv's ReLU and the ReLUs of the pooling's pair differences
+    for k, (lo, hi) in sparse.items():
+        z = vals[net.nodes[k].inputs[0]].reshape(300, -1)
+        assert bool((z >= lo - 1e-9).all()) and bool((z <= hi + 1e-9).all())

@@ -183,8 +183,18 @@ class _CrownPass:
         k = self.index[id(node)]
         rel = self.relax[k]
         tl, tu = self.alphas.get(k, (None, None))
-        aL, bL, aU, bU = (self._per_row(t) for t in rel.lines(tl, tu, approx=self.approx))
+        lines = rel.lines(tl, tu, approx=self.approx)
         Af = A.reshape(A.shape[0], -1)
+        cols = _touched_columns(Af)
+        if cols is not None:  # sparse coefficients (a few neurons' receptive fields): relax only those columns
+            aL, bL, aU, bU = (self._per_row(t[..., cols]) for t in lines)
+            sub = Af[:, cols]
+            pos, neg = sub.clamp(min=0), sub.clamp(max=0)
+            self._add_bias((pos * bL + neg * bU).sum(1))
+            out = torch.zeros_like(Af)
+            out[:, cols] = pos * aL + neg * aU
+            return out.reshape(A.shape)
+        aL, bL, aU, bU = (self._per_row(t) for t in lines)
         pos, neg = Af.clamp(min=0), Af.clamp(max=0)
         self._add_bias((pos * bL + neg * bU).sum(1))
         return (pos * aL + neg * aU).reshape(A.shape)
@@ -231,6 +241,21 @@ class _CrownPass:
     def _per_row(self, t: torch.Tensor) -> torch.Tensor:
         """A per-box tensor (B, n) taken for every row's box; unchanged for one box."""
         return t if self.row_box is None else t[self.row_box]
+
+
+#: an activation step relaxes only the columns its coefficients touch when they are at most this share
+#: of a layer of at least SPARSE_MIN_WIDTH neurons (`_touched_columns`)
+SPARSE_SHARE, SPARSE_MIN_WIDTH = 0.125, 4096
+
+
+def _touched_columns(Af: torch.Tensor) -> torch.Tensor | None:
+    """The columns where some row of Af (rows, n) is non-zero, when they are few enough to be worth
+    gathering (see `SPARSE_SHARE`), else None. The back-substitution of a few neurons' bounds through a
+    convolution touches only their receptive fields: the other columns contribute exactly 0."""
+    if Af.shape[1] < SPARSE_MIN_WIDTH:
+        return None
+    cols = (Af != 0).any(0).nonzero().reshape(-1)
+    return cols if len(cols) <= SPARSE_SHARE * Af.shape[1] else None
 
 
 # --------------------------------------------------------------------------------------------------
