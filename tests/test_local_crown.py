@@ -540,10 +540,11 @@ def test_max_pooling_nets_jacobian_bounds_hold_sampled_gradients(seed):
 
 
 def test_sparse_activation_step_equals_the_dense_one(monkeypatch):
-    """CROWN's activation step relaxes only the columns its coefficients touch on a wide layer (here the
-    ReLUs of an expanded max pooling's pair differences, which touch two neurons each): the forward bounds equal
-    those of the dense step (forced by raising the width threshold) to rounding, the sparse step is really
-    taken, and sampled activation inputs lie inside them."""
+    """CROWN's back-substitution works on the columns its coefficients touch on a wide layer (here for the
+    ReLUs of an expanded max pooling's pair differences, which touch two neurons each): the activation step
+    relaxes only those columns and a convolution's adjoint multiplies only those rows of its matrix. The
+    forward bounds equal those of the dense steps (forced by raising the width threshold) to rounding, the
+    sparse steps are really taken, and sampled activation inputs lie inside the bounds."""
     import lipbound.crown as crown
     from lipbound.maxpool_relu import expand_maxpool
 

@@ -82,6 +82,31 @@ def test_adjoint_identity(op, shape):
                                op.abs_linear(u.abs()).reshape(4, -1).numpy(), atol=1e-10)
 
 
+@pytest.mark.parametrize("weight_shape, stride, padding, dilation, groups, in_shape", [
+    ((3, 2, 3, 3), (2, 2), (1, 1), (1, 1), 1, (2, 7, 7)),
+    ((4, 1, 2, 2), (1, 1), (0, 0), (2, 2), 2, (2, 6, 6)),
+    ((6, 1, 4, 4), (4, 4), (0, 0), (1, 1), 3, (3, 11, 11)),  # a pooling-like selection, the edge dropped
+    ((2, 2, 3, 2), (3, 1), (2, 0), (1, 1), 1, (2, 9, 5)),
+])
+def test_conv_sparse_matrix_and_row_adjoint(weight_shape, stride, padding, dilation, groups, in_shape):
+    """Conv2d's sparse matrix (index arithmetic) equals the matrix of `linear` on basis vectors (the generic
+    `AffineOp.dense`), and `linear_t_rows` on a few columns equals `linear_t` of the zero-padded batch."""
+    from lipbound.network import AffineOp
+
+    rng = np.random.default_rng(len(in_shape) + sum(weight_shape))
+    op = Conv2d(rng.standard_normal(weight_shape), None, stride, padding, dilation, groups)
+    dense = op.dense(in_shape).numpy()
+    np.testing.assert_array_equal(op.sparse_matrix(in_shape).toarray(), dense)
+    np.testing.assert_array_equal(AffineOp.sparse_matrix(op, in_shape, chunk=5).toarray(), dense)
+    n_out = dense.shape[0]
+    cols = torch.as_tensor(np.sort(rng.choice(n_out, size=max(1, n_out // 7), replace=False)))
+    y = torch.zeros(3, n_out, dtype=torch.float64)
+    y[:, cols] = torch.as_tensor(rng.standard_normal((3, len(cols))))
+    out_shape = op.linear(torch.zeros((1,) + in_shape, dtype=torch.float64)).shape[1:]
+    np.testing.assert_allclose(op.linear_t_rows(y[:, cols], cols, in_shape).numpy(),
+                               op.linear_t(y.reshape((3,) + tuple(out_shape)), in_shape).numpy(), atol=1e-12)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_interval_bounds_contain_samples(seed):
     net = random_graph_net(seed)

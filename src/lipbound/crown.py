@@ -37,7 +37,7 @@ from . import traversal
 from .errors import Unsupported
 from .intervals import IBP_RULES
 from .activations import make as make_activation
-from .network import DTYPE, Activation, Add, MaxMin, MaxPool2d, Network
+from .network import DTYPE, Activation, Add, Conv2d, MaxMin, MaxPool2d, Network
 from .optim import Adam
 
 #: entries per coefficient tensor before the specifications are processed in chunks
@@ -174,6 +174,13 @@ class _CrownPass:
         in_shape = self.net.nodes[node.inputs[0]].shape
         const = op.constant_term(in_shape)
         c = torch.broadcast_to(const, node.shape)
+        Af = A.reshape(A.shape[0], -1)
+        cols = _touched_columns(Af) if isinstance(op, SPARSE_ADJOINT_OPS) else None
+        if cols is not None:  # a few neurons' receptive fields: the sparse adjoint (the same products)
+            sub = Af[:, cols]
+            if bool((c != 0).any()):
+                self._add_bias((sub * c.reshape(-1)[cols]).sum(1))
+            return op.linear_t_rows(sub, cols, in_shape)
         if bool((c != 0).any()):
             self._add_bias((A * c).reshape(A.shape[0], -1).sum(1))
         return op.linear_t(A, in_shape)
@@ -246,6 +253,9 @@ class _CrownPass:
 #: an activation step relaxes only the columns its coefficients touch when they are at most this share
 #: of a layer of at least SPARSE_MIN_WIDTH neurons (`_touched_columns`)
 SPARSE_SHARE, SPARSE_MIN_WIDTH = 0.125, 4096
+
+#: affine ops whose adjoint (`linear_t`) costs the whole layer however few columns the coefficients touch
+SPARSE_ADJOINT_OPS = (Conv2d,)
 
 
 def _touched_columns(Af: torch.Tensor) -> torch.Tensor | None:

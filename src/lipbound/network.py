@@ -116,6 +116,41 @@ class AffineOp(Op):
         reshapes, permutations); ops with signed coefficients override it."""
         return self.linear(x)
 
+    def linear_t_rows(self, y_cols: torch.Tensor, cols: torch.Tensor, in_shape: tuple) -> torch.Tensor:
+        """`linear_t` of a batch y (N, n_out) that is zero outside the columns ``cols``, given as y_cols = y[:,
+        cols]: a sparse product with those rows of the op's matrix (`sparse_matrix`), for coefficients that
+        touch a few outputs (one neuron's receptive field) where the dense adjoint would touch all of them.
+        Differentiable in y_cols. Returns (N, *in_shape)."""
+        M = self.sparse_matrix(in_shape)[cols.numpy()].tocoo()
+        n_in = int(np.prod(in_shape))
+        Mt = torch.sparse_coo_tensor(torch.as_tensor(np.vstack([M.col, M.row]), dtype=torch.long),
+                                     torch.as_tensor(M.data, dtype=y_cols.dtype), (n_in, len(cols)),
+                                     check_invariants=False)  # built from a valid scipy matrix
+        return torch.sparse.mm(Mt, y_cols.T).T.reshape((y_cols.shape[0],) + tuple(in_shape))
+
+    def sparse_matrix(self, in_shape: tuple, chunk: int = 256):
+        """The matrix of `linear` (n_out, n_in) as a scipy CSR matrix of its non-zeros, built once per input
+        shape from `linear` on chunks of basis vectors (no dense n_out x n_in array). Cost: n_in evaluations."""
+        cache = self.__dict__.setdefault("_sparse_matrices", {})
+        key = tuple(in_shape)
+        if key not in cache:
+            import scipy.sparse as sp
+
+            n_in = int(np.prod(in_shape))
+            parts = []
+            for start in range(0, n_in, chunk):
+                stop = min(n_in, start + chunk)
+                basis = torch.zeros(stop - start, n_in, dtype=DTYPE)
+                basis[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
+                with torch.no_grad():
+                    out = self.linear(basis.reshape((stop - start,) + key)).reshape(stop - start, -1)
+                i, o = out.nonzero(as_tuple=True)
+                parts.append((o.numpy(), (i + start).numpy(), out[i, o].numpy()))
+            n_out = out.shape[1]
+            rows, cols, vals = (np.concatenate(t) for t in zip(*parts))
+            cache[key] = sp.csr_matrix((vals, (rows, cols)), shape=(n_out, n_in))
+        return cache[key]
+
     def dense(self, in_shape: tuple, chunk: int = 4096) -> torch.Tensor:
         """The matrix of `linear` on flattened tensors, shape (n_out, n_in). Cost: n_in evaluations."""
         n_in = int(np.prod(in_shape))
@@ -205,6 +240,31 @@ class Conv2d(AffineOp):
             full = (size_out - 1) * self.stride[dim] - 2 * self.padding[dim] + self.dilation[dim] * (k - 1) + 1
             out_pad.append(size_in - full)
         return F.conv_transpose2d(y, self.weight, None, self.stride, self.padding, tuple(out_pad), self.groups, self.dilation)
+
+    def sparse_matrix(self, in_shape: tuple, chunk: int = 256):
+        """The convolution's matrix (n_out, n_in) as scipy CSR, from the weights by index arithmetic (one
+        entry per output position and kernel tap that lands inside the input). Cost: O(its non-zeros)."""
+        cache = self.__dict__.setdefault("_sparse_matrices", {})
+        key = tuple(in_shape)
+        if key not in cache:
+            import scipy.sparse as sp
+
+            Co, Cig, KH, KW = self.weight.shape
+            Ci, H, W = key[-3:]
+            out_h, out_w = (
+                (size + 2 * self.padding[d] - self.dilation[d] * (k - 1) - 1) // self.stride[d] + 1
+                for d, (size, k) in enumerate(((H, KH), (W, KW))))
+            co, cl, kh, kw, oh, ow = np.meshgrid(np.arange(Co), np.arange(Cig), np.arange(KH), np.arange(KW),
+                                                 np.arange(out_h), np.arange(out_w), indexing="ij")
+            ci = (co // (Co // self.groups)) * Cig + cl
+            ih = oh * self.stride[0] - self.padding[0] + kh * self.dilation[0]
+            iw = ow * self.stride[1] - self.padding[1] + kw * self.dilation[1]
+            ok = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            w = self.weight.detach().numpy()
+            rows = ((co * out_h + oh) * out_w + ow)[ok]
+            cols = ((ci * H + ih) * W + iw)[ok]
+            cache[key] = sp.csr_matrix((w[co, cl, kh, kw][ok], (rows, cols)), shape=(Co * out_h * out_w, Ci * H * W))
+        return cache[key]
 
     def parameters(self):
         return [self.weight, self.bias]
