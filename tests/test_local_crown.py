@@ -561,8 +561,8 @@ def test_sparse_activation_step_equals_the_dense_one(monkeypatch):
     region = Region.box(centre, 0.05)
 
     taken = []
-    touched = crown._touched_columns
-    monkeypatch.setattr(crown, "_touched_columns", lambda Af: taken.append(touched(Af)) or taken[-1])
+    touched = crown.touched_columns
+    monkeypatch.setattr(crown, "touched_columns", lambda Af: taken.append(touched(Af)) or taken[-1])
     sparse = forward_bounds(net, region)
     assert any(t is not None for t in taken)
     monkeypatch.setattr(crown, "SPARSE_MIN_WIDTH", 10 ** 9)
@@ -579,3 +579,43 @@ def test_sparse_activation_step_equals_the_dense_one(monkeypatch):
     for k, (lo, hi) in sparse.items():
         z = vals[net.nodes[k].inputs[0]].reshape(300, -1)
         assert bool((z >= lo - 1e-9).all()) and bool((z <= hi + 1e-9).all())
+
+
+def test_sparse_walk_gives_the_dense_crown_value(monkeypatch):
+    """The Jacobian graph's back-substitution multiplies a convolution by the few columns its coefficients
+    touch (`AffineOp.linear_cols`): crown's value on a max-pooling conv net equals the dense walk's (forced
+    by raising the width threshold) to rounding, and lies above sampled certified gradient norms."""
+    import lipbound.crown as crown
+    from lipbound.methods.lower.methods import jacobian_norms
+
+    rng = np.random.default_rng(5)
+    b = GraphBuilder((1, 21, 21))
+    c1 = b.add(Conv2d(rng.standard_normal((16, 1, 2, 2)), rng.standard_normal(16) * 0.1, (1, 1), (0, 0)), [0])
+    r1 = b.add(Activation("relu"), [c1])
+    pool = b.add(MaxPool2d((2, 2), (2, 2)), [r1])
+    flat = b.add(Reshape((16 * 10 * 10,)), [pool])
+    b.add(Linear(rng.standard_normal((2, 1600)) / 40, None), [flat])
+    net = b.build(name="wide_conv_pool_walk")
+    centre = rng.uniform(0, 1, (1, 21, 21))
+    calls = []
+    linear_cols = Conv2d.linear_cols
+    monkeypatch.setattr(Conv2d, "linear_cols", lambda self, *a: calls.append(1) or linear_cols(self, *a))
+    from lipbound.maxpool_relu import expand_maxpool
+
+    wide = expand_maxpool(net)
+    fwd = forward_bounds(wide, Region.box(centre, 0.02))
+
+    def graph_bounds():  # every gradient entry's bounds, the level where a dropped product would show
+        res = JacobianGraph(wide, fwd).bound([0, 1], math.inf, mode="crown")
+        return torch.cat([res.v[0], res.v[1]] + [t for k in sorted(res.g) for t in res.g[k]], 1)
+
+    sparse_entries = graph_bounds()
+    assert calls
+    sparse = lipbound.bound(net, "crown", "inf", center=centre, eps=0.02, alpha=False).value
+    monkeypatch.setattr(crown, "SPARSE_MIN_WIDTH", 10 ** 9)
+    calls.clear()
+    np.testing.assert_allclose(sparse_entries.numpy(), graph_bounds().numpy(), rtol=1e-9, atol=1e-9)
+    dense = lipbound.bound(net, "crown", "inf", center=centre, eps=0.02, alpha=False).value
+    assert not calls and sparse == pytest.approx(dense, rel=1e-9)
+    x = torch.as_tensor(centre + rng.uniform(-0.02, 0.02, (200, 1, 21, 21)))
+    assert float(jacobian_norms(net, x, math.inf, None).max()) <= sparse * (1 + 1e-9)

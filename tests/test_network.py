@@ -90,7 +90,8 @@ def test_adjoint_identity(op, shape):
 ])
 def test_conv_sparse_matrix_and_row_adjoint(weight_shape, stride, padding, dilation, groups, in_shape):
     """Conv2d's sparse matrix (index arithmetic) equals the matrix of `linear` on basis vectors (the generic
-    `AffineOp.dense`), and `linear_t_rows` on a few columns equals `linear_t` of the zero-padded batch."""
+    `AffineOp.dense`); `linear_t_rows` and `linear_cols` on a few columns equal `linear_t` and `linear` of
+    the zero-padded batch."""
     from lipbound.network import AffineOp
 
     rng = np.random.default_rng(len(in_shape) + sum(weight_shape))
@@ -105,6 +106,13 @@ def test_conv_sparse_matrix_and_row_adjoint(weight_shape, stride, padding, dilat
     out_shape = op.linear(torch.zeros((1,) + in_shape, dtype=torch.float64)).shape[1:]
     np.testing.assert_allclose(op.linear_t_rows(y[:, cols], cols, in_shape).numpy(),
                                op.linear_t(y.reshape((3,) + tuple(out_shape)), in_shape).numpy(), atol=1e-12)
+    # the forward twin: `linear_cols` on a few input columns equals `linear` of the zero-padded batch
+    n_in = dense.shape[1]
+    cin = torch.as_tensor(np.sort(rng.choice(n_in, size=max(1, n_in // 7), replace=False)))
+    x = torch.zeros(3, n_in, dtype=torch.float64)
+    x[:, cin] = torch.as_tensor(rng.standard_normal((3, len(cin))))
+    np.testing.assert_allclose(op.linear_cols(x[:, cin], cin, in_shape).numpy(),
+                               op.linear(x.reshape((3,) + tuple(in_shape))).reshape(3, -1).numpy(), atol=1e-12)
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -175,7 +175,7 @@ class _CrownPass:
         const = op.constant_term(in_shape)
         c = torch.broadcast_to(const, node.shape)
         Af = A.reshape(A.shape[0], -1)
-        cols = _touched_columns(Af) if isinstance(op, SPARSE_ADJOINT_OPS) else None
+        cols = touched_columns(Af) if isinstance(op, SPARSE_ADJOINT_OPS) else None
         if cols is not None:  # a few neurons' receptive fields: the sparse adjoint (the same products)
             sub = Af[:, cols]
             if bool((c != 0).any()):
@@ -192,7 +192,7 @@ class _CrownPass:
         tl, tu = self.alphas.get(k, (None, None))
         lines = rel.lines(tl, tu, approx=self.approx)
         Af = A.reshape(A.shape[0], -1)
-        cols = _touched_columns(Af)
+        cols = touched_columns(Af)
         if cols is not None:  # sparse coefficients (a few neurons' receptive fields): relax only those columns
             aL, bL, aU, bU = (self._per_row(t[..., cols]) for t in lines)
             sub = Af[:, cols]
@@ -250,22 +250,26 @@ class _CrownPass:
         return t if self.row_box is None else t[self.row_box]
 
 
-#: an activation step relaxes only the columns its coefficients touch when they are at most this share
-#: of a layer of at least SPARSE_MIN_WIDTH neurons (`_touched_columns`)
+#: a back-substitution step works on the columns its coefficients touch when they are at most this share
+#: of a layer of at least SPARSE_MIN_WIDTH neurons (`touched_columns`)
 SPARSE_SHARE, SPARSE_MIN_WIDTH = 0.125, 4096
 
 #: affine ops whose adjoint (`linear_t`) costs the whole layer however few columns the coefficients touch
 SPARSE_ADJOINT_OPS = (Conv2d,)
 
 
-def _touched_columns(Af: torch.Tensor) -> torch.Tensor | None:
+def touched_columns(Af: torch.Tensor) -> torch.Tensor | None:
     """The columns where some row of Af (rows, n) is non-zero, when they are few enough to be worth
     gathering (see `SPARSE_SHARE`), else None. The back-substitution of a few neurons' bounds through a
     convolution touches only their receptive fields: the other columns contribute exactly 0."""
     if Af.shape[1] < SPARSE_MIN_WIDTH:
         return None
+    limit = SPARSE_SHARE * Af.shape[1]
+    # the first rows alone touching too many columns settle it at a fraction of the full scan's cost
+    if Af.shape[0] > 16 and int((Af[:16] != 0).any(0).sum()) > limit:
+        return None
     cols = (Af != 0).any(0).nonzero().reshape(-1)
-    return cols if len(cols) <= SPARSE_SHARE * Af.shape[1] else None
+    return cols if len(cols) <= limit else None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -128,6 +128,20 @@ class AffineOp(Op):
                                      check_invariants=False)  # built from a valid scipy matrix
         return torch.sparse.mm(Mt, y_cols.T).T.reshape((y_cols.shape[0],) + tuple(in_shape))
 
+    def linear_cols(self, x_cols: torch.Tensor, cols: torch.Tensor, in_shape: tuple) -> torch.Tensor:
+        """`linear` of a batch x (N, n_in) that is zero outside the columns ``cols``, given as x_cols = x[:,
+        cols]: a sparse product with those columns of the op's matrix (`sparse_matrix`), the forward twin of
+        `linear_t_rows`. Differentiable in x_cols. Returns (N, n_out)."""
+        cache = self.__dict__.setdefault("_sparse_matrices", {})
+        key = (tuple(in_shape), "csc")
+        if key not in cache:
+            cache[key] = self.sparse_matrix(in_shape).tocsc()
+        M = cache[key][:, cols.numpy()].tocoo()
+        Ms = torch.sparse_coo_tensor(torch.as_tensor(np.vstack([M.row, M.col]), dtype=torch.long),
+                                     torch.as_tensor(M.data, dtype=x_cols.dtype), M.shape,
+                                     check_invariants=False)  # built from a valid scipy matrix
+        return torch.sparse.mm(Ms, x_cols.T).T
+
     def sparse_matrix(self, in_shape: tuple, chunk: int = 256):
         """The matrix of `linear` (n_out, n_in) as a scipy CSR matrix of its non-zeros, built once per input
         shape from `linear` on chunks of basis vectors (no dense n_out x n_in array). Cost: n_in evaluations."""
