@@ -175,7 +175,7 @@ class _CrownPass:
         const = op.constant_term(in_shape)
         c = torch.broadcast_to(const, node.shape)
         Af = A.reshape(A.shape[0], -1)
-        cols = touched_columns(Af) if isinstance(op, SPARSE_ADJOINT_OPS) else None
+        cols = touched_columns(Af) if sparse_product_ok(op, in_shape) else None
         if cols is not None:  # a few neurons' receptive fields: the sparse adjoint (the same products)
             sub = Af[:, cols]
             if bool((c != 0).any()):
@@ -254,8 +254,12 @@ class _CrownPass:
 #: of a layer of at least SPARSE_MIN_WIDTH neurons (`touched_columns`)
 SPARSE_SHARE, SPARSE_MIN_WIDTH = 0.125, 4096
 
-#: affine ops whose adjoint (`linear_t`) costs the whole layer however few columns the coefficients touch
-SPARSE_ADJOINT_OPS = (Conv2d,)
+def sparse_product_ok(op, in_shape: tuple) -> bool:
+    """True for the ops whose dense products cost the whole layer however few columns the coefficients
+    touch and whose sparse matrix is small enough to keep (convolutions, `opnorms.SPARSE_MAX_NNZ`)."""
+    from .opnorms import SPARSE_MAX_NNZ
+
+    return isinstance(op, Conv2d) and op.sparse_entries(tuple(in_shape)) <= SPARSE_MAX_NNZ
 
 
 def touched_columns(Af: torch.Tensor) -> torch.Tensor | None:

@@ -121,12 +121,8 @@ class AffineOp(Op):
         cols]: a sparse product with those rows of the op's matrix (`sparse_matrix`), for coefficients that
         touch a few outputs (one neuron's receptive field) where the dense adjoint would touch all of them.
         Differentiable in y_cols. Returns (N, *in_shape)."""
-        M = self.sparse_matrix(in_shape)[cols.numpy()].tocoo()
-        n_in = int(np.prod(in_shape))
-        Mt = torch.sparse_coo_tensor(torch.as_tensor(np.vstack([M.col, M.row]), dtype=torch.long),
-                                     torch.as_tensor(M.data, dtype=y_cols.dtype), (n_in, len(cols)),
-                                     check_invariants=False)  # built from a valid scipy matrix
-        return torch.sparse.mm(Mt, y_cols.T).T.reshape((y_cols.shape[0],) + tuple(in_shape))
+        M = self.sparse_matrix(in_shape)[cols.numpy()].T
+        return _sparse_times(M, y_cols).reshape((y_cols.shape[0],) + tuple(in_shape))
 
     def linear_cols(self, x_cols: torch.Tensor, cols: torch.Tensor, in_shape: tuple) -> torch.Tensor:
         """`linear` of a batch x (N, n_in) that is zero outside the columns ``cols``, given as x_cols = x[:,
@@ -136,13 +132,9 @@ class AffineOp(Op):
         key = (tuple(in_shape), "csc")
         if key not in cache:
             cache[key] = self.sparse_matrix(in_shape).tocsc()
-        M = cache[key][:, cols.numpy()].tocoo()
-        Ms = torch.sparse_coo_tensor(torch.as_tensor(np.vstack([M.row, M.col]), dtype=torch.long),
-                                     torch.as_tensor(M.data, dtype=x_cols.dtype), M.shape,
-                                     check_invariants=False)  # built from a valid scipy matrix
-        return torch.sparse.mm(Ms, x_cols.T).T
+        return _sparse_times(cache[key][:, cols.numpy()], x_cols)
 
-    def sparse_matrix(self, in_shape: tuple, chunk: int = 256):
+    def sparse_matrix(self, in_shape: tuple):
         """The matrix of `linear` (n_out, n_in) as a scipy CSR matrix of its non-zeros, built once per input
         shape from `linear` on chunks of basis vectors (no dense n_out x n_in array). Cost: n_in evaluations."""
         cache = self.__dict__.setdefault("_sparse_matrices", {})
@@ -150,32 +142,27 @@ class AffineOp(Op):
         if key not in cache:
             import scipy.sparse as sp
 
-            n_in = int(np.prod(in_shape))
             parts = []
-            for start in range(0, n_in, chunk):
-                stop = min(n_in, start + chunk)
-                basis = torch.zeros(stop - start, n_in, dtype=DTYPE)
-                basis[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
-                with torch.no_grad():
-                    out = self.linear(basis.reshape((stop - start,) + key)).reshape(stop - start, -1)
+            for start, out in self._basis_images(key, 256):
                 i, o = out.nonzero(as_tuple=True)
                 parts.append((o.numpy(), (i + start).numpy(), out[i, o].numpy()))
-            n_out = out.shape[1]
             rows, cols, vals = (np.concatenate(t) for t in zip(*parts))
-            cache[key] = sp.csr_matrix((vals, (rows, cols)), shape=(n_out, n_in))
+            cache[key] = sp.csr_matrix((vals, (rows, cols)), shape=(out.shape[1], int(np.prod(key))))
         return cache[key]
 
     def dense(self, in_shape: tuple, chunk: int = 4096) -> torch.Tensor:
         """The matrix of `linear` on flattened tensors, shape (n_out, n_in). Cost: n_in evaluations."""
+        return torch.cat([out for _, out in self._basis_images(tuple(in_shape), chunk)], 0).T.contiguous()
+
+    def _basis_images(self, in_shape: tuple, chunk: int):
+        """(start, linear(e_start), ..., linear(e_stop-1) as rows (k, n_out)) over the input's basis, in chunks."""
         n_in = int(np.prod(in_shape))
-        cols = []
         for start in range(0, n_in, chunk):
             stop = min(n_in, start + chunk)
             basis = torch.zeros(stop - start, n_in, dtype=DTYPE)
             basis[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
-            out = self.linear(basis.reshape((stop - start,) + tuple(in_shape)))
-            cols.append(out.reshape(stop - start, -1))
-        return torch.cat(cols, 0).T.contiguous()
+            with torch.no_grad():
+                yield start, self.linear(basis.reshape((stop - start,) + in_shape)).reshape(stop - start, -1)
 
 
 @dataclass(eq=False)
@@ -255,29 +242,43 @@ class Conv2d(AffineOp):
             out_pad.append(size_in - full)
         return F.conv_transpose2d(y, self.weight, None, self.stride, self.padding, tuple(out_pad), self.groups, self.dilation)
 
-    def sparse_matrix(self, in_shape: tuple, chunk: int = 256):
-        """The convolution's matrix (n_out, n_in) as scipy CSR, from the weights by index arithmetic (one
-        entry per output position and kernel tap that lands inside the input). Cost: O(its non-zeros)."""
+    def sparse_entries(self, in_shape: tuple) -> int:
+        """How many entries `sparse_matrix` stores at most (output positions x kernel taps)."""
+        O, Cg, kh, kw = self.weight.shape
+        return O * Cg * kh * kw * int(np.prod(self._out_hw(in_shape)))
+
+    def _out_hw(self, in_shape: tuple) -> tuple:
+        return tuple((size + 2 * self.padding[d] - self.dilation[d] * (self.weight.shape[2 + d] - 1) - 1)
+                     // self.stride[d] + 1 for d, size in enumerate(in_shape[-2:]))
+
+    def sparse_matrix(self, in_shape: tuple):
+        """The exact matrix of the convolution's linear part (n_out, n_in) as scipy CSR, from the weights by
+        index arithmetic (one entry per output position and kernel tap inside the input), kept per input
+        shape. Cost: O(`sparse_entries`); callers check that count first on large layers."""
         cache = self.__dict__.setdefault("_sparse_matrices", {})
         key = tuple(in_shape)
         if key not in cache:
             import scipy.sparse as sp
 
-            Co, Cig, KH, KW = self.weight.shape
-            Ci, H, W = key[-3:]
-            out_h, out_w = (
-                (size + 2 * self.padding[d] - self.dilation[d] * (k - 1) - 1) // self.stride[d] + 1
-                for d, (size, k) in enumerate(((H, KH), (W, KW))))
-            co, cl, kh, kw, oh, ow = np.meshgrid(np.arange(Co), np.arange(Cig), np.arange(KH), np.arange(KW),
-                                                 np.arange(out_h), np.arange(out_w), indexing="ij")
-            ci = (co // (Co // self.groups)) * Cig + cl
-            ih = oh * self.stride[0] - self.padding[0] + kh * self.dilation[0]
-            iw = ow * self.stride[1] - self.padding[1] + kw * self.dilation[1]
-            ok = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            w = self.weight.detach().numpy()
-            rows = ((co * out_h + oh) * out_w + ow)[ok]
-            cols = ((ci * H + ih) * W + iw)[ok]
-            cache[key] = sp.csr_matrix((w[co, cl, kh, kw][ok], (rows, cols)), shape=(Co * out_h * out_w, Ci * H * W))
+            C, H, W = key[-3:]
+            O, Cg, kh, kw = self.weight.shape
+            Ho, Wo = self._out_hw(key)
+            (sh, sw), (ph, pw), (dh, dw) = self.stride, self.padding, self.dilation
+            Og = O // self.groups
+            o = np.arange(O).reshape(O, 1, 1, 1, 1, 1)
+            c = (np.arange(O) // Og * Cg).reshape(O, 1, 1, 1, 1, 1) + np.arange(Cg).reshape(1, Cg, 1, 1, 1, 1)
+            u = np.arange(kh).reshape(1, 1, kh, 1, 1, 1)
+            v = np.arange(kw).reshape(1, 1, 1, kw, 1, 1)
+            i = np.arange(Ho).reshape(1, 1, 1, 1, Ho, 1)
+            j = np.arange(Wo).reshape(1, 1, 1, 1, 1, Wo)
+            shape6 = (O, Cg, kh, kw, Ho, Wo)
+            h = np.broadcast_to(i * sh - ph + u * dh, shape6)
+            w = np.broadcast_to(j * sw - pw + v * dw, shape6)
+            ok = (h >= 0) & (h < H) & (w >= 0) & (w < W)
+            rows = np.broadcast_to(o * Ho * Wo + i * Wo + j, shape6)[ok]
+            cols = (np.broadcast_to(c, shape6) * H * W + h * W + w)[ok]
+            vals = np.broadcast_to(self.weight.detach().numpy().reshape(O, Cg, kh, kw, 1, 1), shape6)[ok]
+            cache[key] = sp.csr_matrix((vals, (rows, cols)), shape=(O * Ho * Wo, C * H * W))
         return cache[key]
 
     def parameters(self):
@@ -924,3 +925,12 @@ class GraphBuilder:
 
     def build(self, name: str = "network", source: str | None = None) -> Network:
         return Network(self.nodes, name=name, source=source)
+
+def _sparse_times(M, y: torch.Tensor) -> torch.Tensor:
+    """(M @ y.T).T for a scipy sparse M (m, k) and y (N, k): torch's sparse product (differentiable in y)."""
+    C = M.tocoo()
+    Mt = torch.sparse_coo_tensor(torch.as_tensor(np.vstack([C.row, C.col]), dtype=torch.long),
+                                 torch.as_tensor(C.data, dtype=y.dtype), C.shape,
+                                 check_invariants=False)  # built from a valid scipy matrix
+    return torch.sparse.mm(Mt, y.T).T
+

@@ -173,34 +173,11 @@ SPARSE_MAX_NNZ = 20_000_000
 
 def conv_sparse_matrix(op: Conv2d, in_shape: tuple):
     """The exact matrix of the Conv2d's linear part at ``in_shape`` as a scipy CSR matrix
-    (n_out x n_in), or None when it would have more than SPARSE_MAX_NNZ stored entries.
-    Cost: O(O * C/groups * kh * kw * Ho * Wo)."""
-    import scipy.sparse as sp
-
-    C, H, W = in_shape
-    O, Cg, kh, kw = op.weight.shape
-    Ho, Wo = out_shape_of(op, in_shape)[-2:]
-    if O * Cg * kh * kw * Ho * Wo > SPARSE_MAX_NNZ:
+    (n_out x n_in, `Conv2d.sparse_matrix`), or None when it would have more than SPARSE_MAX_NNZ stored
+    entries. Cost: O(O * C/groups * kh * kw * Ho * Wo)."""
+    if op.sparse_entries(tuple(in_shape)) > SPARSE_MAX_NNZ:
         return None
-    sh, sw = op.stride
-    ph, pw = op.padding
-    dh, dw = op.dilation
-    Og = O // op.groups
-    o = np.arange(O).reshape(O, 1, 1, 1, 1, 1)
-    c = (np.arange(O) // Og * Cg).reshape(O, 1, 1, 1, 1, 1) + np.arange(Cg).reshape(1, Cg, 1, 1, 1, 1)
-    u = np.arange(kh).reshape(1, 1, kh, 1, 1, 1)
-    v = np.arange(kw).reshape(1, 1, 1, kw, 1, 1)
-    i = np.arange(Ho).reshape(1, 1, 1, 1, Ho, 1)
-    j = np.arange(Wo).reshape(1, 1, 1, 1, 1, Wo)
-    h = i * sh - ph + u * dh
-    w = j * sw - pw + v * dw
-    shape6 = (O, Cg, kh, kw, Ho, Wo)
-    h, w = np.broadcast_to(h, shape6), np.broadcast_to(w, shape6)
-    ok = (h >= 0) & (h < H) & (w >= 0) & (w < W)
-    rows = np.broadcast_to(o * Ho * Wo + i * Wo + j, shape6)[ok]
-    cols = (np.broadcast_to(c, shape6) * H * W + h * W + w)[ok]
-    vals = np.broadcast_to(op.weight.numpy().reshape(O, Cg, kh, kw, 1, 1), shape6)[ok]
-    return sp.csr_matrix((vals, (rows, cols)), shape=(O * Ho * Wo, C * H * W))
+    return op.sparse_matrix(tuple(in_shape))
 
 
 def _sparse_of(op, in_shape):

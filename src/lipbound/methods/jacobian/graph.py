@@ -30,7 +30,7 @@ import dataclasses
 import torch
 
 from ... import traversal
-from ...crown import SPARSE_ADJOINT_OPS, OutOfTime, check_deadline, past, touched_columns
+from ...crown import OutOfTime, check_deadline, past, sparse_product_ok, touched_columns
 from ...errors import Unsupported
 from ...network import DTYPE, Activation, Add, Conv2d, ElementwiseAffine, Linear, MaxPool2d, Network
 
@@ -240,9 +240,9 @@ class JacobianGraph:
         def affine(op, node, L):
             check_deadline(self.deadline)
             Lf = L.reshape(L.shape[0], -1)
-            cols = touched_columns(Lf) if isinstance(op, SPARSE_ADJOINT_OPS) else None
+            in_shape = net.nodes[node.inputs[0]].shape
+            cols = touched_columns(Lf) if sparse_product_ok(op, in_shape) else None
             if cols is not None:  # a few entries' receptive fields: the sparse product (crown's `_affine`)
-                in_shape = net.nodes[node.inputs[0]].shape
                 return op.linear_cols(Lf[:, cols], cols, in_shape).reshape((L.shape[0],) + node.shape)
             return op.linear(L)
 
