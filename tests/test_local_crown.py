@@ -583,8 +583,9 @@ def test_sparse_activation_step_equals_the_dense_one(monkeypatch):
 
 def test_sparse_walk_gives_the_dense_crown_value(monkeypatch):
     """The Jacobian graph's back-substitution multiplies a convolution by the few columns its coefficients
-    touch (`AffineOp.linear_cols`): crown's value on a max-pooling conv net equals the dense walk's (forced
-    by raising the width threshold) to rounding, and lies above sampled certified gradient norms."""
+    touch (`AffineOp.linear_cols`): on a max-pooling conv net its entry bounds and per-output values equal
+    the dense walk's (forced by raising the width threshold) to rounding, and lie above sampled certified
+    gradient norms."""
     import lipbound.crown as crown
     from lipbound.methods.lower.methods import jacobian_norms
 
@@ -605,17 +606,56 @@ def test_sparse_walk_gives_the_dense_crown_value(monkeypatch):
     wide = expand_maxpool(net)
     fwd = forward_bounds(wide, Region.box(centre, 0.02))
 
-    def graph_bounds():  # every gradient entry's bounds, the level where a dropped product would show
-        res = JacobianGraph(wide, fwd).bound([0, 1], math.inf, mode="crown")
-        return torch.cat([res.v[0], res.v[1]] + [t for k in sorted(res.g) for t in res.g[k]], 1)
+    def graph_bounds():  # every gradient entry's bounds (the level where a dropped product would show)
+        res = JacobianGraph(wide, fwd).bound([0, 1], math.inf, mode="crown")  # and each output row's l1 bound
+        return torch.cat([res.v[0], res.v[1]] + [t for k in sorted(res.g) for t in res.g[k]], 1), res.value
 
-    sparse_entries = graph_bounds()
+    sparse_entries, sparse = graph_bounds()
     assert calls
-    sparse = lipbound.bound(net, "crown", "inf", center=centre, eps=0.02, alpha=False).value
     monkeypatch.setattr(crown, "SPARSE_MIN_WIDTH", 10 ** 9)
     calls.clear()
-    np.testing.assert_allclose(sparse_entries.numpy(), graph_bounds().numpy(), rtol=1e-9, atol=1e-9)
-    dense = lipbound.bound(net, "crown", "inf", center=centre, eps=0.02, alpha=False).value
-    assert not calls and sparse == pytest.approx(dense, rel=1e-9)
+    dense_entries, dense = graph_bounds()
+    assert not calls
+    np.testing.assert_allclose(sparse_entries.numpy(), dense_entries.numpy(), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(sparse.numpy(), dense.numpy(), rtol=1e-9)
     x = torch.as_tensor(centre + rng.uniform(-0.02, 0.02, (200, 1, 21, 21)))
-    assert float(jacobian_norms(net, x, math.inf, None).max()) <= sparse * (1 + 1e-9)
+    assert float(jacobian_norms(net, x, math.inf, None).max()) <= float(sparse.max()) * (1 + 1e-9)
+
+
+def test_sparse_steps_equal_dense_steps_on_random_coefficients(monkeypatch):
+    """One back-substitution step on its own: CROWN's activation step and a convolution's adjoint, on
+    coefficients that touch a few columns of a 4608-wide layer, equal the dense steps (to rounding) --
+    the relaxed values, the constant they add and the coefficients passed on."""
+    import lipbound.crown as crown
+    from lipbound.activations import make as make_activation
+
+    rng = np.random.default_rng(11)
+    b = GraphBuilder((2, 13, 13))
+    conv = b.add(Conv2d(rng.standard_normal((32, 2, 2, 2)), rng.standard_normal(32), (1, 1), (0, 0)), [0])
+    act = b.add(Activation("relu"), [conv])  # 32 x 12 x 12 = 4608 neurons
+    b.add(Reshape((4608,)), [act])
+    net = b.build(name="wide_step")
+    node_c, node_a = net.nodes[conv], net.nodes[act]
+    lo = torch.as_tensor(rng.uniform(-1, 0.5, 4608))
+    rel = {act: crown.ActivationRelaxation(make_activation("relu"), lo, lo + torch.as_tensor(rng.uniform(0, 1.5, 4608)))}
+    A = torch.zeros(6, 4608, dtype=torch.float64)
+    cols = rng.choice(4608, size=40, replace=False)
+    A[:, cols] = torch.as_tensor(rng.standard_normal((6, 40)))
+    A = A.reshape((6,) + node_a.shape)
+
+    def step():
+        p = crown._CrownPass(net, rel)
+        p.bias = torch.zeros(6, dtype=torch.float64)
+        mid = p._activation(node_a.op, node_a, A)
+        out = p._affine(node_c.op, node_c, mid)
+        return mid, out, p.bias
+
+    taken = []
+    touched = crown.touched_columns
+    monkeypatch.setattr(crown, "touched_columns", lambda Af: taken.append(touched(Af)) or taken[-1])
+    sparse = step()
+    assert sum(t is not None for t in taken) == 2  # both steps took the sparse path
+    monkeypatch.setattr(crown, "SPARSE_MIN_WIDTH", 10 ** 9)
+    dense = step()
+    for s_, d_ in zip(sparse, dense):
+        np.testing.assert_allclose(s_.numpy(), d_.numpy(), rtol=1e-12, atol=1e-12)

@@ -97,8 +97,9 @@ def test_conv_sparse_matrix_and_row_adjoint(weight_shape, stride, padding, dilat
     rng = np.random.default_rng(len(in_shape) + sum(weight_shape))
     op = Conv2d(rng.standard_normal(weight_shape), None, stride, padding, dilation, groups)
     dense = op.dense(in_shape).numpy()
-    np.testing.assert_array_equal(op.sparse_matrix(in_shape).toarray(), dense)
-    np.testing.assert_array_equal(AffineOp.sparse_matrix(op, in_shape).toarray(), dense)
+    # (a tolerance, not bitwise: a convolution backend may round even on one-hot inputs)
+    np.testing.assert_allclose(op.sparse_matrix(in_shape).toarray(), dense, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(AffineOp.sparse_matrix(op, in_shape).toarray(), dense, rtol=0, atol=1e-13)
     n_out = dense.shape[0]
     cols = torch.as_tensor(np.sort(rng.choice(n_out, size=max(1, n_out // 7), replace=False)))
     y = torch.zeros(3, n_out, dtype=torch.float64)
