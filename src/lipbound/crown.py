@@ -38,6 +38,7 @@ from .errors import Unsupported
 from .intervals import IBP_RULES
 from .activations import make as make_activation
 from .network import DTYPE, Activation, Add, Conv2d, MaxMin, MaxPool2d, Network
+from .opnorms import SPARSE_MAX_NNZ
 from .optim import Adam
 
 #: entries per coefficient tensor before the specifications are processed in chunks
@@ -257,8 +258,6 @@ SPARSE_SHARE, SPARSE_MIN_WIDTH = 0.125, 4096
 def sparse_product_ok(op, in_shape: tuple) -> bool:
     """True for the ops whose dense products cost the whole layer however few columns the coefficients
     touch and whose sparse matrix is small enough to keep (convolutions, `opnorms.SPARSE_MAX_NNZ`)."""
-    from .opnorms import SPARSE_MAX_NNZ
-
     return isinstance(op, Conv2d) and op.sparse_entries(tuple(in_shape)) <= SPARSE_MAX_NNZ
 
 
