@@ -172,6 +172,24 @@ def test_engine_uses_outside_bounds():
     assert eng.run([root]).upper == true * 1.5
 
 
+def test_engine_depth_first_pops_the_last_child_and_reaches_the_same_answer():
+    """order="depth" (enumerate's search): a stack, so the popped intervals shrink along one path (each the
+    last child of the one before) until that path ends; the answer is the toy's maximum as best first finds it."""
+    prob = _IntervalMax()
+    true = _true_max(prob)
+    prob.splittable = lambda d: d.data[1] - d.data[0] > 1e-5  # depth first explores every path to this width
+    popped = []
+    branch = prob.branch
+    prob.branch = lambda ds: (popped.extend(d.data for d in ds), branch(ds))[1]
+    root = Domain(prob.bound([(0, (0.0, 1.0))])[0][0], 0, (0.0, 1.0))
+    out = Engine(prob, batch=1, deadline=None, target_gap=1 + 1e-3, order="depth").run([root])
+    assert out.lower <= true + 1e-12 <= out.upper + 2e-12 and out.upper <= (1 + 1e-3) * out.lower
+    # the first steps descend into the right half (the last child pushed), halving each time
+    assert popped[:3] == [(0.0, 1.0), (0.5, 1.0), (0.75, 1.0)]
+    with pytest.raises(ValueError, match="order"):
+        Engine(prob, batch=1, deadline=None, order="widest")
+
+
 # ---------------------------------------------------------------- crown-bab against enumeration ---
 
 

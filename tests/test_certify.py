@@ -342,6 +342,13 @@ def test_methods_use_the_blackboard():
     mip = lipbound.bound(net, "mip", norm="inf", shared={"witness": w}, samples=0, **box)
     assert mip.details.get("seeded_witness") is True
     assert mip.lower >= jac_norm(f, w, "inf") * (1 - REL)
+    # enumerate starts its search from the run's best lower bound: still exact, with no more LPs
+    seeded = lipbound.bound(net, "enumerate", norm="inf", shared={"best_lower": exact.value, "witness": w},
+                            samples=0, **box)
+    plain = lipbound.bound(net, "enumerate", norm="inf", samples=0, **box)
+    assert seeded.kind == "exact" and seeded.details["seeded_witness"] and not plain.details["seeded_witness"]
+    assert abs(seeded.value - exact.value) <= REL * exact.value and abs(plain.value - exact.value) <= REL * exact.value
+    assert seeded.details["lps"] <= plain.details["lps"]
 
 
 def test_global_linf_uses_the_jacobian_graph_and_ibp_when_crown_is_too_slow(monkeypatch):

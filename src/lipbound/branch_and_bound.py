@@ -4,7 +4,9 @@ A *domain* is a part of the problem (a sub-box of the input region, a set of fix
 one output of several) with a certified upper bound on its contribution. The engine keeps the open
 domains in one priority queue (largest upper bound first) and repeats one step:
 
-  select  -- pop up to ``batch`` domains with the largest bounds that can still be split;
+  select  -- pop up to ``batch`` domains that can still be split: those with the largest bounds (``order="best"``),
+             or the last pushed (``order="depth"``: a depth-first search, whose path of decisions changes
+             by one at a time, so a problem can keep incremental state along it, e.g. an LP's rows);
   lower   -- the problem's lower-bound hook on them (a certified value with its witness input): the best
              lower bound of the run rises;
   drop    -- with ``combine="max"`` a domain whose upper bound is at most the best lower bound cannot
@@ -23,8 +25,11 @@ key: several outputs in l2) or "sum" (sum over keys: several outputs in l1). Dom
 for "max", where dropping is sound.
 
 The parts that vary are the problem's (an object with ``bound``, ``branch``, ``splittable`` and
-``lower``; see `Problem`): `methods.jacobian.bab` bounds domains by CROWN on the Clarke-Jacobian graph
-and splits input boxes or ReLU-like neurons.
+``lower``; see `Problem`): `methods.jacobian.bab` (crown-bab) bounds domains by CROWN on the Clarke-Jacobian
+graph and splits input boxes or ReLU-like neurons, best first; `methods.exact.enumerate` (enumerate) bounds
+activation-pattern prefixes by an interval Jacobian product, splits the next undecided neuron into its two
+signs (each kept only when an LP finds an interior point of its region), and takes a complete pattern's
+Jacobian norm as both its upper bound and a lower bound of the whole problem, depth first.
 """
 
 from __future__ import annotations
@@ -87,12 +92,17 @@ class Engine:
     """See the module doc. ``lower`` / ``witness``: a certified lower bound known from outside (e.g. the
     `certify` portfolio's best); ``upper_cap``: a certified upper bound from outside (the answer never
     exceeds it); ``outside_lower``: a callable giving the current outside lower bound (read every step);
-    ``start``: the time origin of the history."""
+    ``start``: the time origin of the history; ``order``: "best" (largest upper bound first) or "depth" (last
+    pushed first; children are explored in the reverse of the order ``bound`` returns them)."""
 
     def __init__(self, problem: Problem, *, batch: int, deadline: float | None, target_gap: float = 1 + 1e-6,
                  max_domains: int = 200_000, lower: float = 0.0, witness: Any = None, upper_cap: float = math.inf,
-                 outside_lower: Callable[[], float | None] | None = None, start: float | None = None):
+                 outside_lower: Callable[[], float | None] | None = None, start: float | None = None,
+                 order: str = "best"):
+        if order not in ("best", "depth"):
+            raise ValueError(f"order={order!r}: use 'best' or 'depth'")
         self.problem, self.batch, self.deadline = problem, batch, deadline
+        self.depth_first = order == "depth"
         self.target_gap, self.max_domains = target_gap, max_domains
         self.lower, self.witness, self.upper_cap = lower, witness, upper_cap
         self.outside_lower = outside_lower
@@ -109,8 +119,10 @@ class Engine:
         """The certified upper bound now: the combination of the open domains' bounds; with "max", at
         least the best lower bound (the dropped domains are below it), capped by ``upper_cap``."""
         comb = self.problem.combine
-        if comb == "max":  # the heap's top and the closed domains: O(#closed)
-            top = max([-self.heap[0][0] if self.heap else -math.inf] + [d.upper for d in self.closed])
+        if comb == "max":  # the heap's top (depth first: every open domain) and the closed domains
+            open_top = (max(-e[0] for e in self.heap) if self.depth_first else -self.heap[0][0]) if self.heap \
+                else -math.inf
+            top = max([open_top] + [d.upper for d in self.closed])
             value = max(top, self.lower)
         else:
             items = [d for _, _, d in self.heap] + self.closed
@@ -136,7 +148,14 @@ class Engine:
         if self.problem.combine == "max" and self.lower > 0 and domain.upper <= self.lower:
             self.dropped += 1
             return
-        heapq.heappush(self.heap, (-domain.upper, next(self.counter), domain))
+        entry = (-domain.upper, next(self.counter), domain)
+        if self.depth_first:  # a stack: the entries keep the heap's shape so the rest reads them alike
+            self.heap.append(entry)
+        else:
+            heapq.heappush(self.heap, entry)
+
+    def _pop(self) -> Domain:
+        return self.heap.pop()[2] if self.depth_first else heapq.heappop(self.heap)[2]
 
     def run(self, roots: list[Domain]) -> Outcome:
         for d in roots:
@@ -193,7 +212,7 @@ class Engine:
         is kept aside (``closed``): when it is the worst of all, the search has converged."""
         popped: list = []
         while self.heap and len(popped) < self.batch:
-            _, _, d = heapq.heappop(self.heap)
+            d = self._pop()
             if self._covered(d):
                 continue
             if not self.problem.splittable(d):

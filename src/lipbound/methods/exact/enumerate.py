@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ...branch_and_bound import Domain, Engine
 from ...highs import Status
 from ...norms import operator_norm, spectral_norm_upper
 from .mip_core import Model, act_interval, affine_interval
@@ -179,25 +180,37 @@ def global_scale(layers) -> float:
 
 def enumerate_patterns(layers, lo, hi, bounds, norm, output, deadline=None, tol=None, progress=None,
                        prune=False, incumbent=None):
-    """Depth-first search over the activation patterns of the unstable neurons (layer by layer), pruning
-    a prefix as soon as its region has no interior point in the box (max-slack LP). Returns
-    (best value, witness x, #patterns, complete?). The value is max over realisable patterns of the
-    pattern Jacobian's operator norm: the exact Lipschitz constant on the box in general position.
+    """Search over the activation patterns of the unstable neurons (layer by layer, depth first on the
+    branch-and-bound engine), dropping a prefix as soon as its region has no interior point in the box
+    (max-slack LP). Returns a dict: "best" (the max over realisable patterns of the pattern Jacobian's
+    operator norm: the exact Lipschitz constant on the box in general position, when "complete"), "x" (its
+    witness), "count" (patterns), "complete", "lps", "pruned".
 
     ``lo = hi = None``: the whole input space (``bounds`` then (-inf, inf) for every neuron): the max over
-    every activation region of R^n with an interior point, i.e. the exact global Lipschitz constant."""
-    search = _PatternSearch(layers, lo, hi, bounds, norm, output, deadline, tol, progress, prune)
-    if incumbent is not None:  # (value, witness) of a certified lower bound, e.g. a sampled gradient
-        search.state["best"], search.state["x"] = float(incumbent[0]), np.asarray(incumbent[1], dtype=np.float64)
-    n0 = search.lo.size
-    root = np.zeros(n0) if search.is_global else (search.lo + search.hi) / 2
-    search.layer(0, np.eye(n0), np.zeros(n0), [], [], root, math.inf)
-    return search.state
+    every activation region of R^n with an interior point, i.e. the exact global Lipschitz constant.
+    ``prune``: a prefix whose interval Jacobian bound (`jacobian_bound`) is at most the best value is dropped
+    (still exact). ``incumbent``: (value, witness) of a certified lower bound to start from."""
+    tree = _PatternTree(layers, lo, hi, bounds, norm, output, tol, progress, prune)
+    lower, witness = -math.inf, None
+    if incumbent is not None:  # e.g. a sampled gradient
+        lower, witness = float(incumbent[0]), np.asarray(incumbent[1], dtype=np.float64)
+    # target gap 1: run until every prefix is dropped or complete (the exact value, not an interval)
+    engine = Engine(tree, batch=1, deadline=deadline, target_gap=1.0, max_domains=10 ** 9, lower=lower,
+                    witness=witness, order="depth")
+    tree.engine = engine
+    root = tree.root()
+    out = engine.run([Domain(tree.bound([(0, root)])[0][0], 0, root)])
+    # the dropped domains: pruned prefixes, and the complete patterns not left open or closed (value 0 when
+    # the best is 0)
+    kept_leaves = len(engine.closed) + sum(1 for e in engine.heap if e[2].data.ly is None)
+    pruned = engine.dropped - (tree.count - kept_leaves)
+    return {"best": out.lower, "x": out.witness, "count": tree.count, "lps": tree.lps, "pruned": pruned,
+            "complete": out.status in ("exact", "converged", "target_gap")}
 
 
 @dataclass
 class _Layer:
-    """One hidden layer of the current prefix: h_{k-1} = A x + c, its pre-activation Az x + cz, its unstable
+    """One hidden layer of a prefix: h_{k-1} = A x + c, its pre-activation Az x + cz, its unstable
     neurons ``ui`` (in order of branching)."""
 
     k: int
@@ -208,10 +221,32 @@ class _Layer:
     ui: np.ndarray
 
 
-class _PatternSearch:
-    """The state and the recursion of `enumerate_patterns` (one LP instance along the depth-first path)."""
+@dataclass
+class _Prefix:
+    """A node of the pattern tree: the neurons of ``ly`` before ``ly.ui[pos]`` decided (derivatives ``d``) and
+    the layers below fixed, on the region cut out by ``rows`` ((key, g, h): g x + h > 0 per decision); ``x`` an
+    interior point with slack ``t``. ``ly`` None: a complete pattern, whose Jacobian norm is ``value``."""
 
-    def __init__(self, layers, lo, hi, bounds, norm, output, deadline, tol, progress, prune):
+    ly: _Layer | None
+    pos: int
+    d: np.ndarray | None
+    rows: tuple
+    x: np.ndarray
+    t: float
+    value: float = -math.inf
+
+
+class _PatternTree:
+    """The enumerate search as a `branch_and_bound.Problem` (depth first): a domain is a pattern prefix
+    (`_Prefix`, always stopped at an undecided neuron whose sign the box does not decide, or complete); its
+    upper bound is `jacobian_bound` (with ``prune``; else +inf), a complete pattern's its exact Jacobian norm,
+    which is also a lower bound of the whole problem (witness: the interior point). One HiGHS max-slack LP
+    follows the engine's path: rows are popped and pushed to the path of the domain being branched (a depth-first
+    path changes by one decision at a time), so each solve warm-starts from the last basis."""
+
+    combine = "max"
+
+    def __init__(self, layers, lo, hi, bounds, norm, output, tol, progress, prune):
         self.is_global = lo is None
         if self.is_global:
             n0 = layers[0].W.shape[1]
@@ -223,92 +258,137 @@ class _PatternSearch:
             self.tol = 1e-9 * (1.0 + float(np.max(hi - lo))) if tol is None else tol
             self.lp = _IncrementalSlackLP(lo, hi)
         self.layers, self.lo, self.hi, self.bounds = layers, lo, hi, bounds
-        self.norm, self.output, self.deadline, self.progress, self.prune = norm, output, deadline, progress, prune
+        self.norm, self.output, self.progress, self.prune = norm, output, progress, prune
         self.K = len(layers) - 1
-        self.state = {"best": -math.inf, "x": None, "count": 0, "complete": True, "lps": 0, "pruned": 0}
         self.unst = [np.flatnonzero((l < 0) & (u > 0)) for l, u in bounds]
+        self.lp_keys: list = []  # the keys of the rows the LP holds, in order
+        self.count = self.lps = 0
+        self.engine = None  # set by `enumerate_patterns`: its lower bound is the best value so far
 
-    def _out_of_time(self) -> bool:
-        if self.deadline is not None and time.perf_counter() > self.deadline:
-            self.state["complete"] = False
-            return True
-        return False
+    # ---- the tree ------------------------------------------------------------------------------------
+    def root(self) -> _Prefix:
+        n0 = self.lo.size
+        x = np.zeros(n0) if self.is_global else (self.lo + self.hi) / 2
+        return self._advance(self._layer(0, np.eye(n0), np.zeros(n0)), 0, (), x, math.inf)
 
-    def leaf(self, A, x):
-        """A complete pattern: its Jacobian's norm against the best so far."""
-        state = self.state
-        val = float(operator_norm(self.layers[-1].W @ A, self.norm, self.output))
-        state["count"] += 1
-        if self.progress is not None:
-            self.progress(state["count"])
-        if val > state["best"]:
-            state["best"], state["x"] = val, x.copy()
-
-    def layer(self, k, A, c, G, H, x, t):
-        """A, c: affine map of h_{k-1}; (G, H) rows so far; x, t: interior point and its slack."""
-        if self._out_of_time():
-            return
-        if k == self.K:
-            self.leaf(A, x)
-            return
+    def _layer(self, k, A, c):
+        """Layer k's prefix state (its derivatives where the bounds decide them) given h_{k-1} = A x + c."""
         L = self.layers[k]
-        l, u = self.bounds[k]
-        d = np.where(l >= 0, 1.0, L.slope)
-        ui = self.unst[k]
-        if L.slope == 1.0:  # identity activation: no kink
-            ui = ui[:0]
-            d = np.ones_like(d)
-        self.neuron(_Layer(k, A, c, L.W @ A, L.W @ c + L.b, ui), 0, d, G, H, x, t)
+        l, _ = self.bounds[k]
+        ui = self.unst[k] if L.slope != 1.0 else self.unst[k][:0]  # identity activation: no kink
+        d = np.where(l >= 0, 1.0, L.slope) if L.slope != 1.0 else np.ones(L.W.shape[0])
+        return _Layer(k, A, c, L.W @ A, L.W @ c + L.b, ui), d
 
-    def neuron(self, ly: _Layer, pos, d, G, H, x, t):
-        """Decide the unstable neuron ``ly.ui[pos]`` of the layer (both signs when the region allows)."""
-        if self._out_of_time():
-            return
-        L = self.layers[ly.k]
-        if self.prune and self.state["x"] is not None:
-            dmin, dmax = d.copy(), d.copy()
-            rest = ly.ui[pos:]
-            dmin[rest], dmax[rest] = min(L.slope, 1.0), max(L.slope, 1.0)
-            if jacobian_bound(self.layers, ly.k, ly.A, ly.c, (dmin, dmax), None if self.is_global else self.lo,
-                              None if self.is_global else self.hi, self.bounds, self.norm,
-                              self.output) <= self.state["best"]:
-                self.state["pruned"] += 1
-                return
-        if pos == len(ly.ui):
-            self.layer(ly.k + 1, d[:, None] * ly.Az, d * ly.cz, G, H, x, t)
-            return
-        j = ly.ui[pos]
+    def _advance(self, ly_d, pos, rows, x, t) -> _Prefix:
+        """From neuron ``pos`` of a layer on, decide every neuron whose sign needs no choice (the exact range of
+        its affine pre-activation over the box has one sign; or it is constant on the region), across layers,
+        up to the next real choice or the complete pattern."""
+        ly, d = ly_d
+        while True:
+            if pos == len(ly.ui):
+                A, c = d[:, None] * ly.Az, d * ly.cz
+                if ly.k + 1 == self.K:
+                    return _Prefix(None, 0, None, rows, x, t, self._leaf_value(A))
+                ly, d = self._layer(ly.k + 1, A, c)
+                pos = 0
+                continue
+            forced = self._forced_derivative(ly, ly.ui[pos])
+            if forced is None:
+                return _Prefix(ly, pos, d, rows, x, t)
+            d = d.copy()
+            d[ly.ui[pos]] = forced
+            pos += 1
+
+    def _forced_derivative(self, ly: _Layer, j: int):
+        """The derivative of neuron j when its sign needs no choice on the prefix's region, else None."""
+        slope = self.layers[ly.k].slope
         g, hh = ly.Az[j], ly.cz[j]
-        # exact range of this affine pre-activation over the box: often decides the sign without an LP
-        zl, zh = (-math.inf,), (math.inf,)
-        if not self.is_global:
+        if not self.is_global:  # the exact range of this affine pre-activation over the box
             zl, zh = affine_interval(g[None, :], np.array([hh]), self.lo, self.hi)
-        if zl[0] > 0 or zh[0] < 0:
-            dd = d.copy()
-            dd[j] = 1.0 if zl[0] > 0 else L.slope
-            self.neuron(ly, pos + 1, dd, G, H, x, t)
-            return
-        nrm = float(np.linalg.norm(g))
-        if nrm <= 1e-13 * (1.0 + float(np.abs(ly.Az).max())):
-            # z_j is constant on the region: its sign decides, and if it is 0 the choice does not
-            # change the Jacobian (its input row is 0)
-            dd = d.copy()
-            dd[j] = 1.0 if hh >= 0 else L.slope
-            self.neuron(ly, pos + 1, dd, G, H, x, t)
-            return
-        for sgn in (1.0, -1.0):
-            G2, H2 = G + [sgn * g], H + [sgn * hh]
-            s_here = sgn * (g @ x + hh) / nrm
-            self.lp.push(sgn * g, sgn * hh)
-            if s_here > self.tol:
-                x2, t2 = x, min(t, s_here)
-            else:
-                self.state["lps"] += 1
-                t2, x2 = self.lp.solve(G2, H2)
-                if x2 is None or t2 <= self.tol:
-                    self.lp.pop()
-                    continue
-            dd = d.copy()
-            dd[j] = 1.0 if sgn > 0 else L.slope
-            self.neuron(ly, pos + 1, dd, G2, H2, x2, t2)
+            if zl[0] > 0 or zh[0] < 0:
+                return 1.0 if zl[0] > 0 else slope
+        if float(np.linalg.norm(g)) <= 1e-13 * (1.0 + float(np.abs(ly.Az).max())):
+            # constant on the region: its sign decides, and if it is 0 the choice does not change the
+            # Jacobian (its input row is 0)
+            return 1.0 if hh >= 0 else slope
+        return None
+
+    def _leaf_value(self, A) -> float:
+        self.count += 1
+        if self.progress is not None:
+            self.progress(self.count)
+        return float(operator_norm(self.layers[-1].W @ A, self.norm, self.output))
+
+    def _sync_lp(self, rows: tuple):
+        """Make the LP hold exactly ``rows`` (pop back to the common prefix, push the rest)."""
+        keep = 0
+        while keep < min(len(rows), len(self.lp_keys)) and self.lp_keys[keep] == rows[keep][0]:
+            keep += 1
+        for _ in range(len(self.lp_keys) - keep):
             self.lp.pop()
+        del self.lp_keys[keep:]
+        for key, g, h in rows[keep:]:
+            self.lp.push(g, h)
+            self.lp_keys.append(key)
+
+    def _child(self, p: _Prefix, sgn: float):
+        """The prefix with neuron ``p.ly.ui[p.pos]`` of sign ``sgn``, advanced to its next choice; None when that
+        region has no interior point (slack <= tol)."""
+        ly, j = p.ly, p.ly.ui[p.pos]
+        g, hh = sgn * ly.Az[j], sgn * ly.cz[j]
+        rows = p.rows + (((ly.k, int(j), sgn), g, hh),)
+        s_here = (g @ p.x + hh) / float(np.linalg.norm(g))
+        if s_here > self.tol:  # the parent's interior point is inside: no LP
+            x, t = p.x, min(p.t, s_here)
+        else:
+            self._sync_lp(rows)
+            self.lps += 1
+            t, x = self.lp.solve(np.array([r[1] for r in rows]), np.array([r[2] for r in rows]))
+            if x is None or t <= self.tol:
+                return None
+        d = p.d.copy()
+        d[j] = 1.0 if sgn > 0 else self.layers[ly.k].slope
+        return self._advance((ly, d), p.pos + 1, rows, x, t)
+
+    # ---- the engine's hooks ----------------------------------------------------------------------------
+    def branch(self, domains: list) -> list:
+        out = []
+        for dom in domains:
+            for sgn in (-1.0, 1.0):  # depth first pops the last child first: the positive side, as before
+                child = self._child(dom.data, sgn)
+                if child is not None:
+                    out.append((0, child, dom.upper))
+        return out
+
+    def bound(self, children: list) -> list:
+        out = []
+        best = self.engine.lower if self.engine is not None else -math.inf
+        for _, p in children:
+            if p.ly is None:
+                out.append((p.value, p))
+                continue
+            ub = math.inf
+            if self.prune and best > -math.inf:  # with no value to beat the bound could drop nothing
+                L = self.layers[p.ly.k]
+                dmin, dmax = p.d.copy(), p.d.copy()
+                rest = p.ly.ui[p.pos:]
+                dmin[rest], dmax[rest] = min(L.slope, 1.0), max(L.slope, 1.0)
+                box = (None, None) if self.is_global else (self.lo, self.hi)
+                ub = jacobian_bound(self.layers, p.ly.k, p.ly.A, p.ly.c, (dmin, dmax), *box, self.bounds,
+                                    self.norm, self.output)
+            out.append((ub, p))
+        return out
+
+    def splittable(self, dom: Domain) -> bool:
+        return dom.data.ly is not None
+
+    def lower(self, domains: list):
+        """A complete pattern's Jacobian norm, attained on its region (witness: its interior point)."""
+        leaves = [d for d in domains if d.data.ly is None]
+        if not leaves:
+            return None
+        best = max(leaves, key=lambda d: d.data.value)
+        return best.data.value, best.data.x.copy()
+
+    def empty(self, dom: Domain) -> bool:
+        return False

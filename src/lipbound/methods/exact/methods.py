@@ -625,6 +625,16 @@ def _enumerate_result(net, st, norm, output, details) -> MethodResult:
                         details=details)
 
 
+def _outside_incumbent(ctx, incumbent):
+    """The better of the sampled incumbent and an enclosing run's certified lower bound with its witness
+    (`lipbound.certify`'s blackboard): a higher start prunes more of the tree, and the answer is still exact
+    (a prefix is dropped only when its bound is at most a certified lower bound)."""
+    outside, w = ctx.shared_value("best_lower", 0.0), ctx.shared_value("witness")
+    if w is None or not outside > (incumbent[0] if incumbent is not None else 0.0):
+        return incumbent
+    return float(outside), np.asarray(w, dtype=np.float64).reshape(-1)
+
+
 @register_method(
     "enumerate", kind="exact", norms=(1, 2, INF), regions=("global", "box"), ops=DENSE_OPS, activations=RELU_LIKE,
     description="exact Lipschitz constant (l1, l2, linf) on a box, or global on small networks, by enumerating the "
@@ -685,10 +695,14 @@ def enumerate_method(net, ctx):
             if v is not None:
                 incumbent = (v, X[i])
                 break
+    sampled = incumbent
+    if prune:
+        incumbent = _outside_incumbent(ctx, incumbent)
     bar = ctx.progress(desc="enumerate")
     st = enumerate_patterns(layers, lo, hi, bounds, norm, output, deadline=deadline,
                             progress=lambda c: bar.update(1), prune=prune, incumbent=incumbent)
     bar.close()
     details = {"unstable": n_unst, "patterns": st["count"], "lps": st["lps"], "pruned": st["pruned"],
-               "prune": prune, "sampled_incumbent": None if incumbent is None else incumbent[0]}
+               "prune": prune, "sampled_incumbent": None if sampled is None else sampled[0],
+               "seeded_witness": incumbent is not sampled}
     return _enumerate_result(net, st, norm, output, details)
