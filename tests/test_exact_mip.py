@@ -387,3 +387,20 @@ def test_direction_values_are_each_subproblems_norm_at_each_sample():
     for (mode, vec, s, _), v in zip(dirs, exact_methods._direction_values(J, dirs)):
         want = [np.abs(vec @ Jb).sum() if mode == "backward" else np.abs((Jb @ vec)[s]).sum() for Jb in J]
         assert np.allclose(v, want, rtol=1e-12, atol=1e-12)
+
+
+def test_enumerate_on_a_constant_network_is_exact_zero_with_a_witness():
+    """Every pattern's Jacobian is 0 (last layer zeroed): the search (on the branch-and-bound engine, whose
+    own drop rule needs a lower bound > 0) still ends exact 0 with a witness in the box, and globally."""
+    from _nets import random_mlp
+
+    net = random_mlp([3, 5, 5, 2], seed=1)
+    last = [n for n in net.nodes if n.op.is_affine][-1]
+    last.op.W.zero_()
+    center = np.array([0.1, -0.2, 0.3])
+    for prune in (True, False):
+        b = lipbound.bound(net, "enumerate", "inf", center=center, eps=1.0, prune=prune)
+        assert b.kind == "exact" and b.value == 0.0 and b.details["patterns"] > 3
+        assert np.all(np.abs(np.asarray(b.witness).ravel() - center) <= 1.0)
+    g = lipbound.bound(net, "enumerate", "inf")
+    assert g.kind == "exact" and g.value == 0.0 and g.witness is not None

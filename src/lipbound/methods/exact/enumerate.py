@@ -200,8 +200,7 @@ def enumerate_patterns(layers, lo, hi, bounds, norm, output, deadline=None, tol=
     tree.engine = engine
     root = tree.root()
     out = engine.run([Domain(tree.bound([(0, root)])[0][0], 0, root)])
-    # the dropped domains: pruned prefixes, and the complete patterns not left open or closed (value 0 when
-    # the best is 0)
+    # the dropped domains: pruned prefixes, and the complete patterns not left open or closed
     kept_leaves = len(engine.closed) + sum(1 for e in engine.heap if e[2].data.ly is None)
     pruned = engine.dropped - (tree.count - kept_leaves)
     return {"best": out.lower, "x": out.witness, "count": tree.count, "lps": tree.lps, "pruned": pruned,
@@ -391,4 +390,7 @@ class _PatternTree:
         return best.data.value, best.data.x.copy()
 
     def empty(self, dom: Domain) -> bool:
-        return False
+        """A complete pattern no better than the best value adds nothing (asked once the engine has offered
+        its value as a lower bound; the engine drops a domain at its lower bound itself only when that is
+        > 0, so this drops the patterns of value 0 of a network whose best is 0, which it would keep)."""
+        return dom.data.ly is None and self.engine is not None and dom.data.value <= self.engine.lower
