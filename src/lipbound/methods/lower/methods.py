@@ -11,6 +11,8 @@ MaxMin are handled (the Jacobian comes from autograd).
 * `lower-grad`: multi-start gradient ascent on the Jacobian norm of a smoothed network (every kink
   smoothed by the table's surrogate ``fn.smooth(z, t)``, MaxMin through a smoothed ReLU, with a
   decreasing temperature), each iterate re-evaluated on the true network; Adam from `lipbound.optim`.
+  On piecewise-linear networks with few inputs it first walks from piece to piece (`region_walk`): the
+  gradient is constant on each activation region, so the ascent alone sees no slope there.
 """
 
 from __future__ import annotations
@@ -300,6 +302,136 @@ def _directional_objective(net: Network, x: torch.Tensor, c: torch.Tensor, d: to
     return (g * d).sum(1)
 
 
+# --------------------------------------------------------------------------------------------------
+# the region walk (lower-grad on piecewise-linear networks with few inputs)
+# --------------------------------------------------------------------------------------------------
+
+#: the walk runs on networks with at most this many inputs (its step differentiates every kinked neuron's
+#: input along every input axis: n forward passes per point)
+WALK_MAX_INPUTS = 64
+#: points kept from one step of the walk to the next (distinct values), and candidates bounded per step
+WALK_BEAM, WALK_CANDIDATES = 32, 4096
+#: share of lower-grad's time left that the walk may take, when there is a time limit
+WALK_SHARE = 0.5
+#: a step crosses the neuron's hyperplane by this share of the distance to it (and 1e-9 absolute)
+WALK_OVERSHOOT = 1e-3
+
+
+def walked_nodes(net: Network) -> list[int]:
+    """The piecewise-linear activations with kinks, whose hyperplanes the walk crosses; empty (no walk) when
+    the network has more than `WALK_MAX_INPUTS` inputs."""
+    if net.n_inputs > WALK_MAX_INPUTS:
+        return []
+    return [i for i, n in enumerate(net.nodes)
+            if isinstance(n.op, Activation) and n.op.fn.piecewise_linear and n.op.fn.kinks()]
+
+
+def _kink_offsets(net: Network, x: torch.Tensor, nodes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d, G): for every point of the batch x (B, n) and every (neuron, kink p) of the activations ``nodes``,
+    d = z - p (B, K) with z the neuron's input, and its gradient with respect to x (B, K, n), by forward-mode
+    differentiation along the n input axes (B n rows). Exact where the point is off every kink."""
+    import torch.autograd.forward_ad as fwad
+
+    B, n = x.shape
+    rows = x.repeat_interleave(n, dim=0)  # a copy: make_dual refuses overlapping memory (an expanded view)
+    tangents = torch.eye(n, dtype=DTYPE).repeat(B, 1)
+    ds, gs = [], []
+    with fwad.dual_level():
+        vals = [fwad.make_dual(rows.reshape((-1,) + net.input_shape), tangents.reshape((-1,) + net.input_shape))]
+        for node in net.nodes[1:]:
+            vals.append(node.op.forward(*[vals[j] for j in node.inputs]))
+        for i in nodes:
+            z, t = fwad.unpack_dual(vals[net.nodes[i].inputs[0]])
+            z, t = z.reshape(B, n, -1)[:, 0, :], t.reshape(B, n, -1).transpose(1, 2)
+            for p, _, _ in net.nodes[i].op.fn.kinks():
+                ds.append(z - p)
+                gs.append(t)
+    return torch.cat(ds, 1), torch.cat(gs, 1)
+
+
+def _crossings(net, x, nodes, lo, hi) -> torch.Tensor:
+    """For each point, the points just across the nearest kink hyperplanes (at most `WALK_CANDIDATES` in all):
+    x - (d / |g|^2) g (1 + WALK_OVERSHOOT), moved 1e-9 further, clipped to the box [lo, hi] if given."""
+    d, G = _kink_offsets(net, x, nodes)
+    g2 = (G * G).sum(2)
+    dist = torch.where(g2 > 0, d.abs() / g2.clamp_min(1e-300).sqrt(), torch.full_like(d, math.inf))
+    k = max(1, min(d.shape[1], WALK_CANDIDATES // max(1, x.shape[0])))
+    near = torch.topk(dist, k, dim=1, largest=False).indices
+    d, G, g2 = d.gather(1, near), G.gather(1, near.unsqueeze(2).expand(-1, -1, G.shape[2])), g2.gather(1, near)
+    step = -(d / g2.clamp_min(1e-300)).unsqueeze(2) * G
+    cand = x.unsqueeze(1) + step * (1 + WALK_OVERSHOOT) + torch.sign(step) * 1e-9
+    cand = cand[torch.isfinite(dist.gather(1, near))]
+    if lo is not None:
+        cand = torch.maximum(torch.minimum(cand, hi), lo)
+    return cand
+
+
+def _distinct_best(x: torch.Tensor, vals: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best points of distinct values (a piece's points share its value: one per piece)."""
+    order = torch.argsort(vals, descending=True)
+    keep, seen = [], set()
+    for i in order.tolist():
+        v = float(vals[i])
+        if not math.isfinite(v):
+            break
+        key = round(v, 12)
+        if key not in seen:
+            seen.add(key)
+            keep.append(i)
+            if len(keep) == k:
+                break
+    idx = torch.as_tensor(keep, dtype=torch.long)
+    return x[idx], vals[idx]
+
+
+def region_walk(net: Network, ctx: MethodContext, starts: torch.Tensor, deadline: float | None, steps: int):
+    """Certified lower bound on a piecewise-linear network (the gradient is constant on each activation region,
+    so an ascent finds no slope inside a piece): from the starts, step across the nearest kink hyperplanes
+    of each point into the neighbouring pieces, keep the `WALK_BEAM` best pieces, repeat until a step finds
+    nothing better (or ``steps`` steps, or the deadline). Returns (value, point, steps taken); value -inf if
+    no differentiable point was found. Cost per step: beam x n forward-mode rows, and beam x min(K, 4096/beam)
+    Jacobians (K: kinked neurons), each point checked as in `jacobian_norms`."""
+    nodes = walked_nodes(net)
+    lo = hi = None
+    if ctx.region is not None:
+        lo = torch.as_tensor(ctx.region.lower, dtype=DTYPE).reshape(-1)
+        hi = torch.as_tensor(ctx.region.upper, dtype=DTYPE).reshape(-1)
+    x = starts.reshape(starts.shape[0], -1)
+    vals = jacobian_norms(net, x.reshape((-1,) + net.input_shape), ctx.norm, ctx.output)
+    x, vals = _distinct_best(x, vals, WALK_BEAM)
+    best = float(vals[0]) if len(vals) else -math.inf
+    taken = 0
+    while taken < steps and len(vals) and not (deadline is not None and time.perf_counter() > deadline):
+        cand = _crossings(net, x, nodes, lo, hi)
+        cv = torch.cat([jacobian_norms(net, c.reshape((-1,) + net.input_shape), ctx.norm, ctx.output)
+                        for c in torch.split(cand, _batch_size(net))]) if len(cand) else cand[:, 0]
+        x, vals = _distinct_best(torch.cat([x, cand]), torch.cat([vals, cv]), WALK_BEAM)
+        taken += 1
+        if not float(vals[0]) > best:
+            break  # no piece better than the best one within one crossing of the beam
+        best = float(vals[0])
+    return best, (x[0].reshape(net.input_shape) if len(vals) else None), taken
+
+
+def _walk_rounds(net: Network, ctx: MethodContext, starts: torch.Tensor, rng) -> tuple[float, object, dict]:
+    """`region_walk` from lower-grad's starts, then from the best of fresh random samples (`WALK_BEAM` x 8 per
+    round) each time a walk stalls, until ``walk`` steps in all or `WALK_SHARE` of the time left. Returns
+    (value, point, details)."""
+    left = ctx.time_left()
+    deadline = time.perf_counter() + WALK_SHARE * left if math.isfinite(left) else None
+    budget, best, best_x, rounds = ctx.option("walk"), -math.inf, None, 0
+    while budget > 0 and not (deadline is not None and time.perf_counter() > deadline):
+        if rounds:
+            starts = torch.as_tensor(sample_points(net, ctx, 8 * WALK_BEAM, rng), dtype=DTYPE)
+        val, x, taken = region_walk(net, ctx, starts, deadline, budget)
+        budget -= max(1, taken)
+        rounds += 1
+        if val > best:
+            best, best_x = val, x
+    return best, best_x, {"walk_best": best if math.isfinite(best) else None, "walk_rounds": rounds,
+                          "walk_steps": ctx.option("walk") - max(0, budget)}
+
+
 #: lower-grad keeps at least this many starts when it drops some to finish its steps in time
 MIN_RESTARTS = 8
 
@@ -330,7 +462,10 @@ def _kept_starts(n: int, n_best: int, keep: int) -> torch.Tensor:
     options={"restarts": Option(int, 32, "number of starting points", min=1),
              "steps": Option(int, 150, "ascent steps", min=0),
              "samples": Option(int, 2000, "random points screened for starts, as in lower-sample (at least "
-                               "restarts)", min=0)},
+                               "restarts)", min=0),
+             "walk": Option(int, 40, "on piecewise-linear networks with at most 64 inputs: steps of the region "
+                            "walk (restarted from fresh samples when it stalls) before the ascent (0: none)",
+                            min=0)},
     family="lower",
 )
 def lower_grad(net: Network, ctx: MethodContext) -> MethodResult:
@@ -339,8 +474,11 @@ def lower_grad(net: Network, ctx: MethodContext) -> MethodResult:
     attain the operator norm at the current point (re-aimed every 5 steps), on a network whose kinks
     are smoothed (`_smooth_forward`: ReLU -> t*softplus(z/t), ...), t shrinking from 0.3 to 1e-3 of each
     point's distance to the kinks, so the objective has a gradient; every iterate is re-evaluated on
-    the true network at differentiable points, and the best one is the witness.
-    Cost: restarts x steps x (one double-backward pass) + restarts x steps/5 x (m backward passes)."""
+    the true network at differentiable points, and the best one is the witness. Before the ascent, on
+    piecewise-linear networks with at most `WALK_MAX_INPUTS` inputs, `region_walk` from the same starts,
+    then from fresh samples (`_walk_rounds`: up to ``walk`` steps, at most `WALK_SHARE` of the time left).
+    Cost: restarts x steps x (one double-backward pass) + restarts x steps/5 x (m backward passes), plus
+    the walk's steps (see `region_walk`)."""
     restarts = ctx.option("restarts")
     steps = ctx.option("steps")
     n_samples = ctx.option("samples")
@@ -349,6 +487,11 @@ def lower_grad(net: Network, ctx: MethodContext) -> MethodResult:
     # below lower-sample; the best half of the starts are the best samples, the rest random ones
     best_val, best_x, _, starts = _run_sampling(net, ctx, max(n_samples, restarts), rng, keep=max(1, restarts // 2))
     sample_best = best_val
+    walk = {}
+    if ctx.option("walk") and walked_nodes(net) and starts.shape[0]:
+        w_val, w_x, walk = _walk_rounds(net, ctx, starts, rng)
+        if w_val > best_val:
+            best_val, best_x = w_val, w_x.clone()
     smooth = smoothed_nodes(net)
 
     if ctx.region is not None:
@@ -426,5 +569,5 @@ def lower_grad(net: Network, ctx: MethodContext) -> MethodResult:
                 adam = Adam([u], eps=1e-12, maximize=True, project=project)
     bar.close()
     details = {"restarts": restarts, "restarts_run": int(u.shape[0]), "steps": steps, "sample_best": sample_best,
-               "history": history}
+               "history": history, **walk}
     return _result(best_val, best_x, ctx, details, status)
