@@ -137,6 +137,9 @@ class BoxRun:
 LEFTOVER_MIN_S = 1.0
 #: lower-grad's restarts when its limit leaves room for more than its default 32
 MAX_RESTARTS = 256
+#: lower-grad's region-walk steps per second of its limit (a step takes about 0.1 s on ACAS Xu: the walk's
+#: time share, half the limit, is what stops it there; on tiny networks this caps it)
+WALK_STEPS_PER_S = 8
 
 
 def _lower_grad_options(prob: Problem, limit: float, opts: dict) -> dict:
@@ -153,6 +156,10 @@ def _lower_grad_options(prob: Problem, limit: float, opts: dict) -> dict:
         out.setdefault("steps", int(max(40, (0.8 * limit) / max(per, 1e-6))))
     elif samples + 150 * per < 0.4 * limit:  # time for more starting points (each restart ~ linear in time)
         out.setdefault("restarts", int(min(MAX_RESTARTS, 32 * 0.6 * limit / max(samples + 150 * per, 1e-6))))
+    # the region walk (piecewise-linear networks, few inputs) restarts from fresh samples while its share of
+    # the limit lasts: more steps for a longer limit (ACAS Xu 1_1 global l2: 1423 after its default 40
+    # steps, 1580 and more with the time of certify's leftover runs)
+    out.setdefault("walk", int(max(40, WALK_STEPS_PER_S * limit)))
     return out
 
 
