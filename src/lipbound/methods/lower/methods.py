@@ -313,6 +313,8 @@ WALK_MAX_INPUTS = 64
 WALK_BEAM, WALK_CANDIDATES = 32, 4096
 #: share of lower-grad's time left that the walk may take, when there is a time limit
 WALK_SHARE = 0.5
+#: the walk stops after this many rounds in a row found nothing better
+WALK_PATIENCE = 3
 #: a step crosses the neuron's hyperplane by this share of the distance to it (and 1e-9 absolute)
 WALK_OVERSHOOT = 1e-3
 
@@ -415,17 +417,18 @@ def region_walk(net: Network, ctx: MethodContext, starts: torch.Tensor, deadline
 
 def _walk_rounds(net: Network, ctx: MethodContext, starts: torch.Tensor, rng) -> tuple[float, object, dict]:
     """`region_walk` from lower-grad's starts, then from the best of fresh random samples (`WALK_BEAM` x 8 per
-    round) each time a walk stalls, until ``walk`` steps in all or `WALK_SHARE` of the time left. Returns
-    (value, point, details)."""
+    round) each time a walk stalls, until ``walk`` steps in all, `WALK_SHARE` of the time left, or
+    `WALK_PATIENCE` rounds in a row without a better value. Returns (value, point, details)."""
     left = ctx.time_left()
     deadline = time.perf_counter() + WALK_SHARE * left if math.isfinite(left) else None
-    budget, best, best_x, rounds = ctx.option("walk"), -math.inf, None, 0
-    while budget > 0 and not (deadline is not None and time.perf_counter() > deadline):
+    budget, best, best_x, rounds, idle = ctx.option("walk"), -math.inf, None, 0, 0
+    while budget > 0 and idle < WALK_PATIENCE and not (deadline is not None and time.perf_counter() > deadline):
         if rounds:
             starts = torch.as_tensor(sample_points(net, ctx, 8 * WALK_BEAM, rng), dtype=DTYPE)
         val, x, taken = region_walk(net, ctx, starts, deadline, budget)
         budget -= max(1, taken)
         rounds += 1
+        idle = 0 if val > best else idle + 1
         if val > best:
             best, best_x = val, x
     return best, best_x, {"walk_best": best if math.isfinite(best) else None, "walk_rounds": rounds,
@@ -463,7 +466,7 @@ def _kept_starts(n: int, n_best: int, keep: int) -> torch.Tensor:
              "steps": Option(int, 150, "ascent steps", min=0),
              "samples": Option(int, 2000, "random points screened for starts, as in lower-sample (at least "
                                "restarts)", min=0),
-             "walk": Option(int, 40, "on piecewise-linear networks with at most 64 inputs: steps of the region "
+             "walk": Option(int, 20, "on piecewise-linear networks with at most 64 inputs: steps of the region "
                             "walk (restarted from fresh samples when it stalls) before the ascent (0: none)",
                             min=0)},
     family="lower",
