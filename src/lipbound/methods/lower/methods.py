@@ -313,7 +313,7 @@ WALK_MAX_INPUTS = 64
 WALK_BEAM, WALK_CANDIDATES = 32, 4096
 #: share of lower-grad's time left that the walk may take, when there is a time limit
 WALK_SHARE = 0.5
-#: the walk stops after this many rounds in a row found nothing better
+#: without a time limit, the walk stops after this many rounds in a row found nothing better
 WALK_PATIENCE = 3
 #: a step crosses the neuron's hyperplane by this share of the distance to it (and 1e-9 absolute)
 WALK_OVERSHOOT = 1e-3
@@ -417,12 +417,15 @@ def region_walk(net: Network, ctx: MethodContext, starts: torch.Tensor, deadline
 
 def _walk_rounds(net: Network, ctx: MethodContext, starts: torch.Tensor, rng) -> tuple[float, object, dict]:
     """`region_walk` from lower-grad's starts, then from the best of fresh random samples (`WALK_BEAM` x 8 per
-    round) each time a walk stalls, until ``walk`` steps in all, `WALK_SHARE` of the time left, or
-    `WALK_PATIENCE` rounds in a row without a better value. Returns (value, point, details)."""
+    round) each time a walk stalls, until ``walk`` steps in all, `WALK_SHARE` of the time left, or (without
+    a time limit) `WALK_PATIENCE` rounds in a row without a better value. Returns (value, point, details)."""
     left = ctx.time_left()
     deadline = time.perf_counter() + WALK_SHARE * left if math.isfinite(left) else None
     budget, best, best_x, rounds, idle = ctx.option("walk"), -math.inf, None, 0, 0
-    while budget > 0 and idle < WALK_PATIENCE and not (deadline is not None and time.perf_counter() > deadline):
+    # with a time limit the walk is anytime (it restarts while its share lasts); without one, it stops when
+    # restarts stop paying
+    while budget > 0 and (idle < WALK_PATIENCE or deadline is not None) and \
+            not (deadline is not None and time.perf_counter() > deadline):
         if rounds:
             starts = torch.as_tensor(sample_points(net, ctx, 8 * WALK_BEAM, rng), dtype=DTYPE)
         val, x, taken = region_walk(net, ctx, starts, deadline, budget)
