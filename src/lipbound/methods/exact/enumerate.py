@@ -5,7 +5,6 @@ the global constant). Private module of `exact.methods`."""
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import numpy as np
