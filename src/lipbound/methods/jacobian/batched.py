@@ -217,26 +217,36 @@ class RowwiseGraph(JacobianGraph):
             """The base class's loop over the undecided activations, per (box, output, specification):
             ``base(c)`` (nb, 1 or m, S, U_c) is the part of lam that comes from the adjoint alone. Each
             activation adds sum_u lam * (b + a * cls) (the lower line where lam > 0, the upper one
-            elsewhere: `_line_terms`) as batched products, and passes lam * a on to the later ones."""
+            elsewhere), written lam * upper + relu(lam) * (lower - upper) so that the (nb, m, S, U) tensor
+            of lam is built once and read once more (`_line_terms`), and passes lam * a on to the later ones."""
             S = base_F.shape[1]
             out = base_F.reshape(nb, m, S)
             z = {}
             for i, c in enumerate(order):
                 aL, bL, aU, bU, cls_rec, ridx, mask = lines[c]
                 lam = base(c)
-                for c2, z2 in z.items():
-                    T = recorded[c2][:, offs[c] : offs[c] + own[c][0].shape[1], :]  # (nb, U_c, U_c2)
-                    lam = lam + torch.einsum("bsv,buv->bsu", z2.reshape(nb, m * S, -1), T).reshape(nb, m, S, -1)
-                pos = lam.clamp(min=0)
-                neg = lam - pos
-                out = out + _line_terms(pos, neg, terms[c])
-                if i + 1 < len(order):
-                    z[c] = pos * aL + neg * aU
+                # lam * upper, summed over u: its part from the earlier activations (z2 @ T^T, see below) is
+                # z2 @ (upper @ T), a product with the few earlier undecided neurons instead of lam's entries
+                linear = _line_terms(lam, terms[c][1])
+                if z:  # the earlier activations' multipliers z (nb, m, S, U_c2) through the maps T between them
+                    U_c = own[c][0].shape[1]
+                    through = None
+                    for c2, z2 in z.items():
+                        T = recorded[c2][:, offs[c] : offs[c] + U_c, :]  # (nb, U_c, U_c2)
+                        part = z2 @ T.transpose(1, 2).unsqueeze(1)
+                        through = part if through is None else through.add_(part)
+                        linear = linear + (z2 @ (terms[c][1] @ T).unsqueeze(3)).squeeze(3)
+                    lam = through.add_(lam)
                 if rec is not None:
                     full = torch.zeros(B, net.nodes[c].size, dtype=DTYPE)
                     full.scatter_add_(1, ridx, (lam.abs().expand(nb, m, S, -1).reshape(B, S, -1) * mask.unsqueeze(1))
                                       .sum(1))
                     rec[c] = full
+                z_linear = lam * aU if i + 1 < len(order) else None
+                pos = lam.clamp_(min=0)  # lam is this iteration's own tensor (base(c) builds a new one)
+                out = out + linear + _line_terms(pos, terms[c][2])
+                if z_linear is not None:
+                    z[c] = z_linear.add_(pos * (aL - aU))  # pos * aL + neg * aU
             return out.reshape(B, S)
 
         if isinstance(seed, tuple) and len(order) == 1:
@@ -266,21 +276,21 @@ class RowwiseGraph(JacobianGraph):
 
 
 def _line_coefficients(lines: list) -> tuple:
-    """(lower, upper) (nb, m, U): b + a * cls for the lower and the upper line of each undecided neuron of
-    a box, cls its coefficient in the box's output row m (``lines``: the aL, bL, aU, bU, cls of `chain`)."""
+    """(lower, upper, lower - upper) (nb, m, U): b + a * cls for the lower and the upper line of each
+    undecided neuron of a box, cls its coefficient in the box's output row m (``lines``: the aL, bL, aU,
+    bU, cls of `chain`), and their difference."""
     aL, bL, aU, bU, cls_rec = lines[:5]
     cls = cls_rec.transpose(2, 3)  # (nb, m, 1, U)
-    return (bL + aL * cls)[:, :, 0, :], (bU + aU * cls)[:, :, 0, :]
+    lower, upper = (bL + aL * cls)[:, :, 0, :], (bU + aU * cls)[:, :, 0, :]
+    return lower, upper, lower - upper
 
 
-def _line_terms(pos: torch.Tensor, neg: torch.Tensor, coefficients: tuple) -> torch.Tensor:
-    """sum_u pos * lower + neg * upper (nb, m, S) for multipliers split by sign, pos and neg (nb, 1 or m,
-    S, U): batched matrix products instead of elementwise work on (nb, m, S, U) tensors (the same terms,
-    summed in another order); a multiplier shared by the m outputs of a box is multiplied once."""
-    lower, upper = coefficients
-    if pos.shape[1] == 1:
-        return (pos[:, 0] @ lower.transpose(1, 2) + neg[:, 0] @ upper.transpose(1, 2)).transpose(1, 2)
-    return (pos @ lower.unsqueeze(3) + neg @ upper.unsqueeze(3)).squeeze(3)
+def _line_terms(lam: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+    """sum_u lam * coefficients (nb, m, S) for multipliers lam (nb, 1 or m, S, U) and coefficients
+    (nb, m, U): batched matrix products; a multiplier shared by the m outputs of a box is multiplied once."""
+    if lam.shape[1] == 1:
+        return (lam[:, 0] @ coefficients.transpose(1, 2)).transpose(1, 2)
+    return (lam @ coefficients.unsqueeze(3)).squeeze(3)
 
 
 def _entries_one_layer(F: torch.Tensor, R: torch.Tensor, coefficients: tuple) -> torch.Tensor:
@@ -289,7 +299,7 @@ def _entries_one_layer(F: torch.Tensor, R: torch.Tensor, coefficients: tuple) ->
     U) (the adjoints of each box's undecided neurons, shared by its m rows). The multipliers of -entry are
     those of +entry negated, so their positive and negative parts swap: one product of [pos, neg] with
     [[lower, upper], [upper, lower]] gives both (`chain`'s terms, summed in another order)."""
-    lower, upper = (t.transpose(1, 2) for t in coefficients)  # (nb, U, m)
+    lower, upper = (t.transpose(1, 2) for t in coefficients[:2])  # (nb, U, m)
     nb, m = lower.shape[0], lower.shape[2]
     pos = R.clamp(min=0)
     mixed = torch.cat([pos, R - pos], 2) @ torch.cat([torch.cat([lower, upper], 2), torch.cat([upper, lower], 2)], 1)

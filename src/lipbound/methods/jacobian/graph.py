@@ -67,6 +67,9 @@ def _global_slopes(node) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def product_interval(sl, su, gl, gu):
+    """The interval of s * u for s in [sl, su], u in [gl, gu] (elementwise): the extreme corners."""
+    if bool((sl >= 0).all()):  # s >= 0 (ReLU-like slopes): s * gl is the smallest product for each s
+        return torch.minimum(sl * gl, su * gl), torch.maximum(sl * gu, su * gu)
     c = torch.stack([sl * gl, sl * gu, su * gl, su * gu], 0)
     return c.min(0).values, c.max(0).values
 
@@ -181,24 +184,35 @@ class JacobianGraph:
         B = classes.shape[0]
         g_out: dict = {}
 
+        # a point interval (every derivative on the way decided) travels as (x, x), the same tensor twice:
+        # its products are computed once (an exact Jacobian row costs one adjoint pass)
         def affine(op, node, iv):
             lo, hi = iv
             in_shape = net.nodes[node.inputs[0]].shape
+            if lo is hi:
+                m = op.linear_t(lo, in_shape)
+                return ((m, m),)
             mid, rad = (hi + lo) / 2, (hi - lo) / 2
             m = op.linear_t(mid, in_shape)
-            if not bool(rad.any()):  # points (every derivative decided so far): exact, no radius product
-                return ((m, m.clone()),)
+            if not bool(rad.any()):  # points: exact, no radius product
+                return ((m, m),)
             r = _abs_linear_t(op, rad, in_shape, self._abs_cache)
             return ((m - r, m + r),)  # one input: a 1-tuple of intervals
 
         def act(op, node, iv):
             k = self.index[id(node)]
+            point = iv[0] is iv[1]
             lo, hi = (t.reshape(B, -1) for t in iv)
             if k in known:
                 lo, hi = torch.maximum(lo, known[k][0]), torch.minimum(hi, known[k][1])
-            g_out[k] = (lo, hi)
-            yl, yh = product_interval(*s[k], lo, hi)
+                point = False
+            g_out[k] = (lo, hi.clone() if point else hi)
             shape = (B,) + net.nodes[node.inputs[0]].shape
+            sl, su = s[k]
+            if point and torch.equal(sl, su):
+                y = (sl * lo).reshape(shape)
+                return ((y, y),)
+            yl, yh = product_interval(sl, su, lo, hi)
             return ((yl.reshape(shape), yh.reshape(shape)),)
 
         def add(op, node, iv):
@@ -218,6 +232,8 @@ class JacobianGraph:
             vl, vu = z, z.clone()
         else:
             vl, vu = (t.reshape(B, -1) for t in vals[0])
+            if vals[0][0] is vals[0][1]:
+                vu = vu.clone()
         if v_known is not None:
             vl, vu = torch.maximum(vl, v_known[0]), torch.minimum(vu, v_known[1])
         for k in self.acts:  # activations the gradient never reaches (dead branches): gradient 0
