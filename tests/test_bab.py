@@ -23,6 +23,7 @@ from lipbound.branch_and_bound import Domain, Engine
 from lipbound.crown import forward_bounds, forward_bounds_batch
 from lipbound.network import Activation
 from _nets import random_graph_net, random_mlp
+from test_local_crown import _maxmin_net
 
 
 def _sampled(net, lo, hi, n, norm, seed=0):
@@ -42,7 +43,8 @@ def _sampled(net, lo, hi, n, norm, seed=0):
 @pytest.mark.parametrize("make", [lambda: random_mlp([5, 12, 10, 8, 3], seed=0),
                                   lambda: random_mlp([4, 9, 9, 2], seed=4, activation="tanh"),
                                   lambda: random_mlp([3, 8, 8, 2], seed=2, activation="gelu"),
-                                  lambda: random_graph_net(1)])
+                                  lambda: random_graph_net(1),
+                                  lambda: _maxmin_net(2, "pairs", "max_min")])
 def test_forward_bounds_batch_equals_one_box_at_a_time(make):
     net = make()
     rng = np.random.default_rng(3)

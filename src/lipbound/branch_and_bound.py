@@ -34,7 +34,9 @@ Jacobian norm as both its upper bound and a lower bound of the whole problem, de
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import heapq
 import itertools
 import math
@@ -86,6 +88,23 @@ class Outcome:
     @property
     def exact(self) -> bool:
         return self.status == "exact"
+
+
+@contextlib.contextmanager
+def _rare_collections():
+    """Python's cyclic garbage collector run less often during a search: its thousands of live domains (dicts,
+    tuples, tensors, no reference cycles among them) made every full collection walk them all (ACAS Xu
+    1_1 l_inf eps 0.2: 3.6 s of 60 in collections). Restored on exit."""
+    old = gc.get_threshold()
+    gc.set_threshold(max(old[0], GC_THRESHOLD), *old[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
+
+
+#: objects allocated between two young-generation collections during a search (Python's default: 700)
+GC_THRESHOLD = 50_000
 
 
 class Engine:
@@ -161,7 +180,8 @@ class Engine:
         for d in roots:
             self.push(d)
         self._record()
-        status = self._loop()
+        with _rare_collections():
+            status = self._loop()
         self._record()
         items = [d for _, _, d in self.heap] + self.closed
         return Outcome(self.upper(), self.lower, self.witness, status, self.history, self.steps, len(items),

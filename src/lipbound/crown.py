@@ -153,11 +153,14 @@ class _CrownPass:
     A . node over the box; upper bounds are lower bounds of -A)."""
 
     def __init__(self, net: Network, relax: dict, alphas: dict | None = None, approx: bool = False,
-                 deadline: float | None = None, row_box: torch.Tensor | None = None):
+                 deadline: float | None = None, row_box: torch.Tensor | None = None, paired: bool = False):
         self.net = net
         #: several boxes at once: ``row_box[r]`` is the box of row r of A, the relaxation lines and the box
-        #: ends are per box, (B, n); None: one box
+        #: ends are per box, (B, n); None: one box. With ``paired``, A has 2 x len(row_box) rows, row r and
+        #: row r + len(row_box) of the same box (a bound and its opposite): the per-box tensors are gathered
+        #: once for both and broadcast
         self.row_box = row_box
+        self.paired = paired
         self.deadline = deadline  # checked at every node (`OutOfTime`)
         self.index = {id(n): i for i, n in enumerate(net.nodes)}
         self.relax = relax  # activation node index -> ActivationRelaxation
@@ -196,16 +199,22 @@ class _CrownPass:
         cols = touched_columns(Af)
         if cols is not None:  # sparse coefficients (a few neurons' receptive fields): relax only those columns
             aL, bL, aU, bU = (self._per_row(t[..., cols]) for t in lines)
-            sub = Af[:, cols]
+            sub = self._pairs(Af[:, cols])
             pos, neg = sub.clamp(min=0), sub.clamp(max=0)
-            self._add_bias((pos * bL + neg * bU).sum(1))
+            self._add_bias((pos * bL + neg * bU).sum(-1).reshape(-1))
             out = torch.zeros_like(Af)
-            out[:, cols] = pos * aL + neg * aU
+            out[:, cols] = (pos * aL + neg * aU).reshape(Af.shape[0], -1)
             return out.reshape(A.shape)
         aL, bL, aU, bU = (self._per_row(t) for t in lines)
-        pos, neg = Af.clamp(min=0), Af.clamp(max=0)
-        self._add_bias((pos * bL + neg * bU).sum(1))
-        return (pos * aL + neg * aU).reshape(A.shape)
+        Ap = self._pairs(Af)
+        pos = Ap.clamp(min=0)
+        # pos * aL + neg * aU = A * aU + pos * (aL - aU), and the same for the offsets: fewer passes over A
+        self._add_bias((Ap * bU).sum(-1).reshape(-1) + (pos * (bL - bU)).sum(-1).reshape(-1))
+        return torch.addcmul(Ap * aU, pos, aL - aU).reshape(A.shape)
+
+    def _pairs(self, Af: torch.Tensor) -> torch.Tensor:
+        """Af (rows, n), viewed (2, rows / 2, n) for paired rows (`_per_row`'s tensors broadcast over both)."""
+        return Af.reshape(2, -1, Af.shape[1]) if self.paired else Af
 
     def _add(self, op, node, A):
         return A, A
@@ -217,7 +226,7 @@ class _CrownPass:
         tl, tu = self.alphas.get(k, (None, None))
         hi, lo, order = maxmin_pairs(op, node.shape)
         Af = A.reshape(A.shape[0], -1)
-        aL, bL, aU, bU = (self._per_row(t) for t in self.relax[k].lines(tl, tu, approx=self.approx))
+        aL, bL, aU, bU = (self._per_row(t, both=True) for t in self.relax[k].lines(tl, tu, approx=self.approx))
         A_hi, A_lo = Af[:, hi], Af[:, lo]
         c = A_hi - A_lo
         pos, neg = c.clamp(min=0), c.clamp(max=0)
@@ -241,14 +250,19 @@ class _CrownPass:
             if self.row_box is not None:
                 B = lo.shape[0]
                 mid, rad = (t.reshape(B, -1)[self.row_box] for t in (mid, rad))
-                out = out + (A0 * mid).sum(1) - (A0.abs() * rad).sum(1)
+                A0 = self._pairs(A0)
+                out = out + ((A0 * mid).sum(-1) - (A0.abs() * rad).sum(-1)).reshape(-1)
             else:
                 out = out + A0 @ mid.reshape(-1) - A0.abs() @ rad.reshape(-1)
         return out
 
-    def _per_row(self, t: torch.Tensor) -> torch.Tensor:
-        """A per-box tensor (B, n) taken for every row's box; unchanged for one box."""
-        return t if self.row_box is None else t[self.row_box]
+    def _per_row(self, t: torch.Tensor, both: bool = False) -> torch.Tensor:
+        """A per-box tensor (B, n) taken for every row's box (paired rows: once for both rows of a pair, or
+        with ``both`` for each row); unchanged for one box."""
+        if self.row_box is None:
+            return t
+        t = t[self.row_box]
+        return torch.cat([t, t]) if both and self.paired else t
 
 
 #: a back-substitution step works on the columns its coefficients touch when they are at most this share
@@ -416,7 +430,8 @@ def _crown_pairs(net, relax, start, idx, need, box, pairs=None, deadline=None):
         A = _specifications(net, start, idx[k], pairs)
         try:
             with torch.no_grad():
-                best = _CrownPass(net, relax, deadline=deadline, row_box=torch.cat([b, b])).lower_bound(start, A, box)
+                best = _CrownPass(net, relax, deadline=deadline, row_box=b,
+                                  paired=True).lower_bound(start, A, box)
         except OutOfTime:  # the remaining pairs keep their interval bounds
             break
         P = len(b)

@@ -303,11 +303,11 @@ class _JacobianSearch:
         out = []
         keys_f = list(fwd)
         flat = torch.cat([fwd[k][i] for k in keys_f for i in (0, 1)], 1)
-        ends = list(itertools.accumulate([0] + [fwd[k][i].shape[1] for k in keys_f for i in (0, 1)]))
+        sizes = [fwd[k][i].shape[1] for k in keys_f for i in (0, 1)]
         for b, p in enumerate(parts):
-            row = flat[b].clone()  # one copy per child: a dropped child frees its memory, not its batch's
-            f = {k: (row[ends[2 * j] : ends[2 * j + 1]], row[ends[2 * j + 1] : ends[2 * j + 2]])
-                 for j, k in enumerate(keys_f)}
+            # one copy per child: a dropped child frees its memory, not its batch's
+            views = flat[b].clone().split(sizes)
+            f = {k: (views[2 * j], views[2 * j + 1]) for j, k in enumerate(keys_f)}
             out.append((float(values[b]), _Part(p.lo, p.hi, dec[b].clone(), f, p.refine_from, splits[b], p.n_rows,
                                                 p.check, p.explicit)))
         return out
