@@ -21,8 +21,9 @@ inputs, else neurons):
 Every child is bounded by CROWN on the Jacobian graph with its own forward bounds (per-domain derivative
 ranges) and its decisions; a child's bound is capped by its parent's. The lower-bound hook evaluates the
 certified gradient norm (`lower.jacobian_norms`: points where f is differentiable only) at the centre and
-a random point of every popped domain's box; with the best lower bound the engine drops covered domains
-and stops at the target gap, or with nothing left (``exact``).
+a random point of every popped domain's box, and with input splitting on a piecewise-linear network runs
+now and then a few steps of lower-grad's region walk from its best points (`WALK_EVERY`); with the best
+lower bound the engine drops covered domains and stops at the target gap, or with nothing left (``exact``).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from ...errors import Unsupported
 from ...network import tensor_view
 from ...maxpool_relu import expand_maxpool
 from ...registry import MethodContext, MethodResult
-from ..lower.methods import jacobian_norms
+from ..lower.methods import jacobian_norms, region_walk, walked_nodes
 from .batched import RowwiseGraph
 from .graph import JacobianGraph
 from .methods import FORWARD_SHARE, GRAPH_SHARE, INPUT_BATCH, NEURON_BATCH, cached_forward, combine
@@ -58,6 +59,10 @@ FEW_UNDECIDED = 3
 TOP_DOMAINS, TOP_POINTS = 8, 16
 #: the lower-bound hook also probes the deepest point of the decided region of this many worst popped domains
 TOP_PATTERN_POINTS = 4
+#: with input splitting on a piecewise-linear network, the lower-bound hook runs lower-grad's region walk from
+#: WALK_STARTS of its best points (at most WALK_STEPS steps, WALK_SECONDS s) at its WALK_EVERY-th call, then
+#: after WALK_EVERY more calls when the walk found a better point, twice the last wait when it did not
+WALK_EVERY, WALK_STARTS, WALK_STEPS, WALK_SECONDS = 10, 8, 4, 0.25
 #: an input dimension narrower than this fraction of the region's width is not split again
 MIN_WIDTH = 1e-9
 
@@ -290,6 +295,9 @@ class _JacobianSearch:
         self.deadline = None
         self.pruned = 0
         self.rng = np.random.default_rng(ctx.seed)
+        self.walk = mode == "input" and bool(walked_nodes(net))
+        self.best_probe, self.lower_calls = None, 0  # the lower-bound hook's best (value, point), its calls
+        self.walk_gap = self.next_walk = WALK_EVERY  # calls between walks, and the call of the next one
 
     # ---- bounding ----------------------------------------------------------------------------------
     def bound(self, children: list) -> list:
@@ -531,8 +539,30 @@ class _JacobianSearch:
         X = X.reshape((-1,) + self.net.input_shape)
         vals = jacobian_norms(self.net, X, self.norm, self.ctx.output)
         b = int(torch.argmax(vals))
-        v = float(vals[b])
-        return (v, X[b].detach().numpy().reshape(-1)) if math.isfinite(v) else None
+        v, x = float(vals[b]), X[b]
+        if math.isfinite(v) and (self.best_probe is None or v > self.best_probe[0]):
+            self.best_probe = (v, x.detach().clone())
+        self.lower_calls += 1
+        if self.walk and self.lower_calls >= self.next_walk and self.best_probe is not None:
+            v, x = self._walk(X, vals)
+        return (v, x.detach().numpy().reshape(-1)) if math.isfinite(v) else None
+
+    def _walk(self, X: torch.Tensor, vals: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """A few steps of lower-grad's region walk (piecewise-linear networks, few inputs) from the best probe so
+        far and this call's best points: the maximum sits in a small piece that random probes rarely hit
+        (ACAS Xu 2_3 l_inf eps 0.2: probes 39.49 in 120 s, the walk 41.86 in 2 s). Returns the best (value,
+        point) of the walk and of the probe so far."""
+        top = torch.argsort(vals, descending=True)[:WALK_STARTS]
+        starts = torch.cat([self.best_probe[1].unsqueeze(0), X[top]])
+        v, x, _ = region_walk(self.net, self.ctx, starts, time.perf_counter() + WALK_SECONDS, WALK_STEPS)
+        found = x is not None and math.isfinite(v) and v > self.best_probe[0]
+        if found:
+            self.best_probe = (v, x.detach().clone())
+        # a walk that finds nothing doubles the wait before the next one (ACAS Xu 1_1, where the probes are
+        # ahead, loses a few steps at most); one that finds a better point keeps the pace
+        self.walk_gap = WALK_EVERY if found else 2 * self.walk_gap
+        self.next_walk = self.lower_calls + self.walk_gap
+        return self.best_probe
 
 
 def _mode(net, ctx: MethodContext, split_acts: list) -> str:
