@@ -127,7 +127,7 @@ def test_every_activation_every_method(act, region, norm):
                                  and lipbound.registry.get_method(n).unsupported_reason(net, norm, None if region == "global" else lipbound.registry.Region.box(kw["center"], kw["eps"])) is None],
                            norm=norm, time_limit=2, options={"lower-sample": {"samples": 300},
                                                              **({} if region == "global" else
-                                                                {"crown-bab": {"max_domains": 150}})}, **kw)
+                                                                {"crown-bab": {"max_domains": 40}})}, **kw)
     lo, up = _assert_sandwich(rep)
     sampled = _sampled_jacobian_norm(net, norm, points)
     for b in rep.results:
