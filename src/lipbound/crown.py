@@ -148,6 +148,15 @@ class ActivationRelaxation:
 # --------------------------------------------------------------------------------------------------
 
 
+def apply_lines(A: torch.Tensor, aL, bL, aU, bU) -> tuple[torch.Tensor, torch.Tensor]:
+    """A linear bound through relaxation lines aL x + bL <= f(x) <= aU x + bU (broadcastable to A): the lower
+    line where a coefficient of A is positive, the upper one elsewhere. Returns (pos aL + neg aU, the sum
+    over the last axis of pos bL + neg bU), computed as A aU + pos (aL - aU) and A bU + pos (bL - bU):
+    fewer passes over A. Shared by CROWN's back-substitution and the Jacobian-graph walk."""
+    pos = A.clamp(min=0)
+    return torch.addcmul(A * aU, pos, aL - aU), (A * bU).sum(-1) + (pos * (bL - bU)).sum(-1)
+
+
 class _CrownPass:
     """Holds the relaxations and the running constant of one back-substitution (lower bounds of
     A . node over the box; upper bounds are lower bounds of -A)."""
@@ -205,12 +214,9 @@ class _CrownPass:
             out = torch.zeros_like(Af)
             out[:, cols] = (pos * aL + neg * aU).reshape(Af.shape[0], -1)
             return out.reshape(A.shape)
-        aL, bL, aU, bU = (self._per_row(t) for t in lines)
-        Ap = self._pairs(Af)
-        pos = Ap.clamp(min=0)
-        # pos * aL + neg * aU = A * aU + pos * (aL - aU), and the same for the offsets: fewer passes over A
-        self._add_bias((Ap * bU).sum(-1).reshape(-1) + (pos * (bL - bU)).sum(-1).reshape(-1))
-        return torch.addcmul(Ap * aU, pos, aL - aU).reshape(A.shape)
+        out, offsets = apply_lines(self._pairs(Af), *(self._per_row(t) for t in lines))
+        self._add_bias(offsets.reshape(-1))
+        return out.reshape(A.shape)
 
     def _pairs(self, Af: torch.Tensor) -> torch.Tensor:
         """Af (rows, n), viewed (2, rows / 2, n) for paired rows (`_per_row`'s tensors broadcast over both)."""

@@ -30,7 +30,7 @@ import dataclasses
 import torch
 
 from ... import traversal
-from ...crown import OutOfTime, check_deadline, past, sparse_product_ok, touched_columns
+from ...crown import OutOfTime, apply_lines, check_deadline, past, sparse_product_ok, touched_columns
 from ...errors import Unsupported
 from ...network import DTYPE, Activation, Add, Conv2d, ElementwiseAffine, Linear, MaxPool2d, Network
 
@@ -267,12 +267,10 @@ class JacobianGraph:
             k = self.index[id(node)]
             aL, bL, aU, bU = relax[k]
             Lf = L.reshape(B, S, -1)
-            pos = Lf.clamp(min=0)
-            # pos * (lower line) + neg * (upper line) = L * upper + pos * (lower - upper): fewer passes over L
-            acc["bias"] = acc["bias"] + (Lf @ bU.unsqueeze(2) + pos @ (bL - bU).unsqueeze(2)).squeeze(2)
+            out, offsets = apply_lines(Lf, *(t.unsqueeze(1) for t in (aL, bL, aU, bU)))
+            acc["bias"] = acc["bias"] + offsets
             if record is not None:
                 record[k] = Lf.abs().sum(1)
-            out = torch.addcmul(Lf * aU.unsqueeze(1), pos, (aL - aU).unsqueeze(1))
             return out.reshape((B * S,) + node.shape)
 
         def add(op, node, a, b):
