@@ -298,6 +298,7 @@ class _JacobianSearch:
         self.walk = mode == "input" and bool(walked_nodes(net))
         self.best_probe, self.lower_calls = None, 0  # the lower-bound hook's best (value, point), its calls
         self.walk_gap = self.next_walk = WALK_EVERY  # calls between walks, and the call of the next one
+        self.sign_entries = ctx.option("sign_entries")  # None: the graph's default (`graph.SIGN_ENTRIES`)
 
     # ---- bounding ----------------------------------------------------------------------------------
     def bound(self, children: list) -> list:
@@ -358,6 +359,8 @@ class _JacobianSearch:
         # its own undecided neurons, where the base class runs m x (1 + their union over the batch)
         G = RowwiseGraph(self.net, {k: (fwd[k][0][rows], fwd[k][1][rows]) for k in fwd}, m if self.all_outputs else 1)
         G.deadline = self.deadline
+        if self.sign_entries is not None:
+            G.sign_entries = self.sign_entries
         decisions = {k: dec[rows, self.offsets[i] : self.offsets[i + 1]] for i, k in enumerate(self.split_acts)}
         g_known = v_known = None
         if self.refresh != "all":

@@ -239,6 +239,9 @@ def ibp_jacobian_method(net, ctx: MethodContext) -> MethodResult:
                                              "realises (LP, dense chains, at most 2000 inputs; auto = true)"),
                           "lp_eager": Option(bool, False, "run the pattern LP on every child at once instead of "
                                              "when it is popped"),
+                          "sign_entries": Option(int, None, "l_inf: the sign-crossing gradient entries whose signs a "
+                                                 "domain's bound enumerates (2^k objectives; auto: 5 for networks "
+                                                 "with at most 12 inputs, else 0)", min=0, max=10),
                           "budget": Option(float, BAB_DEFAULT_TIME, "seconds when no time limit is given", min=0),
                           "split": Option(str, "auto", "what a domain splits: the input box, ReLU-like neurons, or "
                                           "auto (the input when the network has at most 12 inputs)",
