@@ -404,3 +404,28 @@ def test_lower_grad_share_gives_way_to_a_crown_that_cannot_finish():
     hopeless = Step("lipsdp-opt", 2, "upper", 1e5, True, weight=1.0, min_s=1e5)
     assert share(grad(), [hopeless], 10.0)[0] == pytest.approx(10.0)
     assert share(grad(), [], 10.0)[0] == pytest.approx(10.0)
+
+
+def test_lipopt_is_planned_from_its_own_probe_where_its_sparse_lps_are_small():
+    """The planner prices lipopt from its first scalar problem (`lipopt.methods.estimate_seconds`), not from
+    the size formula, which put Convnet_avgpool's l1 box above the 18 s that a 60 s budget gives slow methods
+    (and its global l1 at 5,800 s; measured: 45 s) although its 784 LPs have about 1,300 columns each
+    (lipopt closes that interval in about 15 s). Where lipopt itself refuses
+    (a dense MNIST MLP globally: too many terms), the probe says inf and the formula is not used either."""
+    from lipbound.portfolio import costs
+    from lipbound.portfolio.planner import make_plan
+    from lipbound.portfolio.problem import describe_problem
+
+    net = lipbound.load(SHARED / "Convnet_avgpool.onnx")
+    region = Region.box(np.random.default_rng(1).random(net.n_inputs).reshape(net.input_shape), 0.01)
+    prob = describe_problem(net, 1, region, None, MethodContext(norm=1, region=region), 60)
+    assert prob.lipopt_s is not None and 1.0 < prob.lipopt_s < 60.0
+    plan = make_plan(net, prob, load_methods(), 60)
+    assert "lipopt" in {s.method for s in plan.steps}
+    formula = describe_problem(net, 1, region, None, MethodContext(norm=1, region=region), 10)  # no probe
+    assert formula.lipopt_s is None and costs.estimate("lipopt", formula) > 0.3 * 60 > costs.estimate("lipopt", prob)
+    mnist = lipbound.load(MNIST)
+    prob = describe_problem(mnist, math.inf, None, None, MethodContext(norm=math.inf), 60)
+    assert prob.lipopt_s == math.inf
+    refused = lipbound.bound(mnist, "lipopt", norm="inf", time_limit=60)
+    assert refused.status == "unsupported" and "terms" in refused.reason

@@ -155,6 +155,8 @@ def estimate(method: str, prob: Problem, options: dict | None = None) -> float:
         return CALL_S + preact + lp_tighten_cost(prob) + PATTERN_S * 2.0 ** min(u, 60)
     if method == "mip":
         return CALL_S + preact + lp_tighten_cost(prob) + MIP_NODE_S * prob.out_dims * 2.0 ** min(u / 4, 60)
+    if method == "lipopt" and prob.lipopt_s is not None:
+        return CALL_S + prob.lipopt_s
     if method == "lipopt":
         k = prob.depth + 1
         active = u if prob.is_box else prob.neurons

@@ -21,6 +21,8 @@ from ..registry import RELU_LIKE, MethodContext, Region
 #: pre-activation bounds are computed for the plan only when their estimated cost is below this share of
 #: the budget (else the unstable count stays unknown and the exact methods are planned pessimistically)
 PREACT_BUDGET_SHARE = 0.25
+#: lipopt's probe (up to about a second on a conv chain) runs only for budgets of at least this many seconds
+LIPOPT_PROBE_MIN_BUDGET = 20.0
 
 
 @dataclass
@@ -45,6 +47,7 @@ class Problem:
     unstable_per_layer: list | None = None
     unstable_by: str | None = None  # "ibp" or "crown": the bounds the count is under
     preact_time_s: float | None = None
+    lipopt_s: float | None = None  # lipopt's own estimate from its first scalar problem (l1 / linf chains)
     notes: list = field(default_factory=list)
 
     @property
@@ -82,6 +85,7 @@ class Problem:
                 "unstable": self.unstable, "unstable_per_layer": self.unstable_per_layer,
                 "unstable_by": self.unstable_by,
                 "preact_time_s": None if self.preact_time_s is None else round(self.preact_time_s, 4),
+                "lipopt_s": self.lipopt_s,
                 "notes": list(self.notes)}
 
 
@@ -101,6 +105,8 @@ def describe_problem(net: Network, norm, region: Region | None, output: int | No
                    n_params=int(net.n_parameters()), widths=widths, chain=chain, has_maxpool="MaxPool2d" in kinds,
                    activations=names, relu_like=bool(names) and names <= RELU_LIKE and "MaxMin" not in kinds,
                    n_nodes=len(net.nodes) - 1, flops=flops, flops_below=below)
+    if norm != 2 and chain and widths and budget >= LIPOPT_PROBE_MIN_BUDGET:
+        prob.lipopt_s = _lipopt_probe(net, prob)
     if region is not None and not prob.has_maxpool and widths:
         _count_unstable(net, prob, ctx, "ibp")  # one interval pass: an upper bound on the unstable count
         est = preact_cost(prob)
@@ -110,6 +116,18 @@ def describe_problem(net: Network, norm, region: Region | None, output: int | No
             prob.notes.append(f"CROWN pre-activation bounds not computed for the plan (estimated {est:.2g} s > "
                               f"{PREACT_BUDGET_SHARE:g} x budget): unstable neurons counted under interval bounds")
     return prob
+
+
+def _lipopt_probe(net: Network, prob: Problem) -> float | None:
+    """lipopt's estimate from its first scalar problem (`lipopt.methods.estimate_seconds`), None when the
+    probe cannot build it. The size formula alone was 130x too high on a one-hidden-layer conv net whose
+    sparse LPs are small (Convnet_avgpool, l1, global: 5,816 s estimated, 45 s measured)."""
+    from ..methods.lipopt.methods import estimate_seconds
+
+    try:
+        return estimate_seconds(net, prob.norm, prob.region, prob.output)
+    except Unsupported:
+        return None
 
 
 def preact_cost(prob: Problem) -> float:
