@@ -429,3 +429,21 @@ def test_lipopt_is_planned_from_its_own_probe_where_its_sparse_lps_are_small():
     assert prob.lipopt_s == math.inf
     refused = lipbound.bound(mnist, "lipopt", norm="inf", time_limit=60)
     assert refused.status == "unsupported" and "terms" in refused.reason
+
+
+def test_wide_l2_chains_get_the_sdp_family_within_the_budget():
+    """On cifar_base_kw globally in l2 (widths 2048, 1024, 100) the closed forms take ~4 s (eclipse-fast) and
+    ~20 s (all members) on one thread; priced at 20 members x w^3 each (387 s) they never ran and the interval
+    stayed at naive's 20.5 where lipsdp-opt gives 6.3. With 60 s lipsdp-opt (which starts from the family)
+    is planned; with 10 s, eclipse-fast."""
+    from lipbound.portfolio.planner import make_plan
+    from lipbound.portfolio.problem import describe_problem
+
+    net = lipbound.load(SHARED / "cifar_base_kw.onnx")
+    plans = {T: make_plan(net, describe_problem(net, 2, None, None, MethodContext(norm=2), T), load_methods(), T)
+             for T in (10, 60)}
+    opt = next(s for s in plans[60].steps if s.method == "lipsdp-opt")
+    assert opt.min_s <= 30 and any(s["method"] == "eclipse-family" and "lipsdp-opt starts" in s["reason"]
+                                   for s in plans[60].skipped)
+    fast = next(s for s in plans[10].steps if s.method == "eclipse-fast")
+    assert fast.estimate_s <= 6

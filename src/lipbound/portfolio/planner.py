@@ -246,6 +246,10 @@ def _phase2(prob: Problem, cands: dict, budget: float, plan: Plan, done: set) ->
                                    "improves on it")
         else:
             add("eclipse-family", 0.4 if box else 0.5, "closed-form LipSDP family" + (" with local slopes" if box else ""))
+            if costs.estimate("eclipse-family", prob) > OPT_START_SHARE * budget:
+                # the family may not fit: its cheapest member, when phase 1 left it out (cifar_base_kw global at
+                # T = 10 s: eclipse-fast ~4 s, 10.1 against naive's 20.5)
+                add("eclipse-fast", 0.1, "the cheapest closed form (too slow for phase 1)")
         # with few inputs crown-bab's input splitting closes l2 boxes and the local SDP stays far above it
         # (ACAS Xu 1_1 eps 0.05: 1535 after 3 s against crown-bab's 3.07 after 5 s): a small share
         bab_splits_input = box and prob.n_inputs <= INPUT_SPLIT_MAX_DIM and "crown-bab" in cands
