@@ -447,3 +447,23 @@ def test_wide_l2_chains_get_the_sdp_family_within_the_budget():
                                    for s in plans[60].skipped)
     fast = next(s for s in plans[10].steps if s.method == "eclipse-fast")
     assert fast.estimate_s <= 6
+
+
+def test_a_box_with_nothing_to_split_gets_crown_not_crown_bab():
+    """ffnnSIGMOID (784 inputs, sigmoid only): crown-bab has no ReLU-like neuron to split and too many inputs
+    to split the box, so it would return crown's bound after sharing the time with crown (both were cut at
+    T = 60 s: 6825 against crown's 5833 alone). The plan runs crown and says why crown-bab is left out; a
+    ReLU network of the same input size keeps crown-bab."""
+    from lipbound.portfolio.planner import make_plan
+    from lipbound.portfolio.problem import describe_problem
+
+    for name, splits in (("ffnnSIGMOID__Point_6x200.onnx", False), ("mnist-net_256x2.onnx", True)):
+        net = lipbound.load(SHARED / name)
+        region = Region.box(np.random.default_rng(1).random(net.n_inputs).reshape(net.input_shape), 0.01)
+        plan = make_plan(net, describe_problem(net, 1, region, None, MethodContext(norm=1, region=region), 60),
+                         load_methods(), 60)
+        methods = {s.method for s in plan.steps}
+        assert ("crown-bab" in methods) == splits
+        if not splits:
+            assert "crown" in methods and any(s["method"] == "crown-bab" and "nothing" not in s["reason"]
+                                              and "ReLU-like" in s["reason"] for s in plan.skipped)
