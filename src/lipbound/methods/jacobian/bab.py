@@ -721,6 +721,8 @@ def _result(search: _JacobianSearch, out, details: dict, unsplittable: list, roo
     lower = out.lower if out.lower > 0 and out.witness is not None else None
     status = "time_limit" if out.status in ("time_limit", "max_domains") else "ok"
     met = out.witness is not None and out.lower > 0 and value <= out.lower * (1 + EXACT_RTOL)
+    if met:  # the ends met (to the walks' rounding margin): the search has nothing left to find
+        details["converged"] = True
     if out.status == "exact" and out.witness is not None or met:
         # the certified ends meet (to rounding): the value is the exact constant, attained at the witness
         return MethodResult(value, kind="exact", status=status, witness=np.asarray(out.witness), details=details,

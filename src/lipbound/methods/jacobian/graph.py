@@ -41,6 +41,9 @@ CHUNK_ENTRIES = 1 << 23
 #: walk, a small cost next to the walks of the intermediate bounds); wider inputs keep the chord alone, which
 #: a few enumerated entries out of hundreds would barely tighten
 SIGN_ENTRIES, SIGN_MAX_INPUTS = 5, 12
+#: relative margin on the results of back-substitution (`_outward`): far above float64 rounding of sums of a
+#: few thousand terms, far below crown-bab's EXACT_RTOL (1e-9) at which two certified ends are called equal
+WALK_ROUNDING = 1e-11
 
 
 # --------------------------------------------------------------------------------------------------
@@ -102,6 +105,13 @@ def product_lines(sl, su, gl, gu, mode: str):
         bL = torch.where(const, lo, bL)
         bU = torch.where(const, hi, bU)
     return aL, bL, aU, bU
+
+
+def _outward(lb: torch.Tensor) -> torch.Tensor:
+    """A back-substituted lower bound moved down by `WALK_ROUNDING` of its size: the walk sums in float64 with
+    no error bound of its own, and where the relaxation is exact at the maximum (the sign vectors of
+    `_sign_bound` often are) the unmoved value fell 1 ulp below a certified gradient norm."""
+    return lb - WALK_ROUNDING * lb.abs()
 
 
 def abs_chord(vl, vu):
@@ -472,6 +482,7 @@ class JacobianGraph:
             except OutOfTime:
                 self.cut = True
                 break
+            lb = _outward(lb)
             lo[:, sel] = torch.maximum(lo[:, sel], lb[:, :K])
             hi[:, sel] = torch.minimum(hi[:, sel], -lb[:, K:])
         hi = torch.maximum(hi, lo)
@@ -504,7 +515,7 @@ class JacobianGraph:
         except OutOfTime:
             self.cut = True
             return torch.full((B,), torch.inf, dtype=DTYPE)
-        return (-lb).amax(1) + rest
+        return (-_outward(lb)).amax(1) + rest
 
     # ---- the whole computation --------------------------------------------------------------------
     def bound(self, classes, norm, mode: str = "crown", decisions: dict | None = None, g_known: dict | None = None,
@@ -576,7 +587,7 @@ class JacobianGraph:
                         lb = self.lowrank_walk(0, seed, relax, classes, self._und, record=coef)[:, 0]
                     else:
                         lb = self.walk(0, seed, relax, classes, record=coef)[:, 0]
-                    chord_val = -lb + b.sum(1)
+                    chord_val = -_outward(lb) + b.sum(1)
                     value = torch.minimum(chord_val, interval_val)
                     if p != 2 and self.sign_entries:
                         value = torch.minimum(value, self._sign_bound(vl, vu, relax, classes))
