@@ -443,7 +443,7 @@ def test_every_activation_upper_bounds_above_sampled_and_lower_grad(act, param):
         low = lipbound.bound(net, "lower-grad", norm=norm, region=region, samples=300, restarts=6, steps=20)
         assert low.ok and low.kind == "lower" and samp > 0
         values = {}
-        for method in ("crown", "recurjac", "ibp-jacobian", "crown-bab"):
+        for method in ("crown", "recurjac", "ibp-jacobian") + (("crown-bab",) if norm != 1 else ()):
             extra = {"time_limit": 1.0, "batch": 8, "max_domains": 64} if method == "crown-bab" else {}
             b = lipbound.bound(net, method, norm=norm, region=region, **extra)
             # crown-bab closes some of these boxes with its own certified lower bound: exact

@@ -98,23 +98,26 @@ PROBE_MAX_S = 1.0
 PROBE_MAX_WEIGHTS = 5e7
 
 
-def estimate_seconds(net, norm, region, output) -> float:
+def estimate_seconds(net, norm, region, output) -> float | None:
     """Estimated seconds of lipopt with its default options, from its first scalar problem: pruned, its terms
     counted, expanded and its LP columns counted (`_prepare`), times the number of problems. math.inf when
-    lipopt would refuse it (terms or columns above the guards) or when the probe itself would be slow (a dense
-    chain of more than `PROBE_MAX_WEIGHTS` weights, an expansion over `PROBE_MAX_S`). The first problem stands
-    for the others (same network, another output or input). Cost: an interval pass and one problem's expansion."""
+    lipopt would refuse it (terms or columns above the guards); None (unknown) when the probe itself would be
+    slow (a dense chain of more than `PROBE_MAX_WEIGHTS` weights, an expansion over `PROBE_MAX_S`). The first
+    problem stands for the others (same network, another output or input). Cost: an interval pass and one
+    problem's expansion."""
     widths = [net.n_inputs] + [int(n.size) for n in net.nodes if isinstance(n.op, Activation)] + [net.n_outputs]
     if sum(a * b for a, b in zip(widths[:-1], widths[1:])) > PROBE_MAX_WEIGHTS:
-        return math.inf
+        return None
     chain = net.dense_chain()
     a_list, w_list, _ = hidden_ranges(chain, region)
     probs = scalar_problems(chain, a_list, w_list, norm, output)
     pr = probs[0].pruned()
     terms = term_bound(pr)
     expand = expansion_cost(pr, terms)
-    if terms > DEFAULT_MAX_TERMS or expand > PROBE_MAX_S:
+    if terms > DEFAULT_MAX_TERMS:
         return math.inf
+    if expand > PROBE_MAX_S:
+        return None
     count = _prepare(probs[0], len(chain), True, "cliques")[3]
     if count > DEFAULT_MAX_COLUMNS:
         return math.inf
