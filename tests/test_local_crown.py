@@ -259,7 +259,7 @@ def test_sign_enumeration_bounds_the_exact_row_norm_and_beats_the_chord():
     bound, and below it where entries cross 0. Enumerating only one sign vector, or dropping the chord's
     offsets of the entries not enumerated, falls below the exact value here."""
     gains = []
-    for seed, lowrank in [(1, True), (5, False)]:
+    for seed, lowrank in [(0, False), (1, True)]:
         act = "relu" if seed % 2 == 0 else "leaky_relu"
         net = random_mlp([6, 10, 8, 3], seed=seed, activation=act, param=0.1)
         region = Region.box(np.random.default_rng(seed).random(6), 0.5)
