@@ -20,7 +20,7 @@ from ...errors import MethodFailed, Unsupported
 from ...network import Activation
 from ...norms import INF
 from ... import cvx
-from ...registry import AFFINE_OPS, ALL_ACTIVATIONS, MethodResult, Option, register_method
+from ...registry import AFFINE_OPS, ALL_ACTIVATIONS, MethodContext, MethodResult, Option, register_method
 from .chain import hidden_ranges, scalar_problems
 from .core import (CoverageError, build_lp, clique_subsets, count_clique_products, count_products_dense,
                    dense_subsets, gradient_polynomial, input_cliques, path_subsets, solve_lp)
@@ -109,17 +109,19 @@ def estimate_seconds(net, norm, region, output) -> float | None:
     if sum(a * b for a, b in zip(widths[:-1], widths[1:])) > PROBE_MAX_WEIGHTS:
         return None
     chain = net.dense_chain()
+    # the method's own defaults, from its option table
+    st = _settings(MethodContext(norm=norm, region=region, output=output, method="lipopt"), len(chain))
     a_list, w_list, _ = hidden_ranges(chain, region)
     probs = scalar_problems(chain, a_list, w_list, norm, output)
     pr = probs[0].pruned()
     terms = term_bound(pr)
     expand = expansion_cost(pr, terms)
-    if terms > DEFAULT_MAX_TERMS:
+    if terms > st.max_terms:
         return math.inf
     if expand > PROBE_MAX_S:
         return None
-    count = _prepare(probs[0], len(chain), True, "cliques")[3]
-    if count > DEFAULT_MAX_COLUMNS:
+    count = _prepare(probs[0], st.k, st.sparse, st.products)[3]
+    if count > st.max_columns:
         return math.inf
     return len(probs) * (expand + LP_COLUMN_S * count)
 
