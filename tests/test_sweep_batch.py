@@ -2,6 +2,7 @@
 chunk of points in one call with the values of `lipbound.bound` point by point (and of the sweep's per-point
 path), chunks of the configured size, bounded groups, and the options that decide what is batched."""
 
+import json
 import math
 
 import numpy as np
@@ -156,16 +157,28 @@ def test_options_are_checked_and_part_of_the_settings(tmp_path):
     assert "options" not in plain[0]["settings"] and plain[0]["results"][0]["details"]["forward"] == "alpha-crown"
 
 
-def test_ray_chunks_are_batched_with_the_in_process_values(tmp_path):
+def test_ray_two_workers_give_the_records_of_one(tmp_path):
+    """One local Ray runtime (started on loopback only, shut down by the sweep that started it) serves the
+    per-point methods (lower-sample, equal to the in-process records) and the batched chunks (crown,
+    ibp-jacobian: equal to 1e-9, the batched sums run in another order); the driver writes the file."""
     ray = pytest.importorskip("ray")
     net = random_mlp([6, 12, 12, 3], seed=4)
     x = np.random.default_rng(3).standard_normal((12, 6))
-    kw = dict(norm="inf", methods=["crown", "ibp-jacobian"], options={"alpha": False}, seed=3, batch=4)
+    kw = dict(norm="inf", methods=["lower-sample", "crown", "ibp-jacobian"], options={"crown": {"alpha": False}},
+              seed=3, batch=4)
     one = {(r["id"], r["eps"]): r for r in lipbound.sweep(net, x, [0.1, 0.2], **kw)}
-    two = {(r["id"], r["eps"]): r for r in lipbound.sweep(net, x, [0.1, 0.2], workers=2, out=tmp_path / "r.jsonl", **kw)}
-    assert not ray.is_initialized() and sorted(one) == sorted(two) and len(one) == 24
+    gen = lipbound.sweep(net, x, [0.1, 0.2], workers=2, out=tmp_path / "r.jsonl", **kw)
+    first = next(gen)
+    assert ray.is_initialized() and ray.util.get_node_ip_address() == "127.0.0.1"  # loopback only
+    two = {(r["id"], r["eps"]): r for r in [first, *gen]}
+    assert not ray.is_initialized()  # the sweep shut down the runtime it started
+    assert sorted(one) == sorted(two) and len(one) == 24
+    written = {(r["id"], r["eps"]): r for r in map(json.loads, (tmp_path / "r.jsonl").read_text().splitlines())}
+    assert sorted(written) == sorted(two)
     for k in one:
         close(one[k], two[k])
+        close(written[k], two[k])
+        assert one[k]["results"][0]["value"] == two[k]["results"][0]["value"]  # lower-sample: per point, bitwise
 
 
 def test_a_batch_cut_by_its_time_share_falls_back_to_the_per_point_path(monkeypatch):
