@@ -18,7 +18,7 @@ from lipbound.errors import LipboundError
 from lipbound.network import Linear
 from lipbound.registry import MethodContext, Region, load_methods
 from lipbound.vnnlib import read_vnnlib
-from _nets import random_mlp
+from _nets import random_graph_net, random_mlp
 from conftest import SHARED
 
 VNNLIB = SHARED / "vnnlib"
@@ -385,8 +385,8 @@ def test_time_left_after_the_plan_goes_to_more_lower_grad_runs():
 
 def test_lower_grad_share_gives_way_to_a_crown_that_cannot_finish():
     """lower-grad's cap of the time left: 0.5 while the lower end is 0, 0.1 when it holds a value and a crown
-    estimated beyond the time left follows (crown cut short keeps interval bounds), else 0.3; all of it when
-    no later step can run."""
+    estimated beyond the time left follows on a box (crown cut short keeps interval bounds there; globally
+    it keeps its partial walk), else 0.3; all of it when no later step can run."""
     from lipbound.portfolio.planner import Step, share
 
     def grad():
@@ -397,6 +397,7 @@ def test_lower_grad_share_gives_way_to_a_crown_that_cannot_finish():
     slow_opt = Step("lipsdp-opt", 2, "upper", 500.0, True, weight=1.0)
     assert share(grad(), [slow_crown], 10.0)[0] == pytest.approx(1.0)
     assert share(grad(), [slow_crown], 10.0, lower_zero=True)[0] == pytest.approx(5.0)
+    assert share(grad(), [slow_crown], 10.0, box=False)[0] == pytest.approx(3.0)
     assert share(grad(), [quick_crown], 10.0)[0] == pytest.approx(3.0)
     assert share(grad(), [slow_opt], 10.0)[0] == pytest.approx(3.0)
     # nothing after it can run (an SDP that needs 1e5 s to hold a value): the whole time left, capped by
@@ -467,3 +468,29 @@ def test_a_box_with_nothing_to_split_gets_crown_not_crown_bab():
         if not splits:
             assert "crown" in methods and any(s["method"] == "crown-bab" and "nothing" not in s["reason"]
                                               and "ReLU-like" in s["reason"] for s in plan.skipped)
+
+
+def test_global_crown_is_left_out_only_where_ibp_jacobian_is_far_above_the_best_upper_bound(monkeypatch):
+    """Globally, when crown is priced too slow to finish (so ibp-jacobian runs first), crown -- which stays
+    within ~9x of ibp-jacobian there -- is skipped when ibp-jacobian's bound is above `CROWN_GLOBAL_MAX_GAIN` x
+    the best upper bound already held (checked here from naive's and ibp-jacobian's own values), and runs
+    otherwise; the interval holds sampled Jacobian norms either way."""
+    from lipbound.portfolio import costs
+    from lipbound.portfolio.runner import CROWN_GLOBAL_MAX_GAIN
+
+    monkeypatch.setattr(costs, "CROWN_GLOBAL_UNIT_S", 1.0)  # crown priced at hours: ibp-jacobian is planned
+    seen = set()
+    for seed in (6, 7):  # l2 ratios ibp-jacobian / naive 5.1 and 0.97
+        net = random_graph_net(seed)
+        ratio = lipbound.bound(net, "ibp-jacobian", 2).value / lipbound.bound(net, "naive", 2).value
+        res = lipbound.certify(net, 2, time_limit=10, methods=["naive", "ibp-jacobian", "crown", "lower-sample"])
+        steps = {s.method: s for s in res.plan.steps}
+        assert steps["ibp-jacobian"].outcome == "ran"
+        if ratio > CROWN_GLOBAL_MAX_GAIN:
+            assert steps["crown"].outcome == "skipped" and "ibp-jacobian" in steps["crown"].note, seed
+        else:
+            assert steps["crown"].outcome == "ran", (seed, steps["crown"].note)
+        seen.add(ratio > CROWN_GLOBAL_MAX_GAIN)
+        sampled = lipbound.bound(net, "lower-sample", 2, samples=500, seed=5).value
+        assert res.lower <= res.upper and sampled <= res.upper * (1 + 1e-9)
+    assert seen == {True, False}

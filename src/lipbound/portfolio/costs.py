@@ -48,12 +48,22 @@ NORM_L2_UNIT_S = 4.0e-7
 #: mnist 0.16 s (F = 2.7e5, m = 10), 4-8-8-3 0.003 s
 SAMPLE_NODE_S = 1.2e-6
 SAMPLE_UNIT_S = 3.0e-10
+#: ... plus the memory-bound work on the entries of the non-affine nodes (`Problem.elementwise`): per (sample
+#: x entry) the forward pass and the differentiability mask, per (sample x output x entry) the backward
+#: through activations and pooling. Convnet_maxpool (a 2x2 conv to 23,328 ReLUs, max pooling; F = 1.3e5):
+#: 200 samples 1.6-1.8 s where the terms above alone give 0.11 s (a 2000-sample lower-sample took 12 s in
+#: compare, priced 0.9 s); profile: threshold_backward and the zero fill of max pooling's backward ~6 ns an
+#: entry each, forward and mask ~0.4 s
+SAMPLE_ELEM_S = 9.0e-8
+SAMPLE_ELEM_OUT_S = 1.3e-8
 #: lower-grad: per ascent step, per graph node (torch double-backward overhead dominates on small nets),
 #: plus per (restart x multiply-add). Measured at 30 steps, 32 restarts: ACAS 0.3 s (14 nodes), digits
 #: 0.2-0.3 s, 4-8-8-3 0.075 s; at the default 150 steps: ACAS 0.97 s, digits 0.52 s
 GRAD_STEP_NODE_S = 0.0004
 GRAD_STEP_S = 0.002
 GRAD_UNIT_S = 5.0e-10  # mnist (F = 2.7e5, m = 10): 0.05 s per step with 32 restarts
+#: ... plus per (restart x non-affine entry): Convnet_maxpool 0.055 s per step with 32 restarts (priced 0.025)
+GRAD_ELEM_S = 7.0e-8
 #: closed forms of the SDP family: per layer, one factorisation per layer (~w^3, shared by the members) and
 #: per member and layer a Lanczos run (~60 w^2). Measured (one thread, beside two other jobs): cifar_base_kw
 #: global (widths 2048, 1024, 100) 20.7 s, eclipse-fast 3.6 s; ffnnSIGMOID 6x200 0.65 s / 0.22 s; ACAS 0.13 s /
@@ -97,9 +107,21 @@ def crown_preact_cost(prob: Problem) -> float:
 def crown_jacobian_cost(prob: Problem) -> float:
     """The Jacobian-graph pass of crown (after the pre-activation bounds)."""
     if not prob.is_box:  # every neuron undecided, one low-rank walk over them all
-        return CROWN_JAC_S + CROWN_GLOBAL_UNIT_S * prob.out_dims * prob.neurons * prob.n_params
+        return CROWN_JAC_S + CROWN_GLOBAL_UNIT_S * prob.out_dims * prob.neurons * _walked_size(prob)
     u = prob.unstable if prob.unstable is not None else 0.3 * prob.neurons
     return CROWN_JAC_S + CROWN_JAC_UNIT_S * prob.out_dims * u * prob.depth
+
+
+def _walked_size(prob: Problem) -> int:
+    """What one relaxed product of the global walk costs: with one nonlinear layer the Jacobian is
+    W_out diag(d) W_in and the walk multiplies the weights as stored (parameters); below a second one (more
+    activation layers, or max pooling) it passes every layer's operator as a map (multiply-adds, which on
+    conv layers are many times the parameters). Global crown measured on conv nets: Convnet_avgpool 14-19 s,
+    cifar_base_kw ~50 s, Convnet_maxpool and resnet_2b cut at 54 s; priced by parameters, cifar_base_kw and
+    resnet_2b came to 17 s and 35 s."""
+    if prob.depth + prob.has_maxpool >= 2:
+        return max(prob.flops, prob.n_params)
+    return prob.n_params
 
 
 def _norm_cost(prob: Problem) -> float:
@@ -118,13 +140,16 @@ def _family_cost(prob: Problem) -> float:
 def lower_grad_step_cost(prob: Problem, restarts: int) -> float:
     """One ascent step of lower-grad with ``restarts`` starting points."""
     nodes = max(prob.n_nodes, 1)
-    return GRAD_STEP_S + GRAD_STEP_NODE_S * nodes + GRAD_UNIT_S * restarts * prob.flops * max(1, prob.out_dims)
+    return (GRAD_STEP_S + GRAD_STEP_NODE_S * nodes + GRAD_UNIT_S * restarts * prob.flops * max(1, prob.out_dims)
+            + GRAD_ELEM_S * restarts * prob.elementwise)
 
 
 def sample_cost(prob: Problem, samples: int) -> float:
     """lower-sample with ``samples`` points (one Jacobian, m backward passes, per point)."""
     nodes = max(prob.n_nodes, 1)
-    return CALL_S + samples * prob.out_dims * (SAMPLE_NODE_S * nodes + SAMPLE_UNIT_S * prob.flops)
+    return CALL_S + samples * (prob.out_dims * (SAMPLE_NODE_S * nodes + SAMPLE_UNIT_S * prob.flops
+                                                + SAMPLE_ELEM_OUT_S * prob.elementwise)
+                               + SAMPLE_ELEM_S * prob.elementwise)
 
 
 def lp_tighten_cost(prob: Problem) -> float:

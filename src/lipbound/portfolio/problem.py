@@ -43,6 +43,7 @@ class Problem:
     n_nodes: int = 0        # operations in the graph
     flops: int = 0          # multiply-adds of one forward pass
     flops_below: list = field(default_factory=list)  # per activation layer: multiply-adds of the graph below it
+    elementwise: int = 0    # entries of the non-affine nodes (activations, pooling, sums): memory-bound work
     unstable: int | None = None
     unstable_per_layer: list | None = None
     unstable_by: str | None = None  # "ibp" or "crown": the bounds the count is under
@@ -99,12 +100,13 @@ def describe_problem(net: Network, norm, region: Region | None, output: int | No
     acts = net.activations()
     names = frozenset(a.name for a in acts)
     widths = [int(n.size) for n in net.nodes if isinstance(n.op, Activation)]
-    flops, below = _flops(net)
+    flops, below, elementwise = _flops(net)
     chain = net.is_chain() and not any(isinstance(n.op, (MaxPool2d, Add, MaxMin)) for n in net.nodes)
     prob = Problem(norm=norm, region=region, output=output, n_inputs=int(net.n_inputs), n_outputs=int(net.n_outputs),
                    n_params=int(net.n_parameters()), widths=widths, chain=chain, has_maxpool="MaxPool2d" in kinds,
                    activations=names, relu_like=bool(names) and names <= RELU_LIKE and "MaxMin" not in kinds,
-                   n_nodes=len(net.nodes) - 1, flops=flops, flops_below=below)
+                   n_nodes=len(net.nodes) - 1, flops=flops, flops_below=below,
+                   elementwise=elementwise)
     if norm != 2 and chain and widths and budget >= LIPOPT_PROBE_MIN_BUDGET:
         prob.lipopt_s = _lipopt_probe(net, prob)
     if region is not None and not prob.has_maxpool and widths:
@@ -137,11 +139,12 @@ def preact_cost(prob: Problem) -> float:
     return crown_preact_cost(prob)
 
 
-def _flops(net: Network) -> tuple[int, list]:
-    """Multiply-adds of one forward pass, and for each activation layer those of the nodes before it."""
-    from ..network import Conv2d, Linear
+def _flops(net: Network) -> tuple[int, list, int]:
+    """Multiply-adds of one forward pass, for each activation layer those of the nodes before it, and the
+    entries of the other nodes (activations, pooling, sums; a reshape is a view and counts nothing)."""
+    from ..network import Conv2d, Linear, Reshape
 
-    total, below = 0, []
+    total, below, elementwise = 0, [], 0
     for node in net.nodes[1:]:
         op = node.op
         if isinstance(op, Activation):
@@ -151,9 +154,10 @@ def _flops(net: Network) -> tuple[int, list]:
         elif isinstance(op, Conv2d):
             w = op.weight.shape
             total += int(node.size) * int(w[1]) * int(w[2]) * int(w[3])
-        else:
+        elif not isinstance(op, Reshape):
             total += int(node.size)
-    return total, below
+            elementwise += int(node.size)
+    return total, below, elementwise
 
 
 def _count_unstable(net: Network, prob: Problem, ctx: MethodContext, how: str) -> None:
