@@ -81,7 +81,8 @@ class Problem:
     def to_json(self) -> dict:
         return {"class": self.problem_class(), "norm": norm_name(self.norm), "region": "box" if self.is_box else "global",
                 "output": self.output, "n_inputs": self.n_inputs, "n_outputs": self.n_outputs,
-                "n_params": self.n_params, "n_nodes": self.n_nodes, "flops": self.flops, "depth": self.depth, "widths": list(self.widths), "chain": self.chain,
+                "n_params": self.n_params, "n_nodes": self.n_nodes, "flops": self.flops,
+                "elementwise": self.elementwise, "depth": self.depth, "widths": list(self.widths), "chain": self.chain,
                 "max_pool": self.has_maxpool, "activations": sorted(self.activations), "relu_like": self.relu_like,
                 "unstable": self.unstable, "unstable_per_layer": self.unstable_per_layer,
                 "unstable_by": self.unstable_by,
