@@ -380,3 +380,56 @@ def test_crown_bab_closes_mnist_net_linf_boxes_at_the_enumerated_value(eps):
     ref = lipbound.bound(net, "enumerate", "inf", region, time_limit=300, max_unstable=48)
     assert ref.kind == "exact"
     assert bab.value == pytest.approx(ref.value, rel=1e-6)
+
+
+# ---------------------------------------------------------------- threads ------------------------
+
+
+def test_core_watch_counts_the_cores_other_processes_keep_busy(monkeypatch):
+    """`CoreWatch.free` over a window of /proc/stat readings (busy, total jiffies of the whole machine) and
+    this process's CPU time: the cores minus what the others used, rounded, at least 1."""
+    from lipbound import threads
+
+    hz = threads.os.sysconf("SC_CLK_TCK")
+    stat = iter([(0, 0), (2 * hz, 2 * hz), (2 * hz, 2 * hz), (2 * hz + hz // 2, 4 * hz)])
+    cpu = iter([0.0, 1.0, 1.0, 1.5])  # own CPU seconds: 1 s of the first window, 0.5 s of the second
+    monkeypatch.setattr(threads, "_busy_and_total", lambda: next(stat))
+    monkeypatch.setattr(threads.time, "process_time", lambda: next(cpu))
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 2)
+    watch = threads.CoreWatch()
+    assert watch.free() == 1  # 1 s on 2 cores both busy, 1 core-second ours: another process held a core
+    assert watch.free() == 2  # 1 s, half a core busy, all of it ours
+
+
+def test_crown_bab_follows_the_free_cores_and_restores_its_threads(monkeypatch):
+    """crown-bab sets torch's threads to the free cores it reads (every `THREAD_CHECK_S`) and restores the
+    caller's count at the end; its value is that of a one-thread search over the same steps."""
+    import contextlib
+
+    from lipbound.methods.jacobian import bab
+    from lipbound.methods.jacobian import methods as jacobian_methods
+    from lipbound.threads import CoreWatch
+
+    net = random_mlp([5, 16, 16, 3], seed=1)
+    region = Region.box(np.full(5, 0.3), 0.5)
+    seen = []
+    real_bound = bab._JacobianSearch.bound
+
+    def bound(self, children):
+        out = real_bound(self, children)
+        seen.append(torch.get_num_threads())
+        return out
+
+    monkeypatch.setattr(bab._JacobianSearch, "bound", bound)
+    monkeypatch.setattr(bab, "THREAD_CHECK_S", 0.0)
+    before = torch.get_num_threads()
+    monkeypatch.setattr(CoreWatch, "free", lambda self: 1)  # the other core busy
+    one = lipbound.bound(net, "crown-bab", "inf", region, 30, max_domains=40)
+    assert set(seen) == {1} and torch.get_num_threads() == before
+    seen.clear()
+    monkeypatch.setattr(CoreWatch, "free", lambda self: 2)
+    # as on networks above `one_thread`'s size, where nothing else restores the caller's threads
+    monkeypatch.setattr(jacobian_methods, "one_thread", lambda net: contextlib.nullcontext())
+    two = lipbound.bound(net, "crown-bab", "inf", region, 30, max_domains=40)
+    assert seen and set(seen) == {2} and torch.get_num_threads() == before
+    assert two.value == pytest.approx(one.value, rel=1e-9) and two.details["steps"] == one.details["steps"]

@@ -48,6 +48,7 @@ from ...norms import INF, spectral_norm_certified
 from ...registry import AFFINE_OPS, BOOL_OR_AUTO, MethodContext, MethodResult, Option, register_method
 from ...registry import _region_key
 from ...registry import ALL_ACTIVATIONS
+from ...threads import kept_torch_threads
 from .graph import JacobianGraph
 
 OPS = AFFINE_OPS | {"Activation", "Add", "MaxPool2d"}  # max pooling through `expand_maxpool`
@@ -256,5 +257,5 @@ def crown_bab_method(net, ctx: MethodContext) -> MethodResult:
     details['timeline'] (seconds, lower, upper). Cost: up to the time limit (default 30 s when none is given)."""
     from .bab import branch_and_bound
 
-    with one_thread(net):
+    with one_thread(net), kept_torch_threads():  # the search follows the free cores (`bab._follow_free_cores`)
         return branch_and_bound(net, ctx)
