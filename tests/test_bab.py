@@ -433,3 +433,36 @@ def test_crown_bab_follows_the_free_cores_and_restores_its_threads(monkeypatch):
     two = lipbound.bound(net, "crown-bab", "inf", region, 30, max_domains=40)
     assert seen and set(seen) == {2} and torch.get_num_threads() == before
     assert two.value == pytest.approx(one.value, rel=1e-9) and two.details["steps"] == one.details["steps"]
+
+
+def test_crown_walk_follows_the_free_cores_and_restores_its_threads(monkeypatch):
+    """crown's Jacobian walk ticks `FollowFreeCores` between its chunks of entries (every
+    `WALK_THREAD_CHECK_S`): torch's threads become the free cores read, the caller's count is back after,
+    and the value is the one-thread value (to rounding)."""
+    import contextlib
+
+    from lipbound.methods.jacobian import graph as jacobian_graph
+    from lipbound.methods.jacobian import methods as jacobian_methods
+    from lipbound.threads import CoreWatch
+
+    net = random_mlp([5, 16, 16, 3], seed=1)
+    region = Region.box(np.full(5, 0.3), 0.5)
+    seen = []
+    real = jacobian_graph.JacobianGraph._bound_entries
+
+    def bound_entries(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        seen.append(torch.get_num_threads())
+        return out
+
+    monkeypatch.setattr(jacobian_graph.JacobianGraph, "_bound_entries", bound_entries)
+    monkeypatch.setattr(jacobian_methods, "WALK_THREAD_CHECK_S", 0.0)
+    monkeypatch.setattr(jacobian_methods, "one_thread", lambda net: contextlib.nullcontext())
+    before = torch.get_num_threads()
+    values = {}
+    for free in (1, 2):
+        seen.clear()
+        monkeypatch.setattr(CoreWatch, "free", lambda self, free=free: free)
+        values[free] = lipbound.bound(net, "crown", "inf", region).value
+        assert seen and seen[-1] == free and torch.get_num_threads() == before
+    assert values[2] == pytest.approx(values[1], rel=1e-9)

@@ -91,3 +91,23 @@ class CoreWatch:
         own_cores = (c1 - c0) * hz / ((b[1] - a[1]) / self.cores)
         others = max(0.0, busy_cores - own_cores)
         return max(1, min(self.cores, self.cores - int(others + 0.5)))
+
+
+class FollowFreeCores:
+    """Sets torch's intra-op threads to the cores other processes leave free (`CoreWatch`), read at most
+    every ``every`` seconds and first after that long, so that short computations stay on the caller's
+    threads. Call `tick` between the pieces of a long computation; restore with `kept_torch_threads`."""
+
+    def __init__(self, every: float):
+        self.watch, self.every = CoreWatch(), every
+        self.next = time.perf_counter() + every
+
+    def tick(self) -> None:
+        now = time.perf_counter()
+        if now >= self.next:
+            import torch
+
+            self.next = now + self.every
+            n = self.watch.free()
+            if n != torch.get_num_threads():
+                torch.set_num_threads(n)

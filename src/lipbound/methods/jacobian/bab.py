@@ -42,7 +42,7 @@ from ...errors import Unsupported
 from ...network import tensor_view
 from ...maxpool_relu import expand_maxpool
 from ...registry import MethodContext, MethodResult
-from ...threads import CoreWatch
+from ...threads import FollowFreeCores
 from ..lower.methods import jacobian_norms, region_walk, walked_nodes
 from .batched import RowwiseGraph
 from .graph import JacobianGraph
@@ -57,7 +57,7 @@ EXACT_RTOL = 1e-9
 #: in input splitting, a domain with at most this many undecided ReLU-like neurons splits them instead
 FEW_UNDECIDED = 3
 #: seconds between two readings of the free cores, whose count the search's torch threads follow
-#: (`threads.CoreWatch`: 1.4-1.6x more steps on ACAS Xu with the second core idle, far fewer with it busy)
+#: (`threads.FollowFreeCores`: 1.2-1.6x more steps on ACAS Xu with the second core idle, far fewer with it busy)
 THREAD_CHECK_S = 2.0
 #: the lower-bound hook samples TOP_POINTS random points in each of the TOP_DOMAINS worst popped domains
 TOP_DOMAINS, TOP_POINTS = 8, 16
@@ -303,11 +303,11 @@ class _JacobianSearch:
         self.best_probe, self.lower_calls = None, 0  # the lower-bound hook's best (value, point), its calls
         self.walk_gap = self.next_walk = WALK_EVERY  # calls between walks, and the call of the next one
         self.sign_entries = ctx.option("sign_entries")  # None: the graph's default (`graph.SIGN_ENTRIES`)
-        self.cores, self.next_thread_check = CoreWatch(), time.perf_counter() + THREAD_CHECK_S
+        self.threads = FollowFreeCores(THREAD_CHECK_S)
 
     # ---- bounding ----------------------------------------------------------------------------------
     def bound(self, children: list) -> list:
-        self._follow_free_cores()
+        self.threads.tick()
         keys, parts = [c[0] for c in children], [c[1] for c in children]
         fwd = self._forward(parts)
         dec = self._implied(torch.stack([p.dec for p in parts]), fwd)
@@ -326,16 +326,6 @@ class _JacobianSearch:
             out.append((float(values[b]), _Part(p.lo, p.hi, dec[b].clone(), f, p.refine_from, splits[b], p.n_rows,
                                                 p.check, p.explicit)))
         return out
-
-    def _follow_free_cores(self) -> None:
-        """Every `THREAD_CHECK_S`: as many torch threads as cores that other processes leave free (the
-        first check after that long, so short searches stay on one thread)."""
-        now = time.perf_counter()
-        if now >= self.next_thread_check:
-            self.next_thread_check = now + THREAD_CHECK_S
-            n = self.cores.free()
-            if n != torch.get_num_threads():
-                torch.set_num_threads(n)
 
     def _forward(self, parts: list) -> dict:
         """Forward bounds of each domain: CROWN from its first changed layer on, within its parent's."""
@@ -629,6 +619,7 @@ def branch_and_bound(net, ctx: MethodContext) -> MethodResult:
     fwd, fwd_cut = cached_forward(net, ctx, "crown", alpha, ctx.start + FORWARD_SHARE * budget)
     G = JacobianGraph(net, fwd)
     G.deadline = ctx.start + GRAPH_SHARE * budget
+    G.threads = FollowFreeCores(THREAD_CHECK_S)  # a long root walk (conv nets) takes the free cores too
     t0 = time.perf_counter()
     root = G.bound(classes, ctx.norm, mode="crown")
     t_root = time.perf_counter() - t0

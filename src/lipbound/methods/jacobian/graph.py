@@ -172,6 +172,7 @@ class JacobianGraph:
         #: nodes and the interval bounds already held are kept (sound, looser); ``cut`` records it
         self.deadline = None
         self.cut = False
+        self.threads = None  # a `threads.FollowFreeCores` ticked between the chunks of entries of a long walk
 
     # ---- s bounds of a batch --------------------------------------------------------------------
     def s_batch(self, B: int, decisions: dict | None = None) -> dict:
@@ -470,6 +471,8 @@ class JacobianGraph:
             if past(self.deadline):
                 self.cut = True  # the remaining entries keep their interval bounds
                 break
+            if self.threads is not None:
+                self.threads.tick()
             try:
                 if use_lowrank:
                     lb = self.lowrank_walk(start, ("entries", sel), relax, classes, self._und)

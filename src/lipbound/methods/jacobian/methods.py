@@ -48,7 +48,7 @@ from ...norms import INF, spectral_norm_certified
 from ...registry import AFFINE_OPS, BOOL_OR_AUTO, MethodContext, MethodResult, Option, register_method
 from ...registry import _region_key
 from ...registry import ALL_ACTIVATIONS
-from ...threads import kept_torch_threads
+from ...threads import FollowFreeCores, kept_torch_threads
 from .graph import JacobianGraph
 
 OPS = AFFINE_OPS | {"Activation", "Add", "MaxPool2d"}  # max pooling through `expand_maxpool`
@@ -77,6 +77,9 @@ class one_thread:
 #: are sign-agnostic); crown-bab splits the ReLU-like ones and bounds the others without splitting
 ACTS = ALL_ACTIVATIONS
 BAB_DEFAULT_TIME = 30.0
+#: seconds of a Jacobian walk before (and between) readings of the free cores, whose count its torch threads
+#: follow (`threads.FollowFreeCores`)
+WALK_THREAD_CHECK_S = 2.0
 _ALPHA = Option(bool, True, "optimise forward relaxation slopes (alpha-CROWN; false: plain CROWN)")
 
 
@@ -159,6 +162,9 @@ def run_propagation(net, ctx: MethodContext, mode: str):
     t_fwd = time.perf_counter() - t0
     graph = JacobianGraph(net, fwd)
     graph.deadline = share_deadline(ctx, GRAPH_SHARE)
+    # a walk longer than a few seconds takes the cores other processes leave free (resnet_2b global l1,
+    # 36 s: 2435 on two threads where one thread reaches 3576); the callers restore the threads
+    graph.threads = FollowFreeCores(WALK_THREAD_CHECK_S)
     classes = _classes(net, ctx)
     res = graph.bound(classes, ctx.norm, mode=mode)
     multi = len(classes) > 1
@@ -199,7 +205,7 @@ def crown_method(net, ctx: MethodContext) -> MethodResult:
     Cost: a few batched back-substitutions per activation layer (one per bounded entry, all outputs
     batched). Anytime: with a time limit the passes stop at their share of it and keep interval bounds from
     there (status time_limit, details['cut']); the value stays certified."""
-    with one_thread(net):
+    with one_thread(net), kept_torch_threads():
         value, details, _, _ = run_propagation(net, ctx, "crown")
     return MethodResult(value, details=details, status="time_limit" if "cut" in details else "ok")
 
@@ -211,7 +217,7 @@ def crown_method(net, ctx: MethodContext) -> MethodResult:
 def recurjac_method(net, ctx: MethodContext) -> MethodResult:
     """Certified upper bound on the local Lipschitz constant over a box: the `crown` code with constant
     intervals for sign-crossing undecided gradient products (weaker). Cost: as `crown`."""
-    with one_thread(net):
+    with one_thread(net), kept_torch_threads():
         value, details, _, _ = run_propagation(net, ctx, "recurjac")
     return MethodResult(value, details=details, status="time_limit" if "cut" in details else "ok")
 
@@ -222,7 +228,7 @@ def recurjac_method(net, ctx: MethodContext) -> MethodResult:
 def ibp_jacobian_method(net, ctx: MethodContext) -> MethodResult:
     """Certified upper bound on the local Lipschitz constant over a box by interval arithmetic on the
     forward pre-activations and through the Jacobian graph. Cost: about three passes of the network."""
-    with one_thread(net):
+    with one_thread(net), kept_torch_threads():
         value, details, _, _ = run_propagation(net, ctx, "ibp")
     return MethodResult(value, details=details)
 
