@@ -78,6 +78,7 @@ class CoreWatch:
     def __init__(self):
         self.cores = os.cpu_count() or 1
         self._last = (_busy_and_total(), time.process_time())
+        self.measurable = self._last[0] is not None  # False off Linux: `free` then says every core
 
     def free(self) -> int:
         """Free cores (at least 1) over the window since the previous call (or since construction)."""
@@ -96,7 +97,8 @@ class CoreWatch:
 class FollowFreeCores:
     """Sets torch's intra-op threads to the cores other processes leave free (`CoreWatch`), read at most
     every ``every`` seconds and first after that long, so that short computations stay on the caller's
-    threads. Call `tick` between the pieces of a long computation; restore with `kept_torch_threads`."""
+    threads; where the load cannot be read (no /proc/stat) it changes nothing. Call `tick` between the
+    pieces of a long computation; restore with `kept_torch_threads`."""
 
     def __init__(self, every: float):
         self.watch, self.every = CoreWatch(), every
@@ -104,7 +106,7 @@ class FollowFreeCores:
 
     def tick(self) -> None:
         now = time.perf_counter()
-        if now >= self.next:
+        if now >= self.next and self.watch.measurable:  # unmeasured: the caller's threads stay
             import torch
 
             self.next = now + self.every
