@@ -70,10 +70,10 @@ class CoreWatch:
     """The cores not kept busy by other processes, measured between successive `free` calls (no sleep:
     the window is the time since the previous call). Linux /proc/stat; elsewhere every core counts as free.
 
-    Why: a long search on small tensors (crown-bab on ACAS Xu) runs 1.4-1.6x more steps on two torch threads
-    than on one when the second core is idle (2_3 l_inf eps 0.2, 40 s: 144 / 116 steps against 101 / 72),
-    but many times slower when another process holds it (`free_cores`); the machine can change during a
-    two-minute search, so it is watched, not measured once."""
+    Why: a long search on small tensors (crown-bab on ACAS Xu) runs 1.2-1.6x more steps on two torch threads
+    than on one when the second core is idle (2_3 l_inf eps 0.2, 30 s, three pairs one after the other:
+    76 / 105 / 87 steps against 47 / 72 / 73), but many times slower when another process holds it
+    (`free_cores`); the machine can change during a two-minute search, so it is watched, not measured once."""
 
     def __init__(self):
         self.cores = os.cpu_count() or 1

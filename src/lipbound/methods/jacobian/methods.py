@@ -263,5 +263,5 @@ def crown_bab_method(net, ctx: MethodContext) -> MethodResult:
     details['timeline'] (seconds, lower, upper). Cost: up to the time limit (default 30 s when none is given)."""
     from .bab import branch_and_bound
 
-    with one_thread(net), kept_torch_threads():  # the search follows the free cores (`bab._follow_free_cores`)
+    with one_thread(net), kept_torch_threads():  # the search follows the free cores (`threads.FollowFreeCores`)
         return branch_and_bound(net, ctx)
