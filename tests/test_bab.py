@@ -446,12 +446,13 @@ def test_crown_bab_follows_the_free_cores_and_restores_its_threads(monkeypatch, 
 
 def test_crown_walk_follows_the_free_cores_and_restores_its_threads(monkeypatch, thread_count):
     """crown's Jacobian walk ticks `FollowFreeCores` between its chunks of entries (every
-    `WALK_THREAD_CHECK_S`): torch's threads become the free cores read, and the caller's count is back after."""
+    `WALK_THREAD_CHECK_S`): torch's threads become the free cores read (at most `MAX_FOLLOW_THREADS`), and the
+    caller's count is back after."""
     import contextlib
 
     from lipbound.methods.jacobian import graph as jacobian_graph
     from lipbound.methods.jacobian import methods as jacobian_methods
-    from lipbound.threads import CoreWatch
+    from lipbound.threads import MAX_FOLLOW_THREADS, CoreWatch
 
     net = random_mlp([5, 16, 16, 3], seed=1)
     region = Region.box(np.full(5, 0.3), 0.5)
@@ -467,8 +468,8 @@ def test_crown_walk_follows_the_free_cores_and_restores_its_threads(monkeypatch,
     monkeypatch.setattr(jacobian_methods, "WALK_THREAD_CHECK_S", 0.0)
     monkeypatch.setattr(jacobian_methods, "one_thread", lambda net: contextlib.nullcontext())
     before = thread_count[0]
-    for free in (1, 2):
+    for free in (1, 2, 16):
         seen.clear()
         monkeypatch.setattr(CoreWatch, "free", lambda self, free=free: free)
         lipbound.bound(net, "crown", "inf", region)
-        assert seen and seen[-1] == free and thread_count[0] == before
+        assert seen and seen[-1] == min(free, MAX_FOLLOW_THREADS) and thread_count[0] == before

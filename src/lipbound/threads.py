@@ -94,11 +94,16 @@ class CoreWatch:
         return max(1, min(self.cores, self.cores - int(others + 0.5)))
 
 
+#: `FollowFreeCores` sets at most this many threads: the gain was measured with two (a 2-core machine); on
+#: tensors as small as ACAS Xu's, many threads would spend more in synchronisation than they save
+MAX_FOLLOW_THREADS = 4
+
+
 class FollowFreeCores:
-    """Sets torch's intra-op threads to the cores other processes leave free (`CoreWatch`), read at most
-    every ``every`` seconds and first after that long, so that short computations stay on the caller's
-    threads; where the load cannot be read (no /proc/stat) it changes nothing. Call `tick` between the
-    pieces of a long computation; restore with `kept_torch_threads`."""
+    """Sets torch's intra-op threads to the cores other processes leave free (`CoreWatch`; at most
+    `MAX_FOLLOW_THREADS`), read at most every ``every`` seconds and first after that long, so that short
+    computations stay on the caller's threads; where the load cannot be read (no /proc/stat) it changes
+    nothing. Call `tick` between the pieces of a long computation; restore with `kept_torch_threads`."""
 
     def __init__(self, every: float):
         self.watch, self.every = CoreWatch(), every
@@ -110,6 +115,6 @@ class FollowFreeCores:
             import torch
 
             self.next = now + self.every
-            n = self.watch.free()
+            n = min(self.watch.free(), MAX_FOLLOW_THREADS)
             if n != torch.get_num_threads():
                 torch.set_num_threads(n)
