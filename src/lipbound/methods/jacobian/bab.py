@@ -46,7 +46,8 @@ from ...threads import FollowFreeCores
 from ..lower.methods import jacobian_norms, region_walk, walked_nodes
 from .batched import RowwiseGraph
 from .graph import JacobianGraph
-from .methods import FORWARD_SHARE, GRAPH_SHARE, INPUT_BATCH, NEURON_BATCH, cached_forward, combine
+from .methods import (FORWARD_SHARE, GRAPH_SHARE, INPUT_BATCH, NEURON_BATCH, WALK_THREAD_CHECK_S, cached_forward,
+                      combine)
 
 DEFAULT_BUDGET = 30.0
 #: "auto" splits the input of networks with at most this many inputs (ACAS Xu: 5), neurons otherwise
@@ -56,9 +57,9 @@ INPUT_SPLIT_MAX_DIM = 12
 EXACT_RTOL = 1e-9
 #: in input splitting, a domain with at most this many undecided ReLU-like neurons splits them instead
 FEW_UNDECIDED = 3
-#: seconds between two readings of the free cores, whose count the search's torch threads follow
+#: seconds between two readings of the free cores, whose count the search's torch threads follow: the walk's
 #: (`threads.FollowFreeCores`: 1.2-1.6x more steps on ACAS Xu with the second core idle, far fewer with it busy)
-THREAD_CHECK_S = 2.0
+THREAD_CHECK_S = WALK_THREAD_CHECK_S
 #: the lower-bound hook samples TOP_POINTS random points in each of the TOP_DOMAINS worst popped domains
 TOP_DOMAINS, TOP_POINTS = 8, 16
 #: the lower-bound hook also probes the deepest point of the decided region of this many worst popped domains
