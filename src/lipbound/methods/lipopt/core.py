@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from ...intervals import gamma  # the rounding-error factor gamma_n = n u / (1 - n u) (Higham)
+from ...intervals import U, gamma  # the rounding-error factor gamma_n = n u / (1 - n u) (Higham)
 
 
 class CoverageError(RuntimeError):
@@ -43,6 +43,46 @@ class CoverageError(RuntimeError):
 # --------------------------------------------------------------------------------------------------
 # scalar problems
 # --------------------------------------------------------------------------------------------------
+
+
+def interval_bounds(Ms: list, a: list, w: list, V: np.ndarray, chunk: int = 16) -> np.ndarray:
+    """Certified upper bounds on max p, one per column v of ``V``, for the problems that share ``Ms`` and
+    the ranges (the scalar problems of one chain differ only in v), by midpoint-radius interval
+    arithmetic from v towards x_0: z = c +- r, every float64 rounding added to r, so the bound holds in
+    exact arithmetic. Cost: per layer one sparse product and one |M| product with as many columns as V
+    (``chunk`` columns at a time: 16 was the fastest on Convnet_avgpool's 784 l_1 problems, 0.5 s)."""
+    V = np.asarray(V, dtype=np.float64)
+    ranges = [_midpoint_radius(a[l], w[l]) for l in range(len(a))]
+    abs_Ms = [abs(M) for M in Ms]
+    return np.concatenate([_interval_bound_columns(Ms, abs_Ms, ranges, V[:, i:i + chunk])
+                           for i in range(0, V.shape[1], chunk)])
+
+
+def _interval_bound_columns(Ms, abs_Ms, ranges, c) -> np.ndarray:
+    r = np.zeros_like(c)
+    for l in range(len(ranges) - 1, 0, -1):
+        mid, rad = ranges[l]
+        absc = np.abs(c)
+        # x z - mid c = mid (z - c) + (x - mid) z, and fl(mid c) errs by at most u |mid c|
+        g = gamma(8)
+        r = (np.abs(mid) * (r + U * absc) + rad * (absc + r)) * (1 + g)
+        c = mid * c
+        n = Ms[l - 1].shape[1]
+        g = gamma(n + 4)
+        r = (abs_Ms[l - 1] @ (r + g * np.abs(c))) * (1 + g)  # fl(M c) errs by at most gamma_n |M| |c|
+        c = Ms[l - 1] @ c
+    mid, rad = ranges[0]  # max over x_0 in its box of x_0 . z, summed over the entries of x_0
+    g = gamma(len(mid) + 8)
+    absc = np.abs(c)
+    return np.sum((np.abs(mid) * (absc + r) + rad * (absc + r)) * (1 + g), axis=0) * (1 + g)
+
+
+def _midpoint_radius(a: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(m, h) with [a, a + w] inside [m - h, m + h] in exact arithmetic, as column vectors."""
+    a = np.asarray(a, dtype=np.float64)
+    mid = a + 0.5 * np.asarray(w, dtype=np.float64)
+    rad = np.nextafter(0.5 * np.asarray(w, dtype=np.float64) + 2 * np.spacing(np.abs(mid)), np.inf)
+    return mid[:, None], rad[:, None]
 
 
 @dataclass
@@ -93,6 +133,11 @@ class ScalarProblem:
             z = z * np.maximum(np.abs(self.a[l - 1]), np.abs(self.a[l - 1] + self.w[l - 1]))
         val = float(z.sum())
         return val * (1 + gamma(n_ops + 4 * self.depth + len(z) + 8))
+
+    def interval_bound(self) -> float:
+        """A certified upper bound on max p by interval arithmetic (`interval_bounds`): signs kept, so at
+        most `naive_bound` up to rounding. Cost: one sparse mat-vec and one |M| mat-vec per layer."""
+        return float(interval_bounds(self.Ms, self.a, self.w, self.v[:, None])[0])
 
     def vertex_max(self, max_vertices: int = 2 ** 22) -> float:
         """The exact maximum of p over its box by enumerating the vertices of layers 1..d-1 (p is

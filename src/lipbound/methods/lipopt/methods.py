@@ -22,7 +22,7 @@ from ...norms import INF
 from ... import cvx
 from ...registry import AFFINE_OPS, ALL_ACTIVATIONS, MethodContext, MethodResult, Option, register_method
 from .chain import hidden_ranges, scalar_problems
-from .core import (CoverageError, build_lp, clique_subsets, count_clique_products, count_products_dense,
+from .core import (CoverageError, build_lp, interval_bounds, clique_subsets, count_clique_products, count_products_dense,
                    dense_subsets, gradient_polynomial, input_cliques, path_subsets, solve_lp)
 
 from ...threads import blas_threads
@@ -89,22 +89,25 @@ def term_bound(pr) -> float:
     return total
 
 
-#: seconds of HiGHS per product column of one scalar LP, with its per-LP overhead (Convnet_avgpool, global: 784
-#: l_1 LPs of 1,280 columns in 45 s; the l_inf LPs of 294,912 columns about 15 s each)
+#: seconds of HiGHS per product column of one scalar LP, with its per-LP overhead (Convnet_avgpool, global: the
+#: l_inf LPs of 294,912 columns about 15 s each; the l_1 LPs of 5,120 columns 0.07-0.1 s each)
 LP_COLUMN_S = 5e-5
-#: the planner's probe prepares the first scalar problem only when its expansion is estimated below this
+#: the planner's probe prepares the top scalar problem only when its expansion is estimated below this, and
+#: solves its LP (to count the problems that LP's value leaves to solve) only when that is estimated below it
 PROBE_MAX_S = 1.0
 #: ... and only when the dense chain has at most this many weights (it is built for the probe)
 PROBE_MAX_WEIGHTS = 5e7
 
 
 def estimate_seconds(net, norm, region, output) -> float | None:
-    """Estimated seconds of lipopt with its default options, from its first scalar problem: pruned, its terms
-    counted, expanded and its LP columns counted (`_prepare`), times the number of problems. math.inf when
+    """Estimated seconds of lipopt with its default options: the interval bounds of the scalar problems, then
+    the problem with the largest (the one lipopt solves first) pruned, its terms counted, expanded and its LP
+    columns counted; when that LP is cheap it is solved, and only the problems whose interval bound is above
+    its value are counted (lipopt never solves the others: `_solve_in_order`), else all of them. math.inf when
     lipopt would refuse it (terms or columns above the guards); None (unknown) when the probe itself would be
-    slow (a dense chain of more than `PROBE_MAX_WEIGHTS` weights, an expansion over `PROBE_MAX_S`). The first
-    problem stands for the others (same network, another output or input). Cost: an interval pass and one
-    problem's expansion."""
+    slow (a dense chain of more than `PROBE_MAX_WEIGHTS` weights, an expansion over `PROBE_MAX_S`). The top
+    problem stands for the others (same network, another output or input). Cost: an interval pass, the
+    interval bounds, one problem's expansion and at most `PROBE_MAX_S` of LP."""
     widths = [net.n_inputs] + [int(n.size) for n in net.nodes if isinstance(n.op, Activation)] + [net.n_outputs]
     if sum(a * b for a, b in zip(widths[:-1], widths[1:])) > PROBE_MAX_WEIGHTS:
         return None
@@ -113,20 +116,33 @@ def estimate_seconds(net, norm, region, output) -> float | None:
     st = _settings(MethodContext(norm=norm, region=region, output=output, method="lipopt"), len(chain))
     a_list, w_list, _ = hidden_ranges(chain, region)
     probs = scalar_problems(chain, a_list, w_list, norm, output)
-    pr = probs[0].pruned()
+    t0 = time.perf_counter()
+    ib = problem_interval_bounds(probs)
+    top = probs[int(np.argmax(ib))]
+    interval_s = time.perf_counter() - t0
+    pr = top.pruned()
     terms = term_bound(pr)
     expand = expansion_cost(pr, terms)
     if terms > st.max_terms:
         return math.inf
     if expand > PROBE_MAX_S:
         return None
-    count = _prepare(probs[0], st.k, st.sparse, st.products)[3]
+    pr, poly, cliques, count = _prepare_lp(top, st.k, st.sparse, st.products)
     if count > st.max_columns:
         return math.inf
-    return len(probs) * (expand + LP_COLUMN_S * count)
+    per_problem = expand + LP_COLUMN_S * count
+    needed = len(probs)
+    if per_problem <= PROBE_MAX_S:
+        t0 = time.perf_counter()
+        value = solve_scalar(pr, poly, cliques, st.k, st.sparse, PROBE_MAX_S, st.solver)["value"]
+        if value is not None and math.isfinite(value):
+            # measured: LP_COLUMN_S prices the large LPs; on small ones (5,120 columns) it is 4x too high
+            per_problem = expand + time.perf_counter() - t0
+            needed = int(np.count_nonzero(ib > min(value, float(ib.max()))))
+    return interval_s + max(needed, 1) * per_problem
 
 
-def _prepare(prob, k: int, sparse: bool, products: str = "cliques"):
+def _prepare_lp(prob, k: int, sparse: bool, products: str = "cliques"):
     """Prune, expand the polynomial, choose the product subsets. Returns (problem, poly, cliques, count)."""
     pr = prob.pruned()
     poly = gradient_polynomial(pr)
@@ -204,9 +220,10 @@ def _lipopt(net, ctx):
         if n_paths > st.max_terms:
             raise Unsupported(f"the gradient polynomial would have up to {n_paths:,.0f} terms (> max_terms="
                               f"{st.max_terms:,}): LiPopt needs a sparse (e.g. pruned) or small network")
-    prepared, range_info, t_prep = _prepare_problems(chain, ctx, st)
-    solved = _solve_problems(prepared, ctx, st)
-    return _lipopt_result(ctx, st, prepared, range_info, t_prep, solved)
+    a_list, w_list, range_info = hidden_ranges(chain, ctx.region)
+    probs = scalar_problems(chain, a_list, w_list, ctx.norm, ctx.output)
+    solved = _solve_in_order(probs, ctx, st)
+    return _lipopt_result(ctx, st, len(probs), range_info, solved)
 
 
 @dataclass
@@ -237,110 +254,129 @@ def _settings(ctx, d: int) -> _Settings:
     return _Settings(k, sparse, products, solver, max_columns, max_terms)
 
 
-def _prepare_problems(chain, ctx, st: _Settings):
-    """The scalar problems (derivative ranges, pruning, polynomial expansion, product sets), refused above
-    max_columns. Returns ([(problem, pruned, poly, cliques, columns)], range summary, seconds); out of time
-    (checked between problems) the remaining ones are left unprepared (pruned None: `_solve_problems`
-    bounds them by the naive |W|-product)."""
-    a_list, w_list, range_info = hidden_ranges(chain, ctx.region)
-    probs = scalar_problems(chain, a_list, w_list, ctx.norm, ctx.output)
-    prepared = []
-    t_prep = time.perf_counter()
-    for i, prob in enumerate(probs):
-        if ctx.out_of_time():
-            prepared.append((prob, None, None, None, 0))
-            continue
-        pruned = prob.pruned()
-        terms = term_bound(pruned)
-        if terms > st.max_terms:
-            raise Unsupported(f"the gradient polynomial of {prob.label} would have up to {terms:,.0f} terms (> max_terms="
-                              f"{st.max_terms:,}): LiPopt needs a smaller, sparser network or a smaller box")
-        est = expansion_cost(pruned, terms)
-        if est > ctx.time_left():
-            if i == 0:  # not even one problem: no LP value at all within the limit
-                raise Unsupported(f"estimated {est:.3g} s for this network (expanding the gradient polynomial of "
-                                  f"{prob.label}: up to {terms:,.0f} terms), more than the time limit "
-                                  f"{ctx.time_limit:g} s")
-            prepared.append((prob, None, None, None, 0))
-            continue
-        pr, poly, cliques, count = _prepare(prob, st.k, st.sparse, st.products)
-        if count > st.max_columns:
-            raise Unsupported(f"the degree-{st.k} {'sparse' if st.sparse else 'dense'} LP of {prob.label} would "
-                              f"have {count:,} product columns (> max_columns={st.max_columns:,}); "
-                              f"{poly.m} variables after pruning")
-        prepared.append((prob, pr, poly, cliques, count))
-    return prepared, range_info, time.perf_counter() - t_prep
+def _prepare(prob, st: _Settings, ctx, first: bool):
+    """(pruned, poly, cliques, columns) of one scalar problem, or None when its expansion would not fit in
+    the time left (the first problem then refuses the whole method: no LP value at all in the limit);
+    above the size guards, Unsupported."""
+    pruned = prob.pruned()
+    terms = term_bound(pruned)
+    if terms > st.max_terms:
+        raise Unsupported(f"the gradient polynomial of {prob.label} would have up to {terms:,.0f} terms (> max_terms="
+                          f"{st.max_terms:,}): LiPopt needs a smaller, sparser network or a smaller box")
+    est = expansion_cost(pruned, terms)
+    if est > ctx.time_left():
+        if first:
+            raise Unsupported(f"estimated {est:.3g} s for this network (expanding the gradient polynomial of "
+                              f"{prob.label}: up to {terms:,.0f} terms), more than the time limit "
+                              f"{ctx.time_limit:g} s")
+        return None
+    pr, poly, cliques, count = _prepare_lp(prob, st.k, st.sparse, st.products)
+    if count > st.max_columns:
+        raise Unsupported(f"the degree-{st.k} {'sparse' if st.sparse else 'dense'} LP of {prob.label} would "
+                          f"have {count:,} product columns (> max_columns={st.max_columns:,}); "
+                          f"{poly.m} variables after pruning")
+    return pr, poly, cliques, count
 
 
-def _solve_problems(prepared, ctx, st: _Settings) -> dict:
-    """One certified LP per scalar problem; out of time, the naive |W|-product instead (status
-    time_limit). Returns per_problem records, values, status and the labels that fell back."""
-    out = {"per_problem": [], "values": [], "status": "ok", "fallback": []}
+def problem_interval_bounds(probs) -> np.ndarray:
+    """Certified interval-arithmetic upper bound of every scalar problem (`core.interval_bounds`; the
+    problems of one chain share everything but v)."""
+    if not probs:
+        return np.zeros(0)
+    p0 = probs[0]
+    return interval_bounds(p0.Ms, p0.a, p0.w, np.stack([p.v for p in probs], axis=1))
 
-    def fall_back(prob, why: str, **extra):
-        v = prob.naive_bound()
-        out["fallback"].append(prob.label)
-        out["values"].append(v)
-        out["per_problem"].append({"label": prob.label, "value": v, "source": f"naive |W|-product ({why})", **extra})
-        out["status"] = "time_limit"
 
-    bar = ctx.progress(total=len(prepared), desc=f"lipopt-{st.k}")
-    for prob, pr, poly, cliques, count in prepared:
+def _solve_in_order(probs, ctx, st: _Settings) -> dict:
+    """One certified LP per scalar problem that can still raise the maximum, taken by decreasing interval
+    bound: a problem whose interval bound is below the largest value held is never expanded nor solved,
+    since it cannot change the maximum (on Convnet_avgpool l_1 global, 92 of 784 inputs have an interval
+    bound above the LP maximum 41.0). Each problem's value is min(LP, interval bound), both certified; a
+    problem left when time runs out keeps its interval bound (status time_limit), so the method is anytime.
+    Returns per_problem records, values, status and counts."""
+    ib = problem_interval_bounds(probs)
+    order = np.argsort(-ib, kind="stable")
+    out = {"per_problem": [], "values": [], "status": "ok", "lp_solved": 0, "dominated": 0, "out_of_time": 0}
+    held = -math.inf
+    bar = ctx.progress(total=len(probs), desc=f"lipopt-{st.k}")
+    for rank, i in enumerate(order):
+        prob, bound_i = probs[i], float(ib[i])
         bar.update(1)
-        if ctx.out_of_time() or pr is None:
-            fall_back(prob, "out of time")
-            continue
-        try:
-            res = solve_scalar(pr, poly, cliques, st.k, st.sparse, ctx.time_left(), st.solver)
-        except CoverageError as e:  # a bug in the product set: never return a number
-            raise MethodFailed(f"coefficient matching: {e}") from None
-        except MemoryError:
-            raise MethodFailed(f"out of memory building the LP of {prob.label} ({count:,} columns)") from None
-        val = res["value"]
-        timed_out = "time" in str(res.get("status", "")).lower()
-        if val is None or not math.isfinite(val):
-            if ctx.out_of_time() or timed_out:
-                fall_back(prob, "LP timed out", highs_status=res.get("status"))
-                continue
-            raise MethodFailed(f"HiGHS returned no usable point for {prob.label} (status {res.get('status')})")
-        if timed_out:
+        if bound_i <= held:  # every later problem is below `held` too
+            out["dominated"] = len(order) - rank
+            out["values"].append(max(float(ib[order[rank:]].max()), 0.0))
+            break
+        prepared = None if ctx.out_of_time() else _prepare(prob, st, ctx, first=rank == 0)
+        if prepared is None:
+            out["out_of_time"] = len(order) - rank
             out["status"] = "time_limit"
-        out["values"].append(val)
-        out["per_problem"].append({"label": prob.label, "value": val, "source": "lp", **res})
+            out["values"].append(bound_i)
+            out["per_problem"].append({"label": prob.label, "value": bound_i,
+                                       "source": f"interval bound (out of time, {len(order) - rank} problems left)"})
+            break
+        val = _solve_one(prob, prepared, ctx, st, bound_i, out)
+        held = max(held, val)
     bar.close()
     return out
 
 
-def _lipopt_result(ctx, st: _Settings, prepared, range_info, t_prep, solved) -> MethodResult:
+def _solve_one(prob, prepared, ctx, st: _Settings, bound_i: float, out: dict) -> float:
+    """The certified value of one prepared problem: min(its LP's, its interval bound); recorded in ``out``."""
+    pr, poly, cliques, count = prepared
+    try:
+        res = solve_scalar(pr, poly, cliques, st.k, st.sparse, ctx.time_left(), st.solver)
+    except CoverageError as e:  # a bug in the product set: never return a number
+        raise MethodFailed(f"coefficient matching: {e}") from None
+    except MemoryError:
+        raise MethodFailed(f"out of memory building the LP of {prob.label} ({count:,} columns)") from None
+    val = res["value"]
+    timed_out = "time" in str(res.get("status", "")).lower()
+    if val is None or not math.isfinite(val):
+        if not (ctx.out_of_time() or timed_out):
+            raise MethodFailed(f"HiGHS returned no usable point for {prob.label} (status {res.get('status')})")
+        val, source = bound_i, "interval bound (LP timed out)"
+    else:
+        out["lp_solved"] += 1
+        source = "lp" if val <= bound_i else "interval bound (below the LP's)"
+        val = min(val, bound_i)
+    if timed_out:
+        out["status"] = "time_limit"
+    out["values"].append(val)
+    out["per_problem"].append({"label": prob.label, **res, "value": val, "source": source})
+    return val
+
+
+def _lipopt_result(ctx, st: _Settings, n_problems: int, range_info, solved) -> MethodResult:
     """The maximum over the scalar problems, with sizes, times and per-problem records."""
-    per_problem, values, fallback = solved["per_problem"], solved["values"], solved["fallback"]
+    per_problem, values = solved["per_problem"], solved["values"]
     value = max(values) if values else 0.0
     sizes = [p["sizes"] for p in per_problem if "sizes" in p]
     details = {
         "degree": st.k, "sparse": st.sparse, "products": st.products if st.sparse else "all k-subsets",
-        "solver": f"HiGHS {st.solver}", "n_problems": len(prepared),
+        "solver": f"HiGHS {st.solver}", "n_problems": n_problems,
         "scalar": "per output (l_inf)" if ctx.norm == INF else "per input (l_1, transposed chain)",
         "derivative_ranges": "global slope bounds" if ctx.region is None else "interval bounds on the box",
         "neurons_constant": range_info["stable"], "neurons_variable": range_info["unstable"],
+        "lp_solved": solved["lp_solved"],
+        "dominated": solved["dominated"],
         "lp_columns_max": max((s["columns"] for s in sizes), default=0),
         "lp_rows_max": max((s["rows"] for s in sizes), default=0),
         "lp_nonzeros_max": max((s["nonzeros"] for s in sizes), default=0),
         "lp_columns_total": sum(s["columns"] for s in sizes),
-        "prepare_s": t_prep,
         "build_s": sum(p.get("build_s", 0.0) for p in per_problem),
         "solve_s": sum(p.get("solve_s", 0.0) for p in per_problem),
         "max_correction": max((p.get("correction", 0.0) for p in per_problem), default=0.0),
-        "argmax": per_problem[int(np.argmax(values))]["label"] if values else None,
+        "argmax": max(per_problem, key=lambda p: p["value"])["label"] if per_problem else None,
     }
     if len(per_problem) <= 64:
         details["problems"] = [{kk: vv for kk, vv in p.items() if kk in
                                 ("label", "value", "lam", "source", "status", "sizes", "build_s", "solve_s",
                                  "correction", "highs_status")} for p in per_problem]
     reason = None
-    if fallback:
-        details["fallback_naive"] = fallback
-        reason = (f"out of time: {len(fallback)} of {len(prepared)} scalar problems bounded by the naive |W|-product "
-                  "instead of the LP")
+    if solved["out_of_time"]:
+        details["out_of_time"] = solved["out_of_time"]
+        reason = (f"out of time: {solved['out_of_time']} of {n_problems} scalar problems bounded by interval "
+                  "arithmetic instead of the LP")
     return MethodResult(value, status=solved["status"], details=details, reason=reason)
 
 
