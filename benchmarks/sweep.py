@@ -13,11 +13,12 @@ running inflate them; `os.getloadavg()` is recorded). Writes benchmarks/results/
 ``--batching``: crown with plain CROWN forward bounds (alpha=False) on mnist-net_256x2 (the shared networks),
 eps 0.01, N MNIST-shaped points (seeded uniform in [0, 1]), one torch thread: the per-point loop
 (`lipbound.bound` per point) against `lipbound.sweep` with the batched path (chunks of ``--batch`` points),
-interleaved block by block so that both see the same machine load; also the default ``-m crown``
+interleaved block by block so that both see the same machine load, ``--repeat`` passes over the points (the
+ratio of the totals; the cumulative ratio after each pass is printed too); also the default ``-m crown``
 (alpha-CROWN, point by point) on the first block. Prints the table (points/s, ratio, the largest relative
 difference of the values) and writes benchmarks/results/sweep_batching.json.
 
-    python benchmarks/sweep.py --batching [--points 1000] [--batch 64] [--norm inf] [--block 100]
+    python benchmarks/sweep.py --batching [--points 1000] [--batch 64] [--norm inf] [--block 100] [--repeat 3]
 
 ``--memory``: the peak RSS of ``lipbound sweep`` (the CLI in a child process; os.wait4's rusage) on 1000 and
 N (default 10,000) MNIST-shaped points, ``-m crown --option alpha=false`` (batched) on mnist-net_256x2: what
@@ -71,20 +72,27 @@ def batching(args) -> None:
     eps, norm = 0.01, args.norm
     lipbound.bound(net, "crown", norm, center=x[0], eps=eps, alpha=False)  # warm-up (imports, caches)
     t_loop = t_batch = t_alpha = 0.0
+    cpu_loop = cpu_batch = 0.0
+    per_repeat = []
     loop_vals, batch_vals, worst, n_alpha, looser = {}, {}, 0.0, 0, []
     load_before = os.getloadavg()
-    for b0 in range(0, n, args.block):
+    blocks = [b0 for _ in range(args.repeat) for b0 in range(0, n, args.block)]
+    for j, b0 in enumerate(blocks):
         ids = range(b0, min(n, b0 + args.block))
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for i in ids:
             loop_vals[i] = lipbound.bound(net, "crown", norm, center=x[i], eps=eps, alpha=False).value
         t_loop += time.perf_counter() - t0
-        t0 = time.perf_counter()
+        cpu_loop += time.process_time() - c0
+        t0, c0 = time.perf_counter(), time.process_time()
         for rec in lipbound.sweep(net, x, eps, norm=norm, methods=["crown"], options={"alpha": False},
                                   ids=f"{ids.start}:{ids.stop}", batch=args.batch, time_limit=60):
             batch_vals[rec["id"]] = rec["results"][0]["value"]
         t_batch += time.perf_counter() - t0
-        if b0 == 0:  # the default -m crown (alpha-CROWN forward bounds), point by point, on the first block
+        cpu_batch += time.process_time() - c0
+        if ids.stop == n:  # the end of one repeat: its ratio (wall time, both sides so far)
+            per_repeat.append(round(t_loop / t_batch, 3))
+        if j == 0:  # the default -m crown (alpha-CROWN forward bounds), point by point, on the first block
             t0 = time.perf_counter()
             for rec in lipbound.sweep(net, x, eps, norm=norm, methods=["crown"], ids=f"{ids.start}:{ids.stop}",
                                       time_limit=60):
@@ -92,20 +100,23 @@ def batching(args) -> None:
                 looser.append((batch_vals[rec["id"]] - a) / a if a else 0.0)
                 n_alpha += 1
             t_alpha += time.perf_counter() - t0
-        print(f"  points {ids.stop}/{n}: loop {ids.stop / t_loop:.1f} pt/s, batched {ids.stop / t_batch:.1f} pt/s",
+        done = j * args.block + len(ids) if args.block < n else (j + 1) * n
+        print(f"  points {done}/{n * args.repeat}: loop {done / t_loop:.1f} pt/s, batched {done / t_batch:.1f} pt/s",
               flush=True)
     for i in range(n):
         a, b = loop_vals[i], batch_vals[i]
         worst = max(worst, abs(a - b) / max(abs(a), 1e-300))
+    total = n * args.repeat
     rows = [("run", "points", "time (s)", "points/s"),
-            ("per-point loop: bound(crown, alpha=False)", n, round(t_loop, 2), round(n / t_loop, 2)),
-            (f"sweep, batched (chunks of {args.batch})", n, round(t_batch, 2), round(n / t_batch, 2)),
+            ("per-point loop: bound(crown, alpha=False)", total, round(t_loop, 2), round(total / t_loop, 2)),
+            (f"sweep, batched (chunks of {args.batch})", total, round(t_batch, 2), round(total / t_batch, 2)),
             ("sweep -m crown (alpha-CROWN, per point)", n_alpha, round(t_alpha, 2), round(n_alpha / t_alpha, 2))]
     for r in rows:
         print(f"{r[0]:<46}{r[1]!s:>8}{r[2]!s:>10}{r[3]!s:>10}")
     ratio = t_loop / t_batch
-    print(f"batched / per-point loop: {ratio:.2f}x points/s (target >= 5x); largest relative difference of the "
-          f"values: {worst:.3g} (target ~1e-9)")
+    print(f"batched / per-point loop: {ratio:.2f}x points/s (target >= 5x; process CPU time: "
+          f"{cpu_loop / cpu_batch:.2f}x; cumulative after each repeat: {per_repeat}); largest relative difference "
+          f"of the values: {worst:.3g} (target ~1e-9)")
     print(f"plain CROWN (batched) vs alpha-CROWN (default crown) on the first {n_alpha} points: relative excess "
           f"max {max(looser):.3g}, mean {sum(looser) / len(looser):.3g}, equal on {sum(1 for v in looser if v == 0)}")
     print(f"load average before / after: {load_before[0]:.2f} / {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
@@ -113,9 +124,12 @@ def batching(args) -> None:
     OUT_BATCHING.write_text(json.dumps({
         "model": str(args.model), "points": n, "eps": eps, "norm": str(norm), "batch": args.batch,
         "block": args.block, "threads": 1,
-        "loop": {"time_s": round(t_loop, 3), "points_per_s": round(n / t_loop, 3)},
-        "batched": {"time_s": round(t_batch, 3), "points_per_s": round(n / t_batch, 3)},
-        "ratio": round(ratio, 3), "max_relative_difference": worst,
+        "repeat": args.repeat,
+        "loop": {"time_s": round(t_loop, 3), "cpu_s": round(cpu_loop, 3), "points_per_s": round(total / t_loop, 3)},
+        "batched": {"time_s": round(t_batch, 3), "cpu_s": round(cpu_batch, 3),
+                    "points_per_s": round(total / t_batch, 3)},
+        "ratio": round(ratio, 3), "ratio_cpu": round(cpu_loop / cpu_batch, 3), "ratio_after_each_repeat": per_repeat,
+        "max_relative_difference": worst,
         "alpha_crown_per_point": {"points": n_alpha, "time_s": round(t_alpha, 3),
                                   "points_per_s": round(n_alpha / t_alpha, 3),
                                   "plain_minus_alpha_relative_max": max(looser),
@@ -177,6 +191,9 @@ def main() -> None:
     ap.add_argument("--model", default=str(MNIST), help="--batching: the network (default mnist-net_256x2)")
     ap.add_argument("--batch", type=int, default=64, help="--batching: points per batched call")
     ap.add_argument("--block", type=int, default=100, help="--batching: points per interleaved block")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="--batching: passes over the points (the machine's speed drifts by +-20%% within minutes "
+                         "here: one pass gave ratios 4.7-5.6x; the ratio of the totals over 3 passes moves less)")
     ap.add_argument("--norm", default="inf", help="--batching: 1, 2 or inf")
     ap.add_argument("--memory", action="store_true", help="peak RSS of the CLI sweep on 1000 and --points points")
     ap.add_argument("--method-memory", default="crown", help="--memory: the method (default crown, batched)")

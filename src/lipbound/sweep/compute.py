@@ -56,15 +56,15 @@ def batched_methods(cfg: Config) -> dict:
     return {m: mode for m in cfg.methods if (mode := batch_mode(m, opts[m])) is not None}
 
 
-def compute_record(net, item: tuple, cfg: Config, given: dict | None = None) -> dict:
+def compute_record(net, item: tuple, cfg: Config, given: dict | None = None, prepared: tuple | None = None) -> dict:
     """The record of ``item`` = (id, eps, point array or list of `Region`): id, eps, norm, best_lower,
     best_upper, gap, exact, time_s, results (every method's `Bound.to_json()`), and with certify also
     lower_method, upper_method, status. A point with NaN / infinite entries, a box outside the domain or a
     problem certify cannot bound gives {id, eps, norm, skipped: reason}. ``given``: method -> `Bound`
     already computed for this point (by a batched call; its time_s, its share of the batch, counts in the
     record's time_s). Cost: that of certify (about ``time_limit``) or of the methods (each at most
-    ``time_limit``)."""
-    base, regions = _prepare(net, item, cfg)
+    ``time_limit``). ``prepared``: `_prepare`'s result for ``item`` when the caller has it."""
+    base, regions = prepared or _prepare(net, item, cfg)
     if regions is None:
         return base
     given = given or {}
@@ -123,7 +123,7 @@ def compute_records(net, items: list, cfg: Config) -> Iterator[dict]:
             if b is not None:
                 given[i][m] = b
     for i, it in enumerate(items):
-        yield compute_record(net, it, cfg, given.get(i))
+        yield compute_record(net, it, cfg, given.get(i), prepared[i])
 
 
 def _bound_batch(net, method: str, mode: str, regions: list, cfg: Config) -> list:

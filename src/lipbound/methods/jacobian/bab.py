@@ -364,7 +364,7 @@ class _JacobianSearch:
             cls = torch.tensor([self.classes[k] for k in keys])
         # rows grouped by domain (m per domain, or 1): the low-rank walk runs one adjoint pass per domain over
         # its own undecided neurons, where the base class runs m x (1 + their union over the batch)
-        G = RowwiseGraph(self.net, {k: (fwd[k][0][rows], fwd[k][1][rows]) for k in fwd}, m if self.all_outputs else 1)
+        G = RowwiseGraph(self.net, fwd, m if self.all_outputs else 1)  # per domain: rows is B x m or B x 1
         G.deadline = self.deadline
         if self.sign_entries is not None:
             G.sign_entries = self.sign_entries

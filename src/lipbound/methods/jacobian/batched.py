@@ -33,7 +33,7 @@ import time
 import torch
 
 from ... import traversal
-from ...crown import check_deadline, forward_bounds_batch, interval_pass
+from ...crown import check_deadline, forward_bounds_batch
 from ...maxpool_relu import expand_maxpool
 from ...network import DTYPE, Activation, Add
 from .graph import JacobianGraph
@@ -87,8 +87,12 @@ class RowwiseGraph(JacobianGraph):
     * `interval_pass`: a refresh whose inputs are the previous pass's results returns them."""
 
     def __init__(self, net, fwd: dict, m: int):
+        """``fwd``: the forward bounds of each box (not repeated per row): the derivative ranges are computed
+        once per box and repeated for its ``m`` rows (10x fewer evaluations with 10 outputs)."""
         super().__init__(net, fwd)
         self.rows_per_box = m
+        if m > 1:
+            self.s = {k: (lo.repeat_interleave(m, 0), hi.repeat_interleave(m, 0)) for k, (lo, hi) in self.s.items()}
 
     def _bound_entries(self, start, lo, hi, relax, classes):
         nl, nh = super()._bound_entries(start, lo, hi, relax, classes)
@@ -307,19 +311,6 @@ def _entries_one_layer(F: torch.Tensor, R: torch.Tensor, coefficients: tuple) ->
     return torch.cat([F + rows[:, :, 0].reshape(F.shape), -F - rows[:, :, 1].reshape(F.shape)], 1)
 
 
-def _interval_order(net, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """The boxes sorted by their number of activation inputs whose interval bounds (one interval pass)
-    contain 0, fewest first."""
-    ivs = interval_pass(net, (lo, hi), {})
-    B = lo.shape[0]
-    count = torch.zeros(B, dtype=torch.long)
-    for node in net.nodes:
-        if isinstance(node.op, Activation):
-            a, b = (t.reshape(B, -1) for t in ivs[node.inputs[0]])
-            count += ((a < 0) & (b > 0)).sum(1)
-    return torch.argsort(count, stable=True)
-
-
 def _undecided(net, fwd: dict, B: int) -> list[torch.Tensor]:
     """Per activation node, the (B,) count of each box's undecided neurons (Clarke derivative not fixed)."""
     out = []
@@ -394,14 +385,9 @@ def bound_boxes(net, lower, upper, norm, mode: str = "crown", output: int | None
     deadline_fwd = None if budget is None else t0 + FORWARD_SHARE * budget
     deadline_graph = None if budget is None else t0 + GRAPH_SHARE * budget
     info: dict = {}
-    if mode == "ibp":
-        fwd = forward_bounds_batch(net, lo, hi, method="ibp", deadline=deadline_fwd, info=info)
-    else:  # boxes with similar interval-undecided counts side by side: the CROWN pass of a chunk of boxes
-        # bounds the union of their undecided neurons, which stays small (about 2x faster on mnist-net_256x2)
-        first = _interval_order(net, lo, hi)
-        fwd = forward_bounds_batch(net, lo[first], hi[first], method="crown", deadline=deadline_fwd, info=info)
-        back = torch.argsort(first)
-        fwd = {k: (a[back], b[back]) for k, (a, b) in fwd.items()}
+    # (the CROWN pass bounds only the (box, neuron) pairs that need it: the order of the boxes does not matter)
+    fwd = forward_bounds_batch(net, lo, hi, method="ibp" if mode == "ibp" else "crown", deadline=deadline_fwd,
+                               info=info)
     fwd_cut = bool(info.get("cut"))
     t_fwd = time.perf_counter() - t0
     classes = [output] if output is not None else list(range(net.n_outputs))
@@ -411,19 +397,22 @@ def bound_boxes(net, lower, upper, norm, mode: str = "crown", output: int | None
     counts = _undecided(net, fwd, B)
     for grp in _groups(net, counts, _box_order(counts), m):
         nb = len(grp)
-        rows = grp.repeat_interleave(m)
-        G = RowwiseGraph(net, {k: (fwd[k][0][rows], fwd[k][1][rows]) for k in fwd}, m)
+        G = RowwiseGraph(net, {k: (fwd[k][0][grp], fwd[k][1][grp]) for k in fwd}, m)
         G.deadline = deadline_graph
         res = G.bound(torch.tensor(classes).repeat(nb), norm, mode=mode)
-        for j in range(nb):
+        # per box: its outputs' values and undecided counts as Python numbers, read once for the group
+        per_output = res.value.reshape(nb, m).tolist()
+        undecided = torch.stack([(G.s[k][1][::m] > G.s[k][0][::m]).sum(1) for k in G.acts], 1).tolist() \
+            if G.acts else [[] for _ in range(nb)]
+        for j, box in enumerate(grp.tolist()):
             r = slice(j * m, (j + 1) * m)
             value = combine(res.value[r], res.entry_abs[r], norm, multi, (res.v[0][r], res.v[1][r]))
             details = {
-                "per_output": {int(c): float(v) for c, v in zip(classes, res.value[r])} if norm != 1 else None,
-                "undecided_neurons": [int((G.s[k][1][j * m] > G.s[k][0][j * m]).sum()) for k in G.acts],
+                "per_output": dict(zip(classes, per_output[j])) if norm != 1 else None,
+                "undecided_neurons": undecided[j],
                 "forward": "interval" if mode == "ibp" else "crown",
             }
-            out[int(grp[j])] = {"value": value, "details": details, "cut": fwd_cut or G.cut}
+            out[box] = {"value": value, "details": details, "cut": fwd_cut or G.cut}
     t_all = time.perf_counter() - t0
     for rec in out:  # the times of the batch, shared equally (the one-box run's keys)
         rec["details"]["time_forward_s"] = t_fwd / B
