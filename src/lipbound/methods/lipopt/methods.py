@@ -22,8 +22,8 @@ from ...norms import INF
 from ... import cvx
 from ...registry import AFFINE_OPS, ALL_ACTIVATIONS, MethodContext, MethodResult, Option, register_method
 from .chain import hidden_ranges, scalar_problems
-from .core import (CoverageError, build_lp, interval_bounds, clique_subsets, count_clique_products, count_products_dense,
-                   dense_subsets, gradient_polynomial, input_cliques, path_subsets, solve_lp)
+from .core import (CoverageError, build_lp, clique_subsets, count_clique_products, count_products_dense,
+                   dense_subsets, gradient_polynomial, input_cliques, interval_bounds, path_subsets, solve_lp)
 
 from ...threads import blas_threads
 
