@@ -279,12 +279,19 @@ def _prepare(prob, st: _Settings, ctx, first: bool):
 
 
 def problem_interval_bounds(probs) -> np.ndarray:
-    """Certified interval-arithmetic upper bound of every scalar problem (`core.interval_bounds`; the
-    problems of one chain share everything but v)."""
+    """Certified interval-arithmetic upper bound of every scalar problem (`core.interval_bounds`): in one
+    batched pass when they share everything but v (the problems of one chain, `scalar_problems`), else one
+    by one."""
     if not probs:
         return np.zeros(0)
     p0 = probs[0]
-    return interval_bounds(p0.Ms, p0.a, p0.w, np.stack([p.v for p in probs], axis=1))
+
+    def same(xs, ys):
+        return len(xs) == len(ys) and all(x is y or np.array_equal(x, y) for x, y in zip(xs, ys))
+
+    if all(same(p.Ms, p0.Ms) and same(p.a, p0.a) and same(p.w, p0.w) and len(p.v) == len(p0.v) for p in probs):
+        return interval_bounds(p0.Ms, p0.a, p0.w, np.stack([p.v for p in probs], axis=1))
+    return np.array([p.interval_bound() for p in probs])
 
 
 def _solve_in_order(probs, ctx, st: _Settings) -> dict:
