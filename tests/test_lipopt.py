@@ -280,6 +280,20 @@ def test_interval_bound_lies_between_the_vertex_maximum_and_the_naive_product(ac
     assert strictly_below > 0
 
 
+def test_batched_interval_bounds_equal_the_problems_own():
+    """`problem_interval_bounds` batches the problems of one chain (they share everything but v) and takes
+    any other list one by one: both give each problem's own `interval_bound`."""
+    from lipbound.methods.lipopt.methods import problem_interval_bounds
+
+    net = make_net([4, 5, 3, 3], seed=7)
+    chain = net.dense_chain()
+    a, w, _ = hidden_ranges(chain)
+    for probs in (scalar_problems(chain, a, w, 1), scalar_problems(chain, a, w, math.inf),
+                  scalar_problems(chain, a, w, 1)[:2] + scalar_problems(chain, a, w, math.inf)[:2]):
+        own = [p.interval_bound() for p in probs]
+        assert problem_interval_bounds(probs) == pytest.approx(own, rel=1e-12)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_lipopt_solves_only_the_problems_that_can_raise_the_maximum(seed):
     """The l_1 problems (one per input) are taken by decreasing interval bound and those below the largest
